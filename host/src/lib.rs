@@ -1,0 +1,22 @@
+//! moonwall: a security-first host for untrusted Lua web scripts.
+//!
+//! Every run of a script happens in a fresh WebAssembly instance of the
+//! reference C Lua 5.4 interpreter (`guest-lua/`), held to hard limits of
+//! fuel, wall-clock time, memory, native stack and output. The contract
+//! between host and guest is `wit/`.
+//!
+//! The crate, in the order a run passes through it:
+//! - [`cli`]: the `moonwall` command line (`moonwall exec`), its flags and
+//!   exit codes.
+//! - [`sandbox`]: the engine and its limits ([`sandbox::engine`]), the host
+//!   side of the WIT contract ([`sandbox::host_api`]), the typed result of a
+//!   run ([`sandbox::outcome`]) and the cache of compiled guest code
+//!   ([`sandbox::cache`]).
+
+pub mod cli;
+pub mod sandbox;
+
+pub use sandbox::{
+    CapturedOutput, EngineSettings, InheritedOutput, Limit, Limits, Outcome, OutputSink, Program,
+    RunReport, Sandbox, SandboxError,
+};

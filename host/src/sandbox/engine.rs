@@ -1,0 +1,266 @@
+//! Engine configuration: the one place that decides how guests are limited.
+//!
+//! Every limit a run is held to is set here, and only here:
+//! - **fuel** (`consume_fuel`): a budget of wasm instructions per run;
+//! - **time** (epoch interruption): one shared ticker thread advances the
+//!   engine's epoch every [`EngineSettings::epoch_tick`]; each run checks its own
+//!   wall-clock deadline when a tick arrives. Never a thread per run;
+//! - **memory** ([`RunLimiter`], a `ResourceLimiter`): the cap on the instance's
+//!   linear memory, with the high-water mark recorded;
+//! - **native stack** (`max_wasm_stack`): how deep guest code may recurse on
+//!   the host's machine stack;
+//! - **output**: bytes a run may write (enforced in `host_api.rs`, sized here);
+//! - the **pooling instance allocator** with copy-on-write memory images, so
+//!   a fresh instance per run costs microseconds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, ResourceLimiter,
+    UpdateDeadline,
+};
+
+use super::SandboxError;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+/// The limits one run is held to. A run that reaches any of them is stopped
+/// where it stands; no Lua code (`pcall`, coroutines, finalizers) can catch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel: roughly one unit per wasm instruction executed.
+    pub fuel: u64,
+    /// Wall-clock time from the start of instantiation.
+    pub timeout: Duration,
+    /// Size the guest's linear memory may reach, in bytes.
+    pub memory_bytes: usize,
+    /// Bytes of output (`print`, warnings) the run may write.
+    pub output_bytes: usize,
+}
+
+impl Limits {
+    pub const DEFAULT_FUEL: u64 = 1_000_000_000;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+    pub const DEFAULT_MEMORY_MIB: usize = 64;
+    pub const DEFAULT_OUTPUT_KIB: usize = 4 * 1024;
+    /// The guest needs about 1.3 MiB before Lua allocates anything (its C
+    /// stack and static data): smaller caps could never run a script.
+    pub const MIN_MEMORY_MIB: usize = 2;
+    /// wasm32 addresses at most 4 GiB; keep below it so that every failed
+    /// growth goes through the limiter.
+    pub const MAX_MEMORY_MIB: usize = 4095;
+
+    /// Check that the limits are usable, saying which is not.
+    pub fn validate(&self) -> Result<(), SandboxError> {
+        let invalid = |what: String| Err(SandboxError::InvalidLimits(what));
+        if self.fuel == 0 {
+            return invalid("fuel must be at least 1".into());
+        }
+        if self.timeout.is_zero() {
+            return invalid("the time limit must be at least 1 ms".into());
+        }
+        let mib = self.memory_bytes / MIB;
+        if self.memory_bytes < Self::MIN_MEMORY_MIB * MIB || mib > Self::MAX_MEMORY_MIB {
+            return invalid(format!(
+                "the memory limit must be between {} and {} MiB",
+                Self::MIN_MEMORY_MIB,
+                Self::MAX_MEMORY_MIB
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: Self::DEFAULT_FUEL,
+            timeout: Duration::from_millis(Self::DEFAULT_TIMEOUT_MS),
+            memory_bytes: Self::DEFAULT_MEMORY_MIB * MIB,
+            output_bytes: Self::DEFAULT_OUTPUT_KIB * KIB,
+        }
+    }
+}
+
+/// Process-wide settings of the engine that runs guests.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// The largest memory cap any run may ask for (the size of a pool slot).
+    pub max_memory_bytes: usize,
+    /// The native stack guest code may use.
+    pub max_wasm_stack_bytes: usize,
+    /// How many instances may be alive at once (the pool's size).
+    pub max_instances: u32,
+    /// How often the shared ticker advances the epoch: the resolution of
+    /// time limits.
+    pub epoch_tick: Duration,
+    /// Where compiled guest code is cached; `None` compiles at every start.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl EngineSettings {
+    /// Native stack for guest code. Lua bounds its own C recursion
+    /// (LUAI_MAXCCALLS = 200 levels, "C stack overflow"); this is deep enough
+    /// that Lua's own check comes first, and is the backstop if it does not.
+    pub const DEFAULT_WASM_STACK_BYTES: usize = 4 * MIB;
+    pub const DEFAULT_MAX_INSTANCES: u32 = 64;
+    pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            max_memory_bytes: Limits::MAX_MEMORY_MIB * MIB,
+            max_wasm_stack_bytes: Self::DEFAULT_WASM_STACK_BYTES,
+            max_instances: Self::DEFAULT_MAX_INSTANCES,
+            epoch_tick: Self::DEFAULT_EPOCH_TICK,
+            cache_dir: super::cache::default_dir(),
+        }
+    }
+}
+
+/// Build the engine every guest runs in.
+pub(crate) fn build_engine(settings: &EngineSettings) -> Result<Engine, SandboxError> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    // Lua's error handling (setjmp/longjmp) is compiled to wasm exceptions.
+    config.wasm_exceptions(true);
+    config.cranelift_opt_level(OptLevel::Speed);
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(settings.max_wasm_stack_bytes);
+    // Runs on a fiber (async) need room for the guest's stack plus the host
+    // functions it calls.
+    config.async_stack_size(settings.max_wasm_stack_bytes + 512 * KIB);
+
+    let instances = settings.max_instances;
+    let mut pool = PoolingAllocationConfig::default();
+    // One guest component holds its main module plus the small adapter
+    // modules wit-component adds for the canonical ABI.
+    pool.total_component_instances(instances);
+    pool.total_core_instances(instances * 4);
+    pool.total_memories(instances);
+    pool.total_tables(instances * 4);
+    pool.total_gc_heaps(instances);
+    pool.max_memory_size(settings.max_memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Instantiate memories from a copy-on-write image of the initial data.
+    config.memory_init_cow(true);
+
+    Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))
+}
+
+/// Caps and records what one instance's memories and tables may grow to.
+#[derive(Debug)]
+pub(crate) struct RunLimiter {
+    memory_cap: usize,
+    /// The largest linear memory size granted so far.
+    pub(crate) peak_memory: usize,
+    /// A growth was refused for the cap (or failed): a later memory error
+    /// from Lua is the memory limit, not a script's own `error(...)`.
+    pub(crate) refused: bool,
+}
+
+/// Tables hold function references; the guest needs about a thousand.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl RunLimiter {
+    pub(crate) fn new(memory_cap: usize) -> Self {
+        RunLimiter {
+            memory_cap,
+            peak_memory: 0,
+            refused: false,
+        }
+    }
+
+    pub(crate) fn memory_cap(&self) -> usize {
+        self.memory_cap
+    }
+}
+
+impl ResourceLimiter for RunLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            // Refuse quietly: malloc returns NULL, Lua collects garbage in an
+            // emergency and retries, and only then raises its memory error,
+            // which the guard turns into the memory limit.
+            self.refused = true;
+            return Ok(false);
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.refused = true;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Arm a store's wall-clock deadline: at every epoch tick the store checks
+/// whether `deadline` has passed and, if so, interrupts the guest (a
+/// `Trap::Interrupt`).
+pub(crate) fn arm_deadline<T: 'static>(store: &mut wasmtime::Store<T>, deadline: Instant) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Continue(1))
+        }
+    });
+}
+
+/// The one thread that advances an engine's epoch, for all runs at once.
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: Engine, tick: Duration) -> Result<Self, SandboxError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("moonwall-epoch".into())
+            .spawn(move || {
+                while !stop_flag.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| SandboxError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The sandbox: run untrusted Lua in a fresh, limited wasm instance.
+//!
+//! - [`engine`]: the engine configuration and every limit (fuel, time, memory,
+//!   native stack, output, pooling).
+//! - [`host_api`]: the WIT bindings and the functions the guest imports.
+//! - [`outcome`]: how a run ended, as a typed result.
+//! - [`cache`]: compiled guest code cached on disk.
+//!
+//! A [`Sandbox`] compiles the guest once and pre-links it (`InstancePre`);
+//! [`Sandbox::run`] then instantiates it afresh for every run, so no state is
+//! ever shared between runs.
+
+pub mod cache;
+pub mod engine;
+pub mod host_api;
+pub mod outcome;
+
+use std::time::Instant;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, Store, Trap};
+
+pub use engine::{EngineSettings, Limits};
+pub use host_api::{CapturedOutput, InheritedOutput, OutputSink};
+pub use outcome::{Limit, Outcome, RunReport};
+
+use engine::EpochTicker;
+use host_api::exports::moonwall::sandbox::script;
+use host_api::{HostStop, RunState};
+
+/// What can keep the sandbox from running a script at all. (How a script
+/// ends, limits included, is an [`Outcome`], not an error.)
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid limits: {0}")]
+    InvalidLimits(String),
+    #[error("wasm engine: {0}")]
+    Engine(String),
+    #[error("cannot instantiate the guest: {0}")]
+    Instantiate(String),
+}
+
+/// A Lua program: chunks run in order in one state; the last is the script.
+#[derive(Debug, Clone, Default)]
+pub struct Program {
+    chunks: Vec<script::Chunk>,
+    args: Vec<String>,
+}
+
+impl Program {
+    /// A program of one script, reported as `name` in messages (as Lua's
+    /// `@name`: `name:line: message`).
+    pub fn script(name: &str, source: impl Into<Vec<u8>>) -> Self {
+        Program::default().then_script(name, source)
+    }
+
+    /// Add a chunk run before the script, reported as `=name`, like `lua -e`.
+    pub fn prelude(mut self, name: &str, source: impl Into<Vec<u8>>) -> Self {
+        let chunk = script::Chunk {
+            name: format!("={name}"),
+            source: source.into(),
+        };
+        self.chunks.push(chunk);
+        self
+    }
+
+    /// Add the script (a file), run last, reported as `name`.
+    pub fn then_script(mut self, name: &str, source: impl Into<Vec<u8>>) -> Self {
+        let chunk = script::Chunk {
+            name: format!("@{name}"),
+            source: source.into(),
+        };
+        self.chunks.push(chunk);
+        self
+    }
+
+    /// Arguments of the script: `...` and `arg[1..]`.
+    pub fn with_args(mut self, args: Vec<String>) -> Self {
+        self.args = args;
+        self
+    }
+}
+
+/// Runs Lua programs, each in a fresh instance of the guest.
+pub struct Sandbox {
+    engine: Engine,
+    pre: host_api::SandboxPre<RunState>,
+    settings: EngineSettings,
+    // Last: stops the ticker thread when the sandbox is dropped.
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    /// Build the engine, load (or compile and cache) the guest and pre-link
+    /// it. Done once per process.
+    pub fn new(settings: EngineSettings) -> Result<Self, SandboxError> {
+        let engine = engine::build_engine(&settings)?;
+        let component = cache::load_or_compile(&engine, settings.cache_dir.as_deref())?;
+        let mut linker = Linker::new(&engine);
+        host_api::Sandbox::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| SandboxError::Engine(format!("linking the guest: {e}")))?;
+        let pre = host_api::SandboxPre::new(instance_pre)
+            .map_err(|e| SandboxError::Engine(format!("the guest does not match wit/: {e}")))?;
+        let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick)?;
+        Ok(Sandbox {
+            engine,
+            pre,
+            settings,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Run `program` in a fresh instance under `limits`, its output going to
+    /// `output`. Returns how it ended, and the sink.
+    pub fn run<S: OutputSink + 'static>(
+        &self,
+        program: &Program,
+        limits: &Limits,
+        output: S,
+    ) -> Result<(RunReport, S), SandboxError> {
+        let (report, sink) = self.run_boxed(program, limits, Box::new(output))?;
+        // The box holds the `S` we were given.
+        let sink = downcast_sink::<S>(sink);
+        Ok((report, sink))
+    }
+
+    /// Run `program` with its output captured in memory.
+    pub fn run_captured(
+        &self,
+        program: &Program,
+        limits: &Limits,
+    ) -> Result<(RunReport, CapturedOutput), SandboxError> {
+        self.run(program, limits, CapturedOutput::default())
+    }
+
+    fn run_boxed(
+        &self,
+        program: &Program,
+        limits: &Limits,
+        output: Box<dyn OutputSink>,
+    ) -> Result<(RunReport, Box<dyn OutputSink>), SandboxError> {
+        limits.validate()?;
+        if limits.memory_bytes > self.settings.max_memory_bytes {
+            return Err(SandboxError::InvalidLimits(format!(
+                "a memory limit of {} bytes is above this engine's ceiling of {} bytes",
+                limits.memory_bytes, self.settings.max_memory_bytes
+            )));
+        }
+        let started = Instant::now();
+        let state = RunState::new(limits.memory_bytes, limits.output_bytes, output);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        engine::arm_deadline(&mut store, started + limits.timeout);
+
+        let outcome = match self.pre.instantiate(&mut store) {
+            Ok(guest) => match guest.moonwall_sandbox_script().call_run(
+                &mut store,
+                &program.chunks,
+                &program.args,
+            ) {
+                Ok(outcome) => from_guest(outcome),
+                Err(error) => classify_stop(&error, limits, &self.settings),
+            },
+            // A memory cap below what the guest needs to start is the memory
+            // limit; anything else means the host could not run the guest.
+            Err(_) if store.data().limiter.refused => Outcome::LimitExceeded(Limit::Memory {
+                limit_bytes: limits.memory_bytes,
+            }),
+            Err(error) => return Err(SandboxError::Instantiate(format!("{error:#}"))),
+        };
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let state = store.into_data();
+        let report = RunReport {
+            outcome,
+            fuel_used: limits.fuel - fuel_left.min(limits.fuel),
+            peak_memory_bytes: state.limiter.peak_memory,
+            duration: started.elapsed(),
+        };
+        Ok((report, state.into_output()))
+    }
+}
+
+fn downcast_sink<S: OutputSink + 'static>(sink: Box<dyn OutputSink>) -> S {
+    let sink: Box<dyn std::any::Any> = sink;
+    match sink.downcast::<S>() {
+        Ok(sink) => *sink,
+        Err(_) => unreachable!("run_boxed returns the sink run gave it"),
+    }
+}
+
+/// Longest message or traceback kept from the guest; the rest is cut.
+const MAX_REPORTED_BYTES: usize = 64 * 1024;
+
+fn lossy(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(MAX_REPORTED_BYTES)];
+    let mut text = String::from_utf8_lossy(cut).into_owned();
+    if bytes.len() > MAX_REPORTED_BYTES {
+        text.push_str(" [...]");
+    }
+    text
+}
+
+fn from_guest(outcome: script::Outcome) -> Outcome {
+    match outcome {
+        script::Outcome::Completed => Outcome::Completed,
+        script::Outcome::RuntimeError(error) => Outcome::LuaError {
+            message: lossy(&error.message),
+            traceback: lossy(&error.traceback),
+        },
+        script::Outcome::SyntaxError(message) => Outcome::SyntaxError {
+            message: lossy(&message),
+        },
+    }
+}
+
+/// Why the guest stopped before returning.
+fn classify_stop(error: &wasmtime::Error, limits: &Limits, settings: &EngineSettings) -> Outcome {
+    if let Some(stop) = error.downcast_ref::<HostStop>() {
+        return match stop {
+            HostStop::Limit(limit) => Outcome::LimitExceeded(limit.clone()),
+            HostStop::LuaMemoryError => Outcome::LuaError {
+                message: "not enough memory".into(),
+                traceback: String::new(),
+            },
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::LimitExceeded(Limit::Fuel { limit: limits.fuel }),
+        Some(Trap::Interrupt) => Outcome::LimitExceeded(Limit::Time {
+            limit: limits.timeout,
+        }),
+        Some(Trap::StackOverflow) => Outcome::LimitExceeded(Limit::NativeStack {
+            limit_bytes: settings.max_wasm_stack_bytes,
+        }),
+        Some(trap) => Outcome::Fault {
+            trap: trap.to_string(),
+        },
+        None => Outcome::Fault {
+            trap: format!("{error:#}"),
+        },
+    }
+}
