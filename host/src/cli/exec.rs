@@ -33,7 +33,12 @@ pub struct ExecArgs {
     pub max_output_kib: u64,
 
     /// Run CHUNK before FILE, like `lua -e` (repeatable, in order).
-    #[arg(short = 'e', long = "eval", value_name = "CHUNK")]
+    #[arg(
+        short = 'e',
+        long = "eval",
+        value_name = "CHUNK",
+        allow_hyphen_values = true
+    )]
     pub eval: Vec<String>,
 
     /// After the run, print fuel used, peak memory and time to stderr.

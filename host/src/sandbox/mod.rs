@@ -117,6 +117,17 @@ impl Sandbox {
         &self.engine
     }
 
+    /// The names of everything the guest imports: what it can reach outside
+    /// itself. Only `moonwall:sandbox/*` interfaces, by construction.
+    pub fn guest_imports(&self) -> Vec<String> {
+        let component = self.pre.instance_pre().component();
+        component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
     /// Run `program` in a fresh instance under `limits`, its output going to
     /// `output`. Returns how it ended, and the sink.
     pub fn run<S: OutputSink + 'static>(

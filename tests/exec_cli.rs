@@ -1,0 +1,182 @@
+//! `moonwall exec` as users and scripts call it: output, exit codes and the
+//! messages on stderr.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn script(name: &str, source: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("exec-cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, source).unwrap();
+    path
+}
+
+fn moonwall(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moonwall"))
+        .args(args)
+        .env("MOONWALL_CACHE_DIR", common::cache_dir())
+        .output()
+        .expect("moonwall runs")
+}
+
+fn exec(flags: &[&str], name: &str, source: &str) -> (i32, String, String) {
+    let path = script(name, source);
+    let mut args = vec!["exec"];
+    args.extend_from_slice(flags);
+    args.push(path.to_str().unwrap());
+    let output = moonwall(&args);
+    (
+        output.status.code().expect("an exit code"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_completed_script_exits_0_with_its_output() {
+    let (code, stdout, stderr) = exec(&[], "hello.lua", "print('hello', 1 + 1)");
+    assert_eq!(
+        (code, stdout.as_str(), stderr.as_str()),
+        (0, "hello\t2\n", "")
+    );
+}
+
+#[test]
+fn arguments_and_eval_chunks_reach_the_script() {
+    let path = script("args.lua", "print(greeting, ...)");
+    let output = moonwall(&[
+        "exec",
+        "-e",
+        "greeting = 'hi'",
+        path.to_str().unwrap(),
+        "a",
+        "-b",
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hi\ta\t-b\n");
+}
+
+#[test]
+fn a_lua_error_exits_1_with_file_line_and_traceback() {
+    let (code, stdout, stderr) = exec(&[], "boom.lua", "print('before')\nerror('boom')\n");
+    assert_eq!(code, 1);
+    assert_eq!(stdout, "before\n");
+    let path = script("boom.lua", "print('before')\nerror('boom')\n");
+    let file = path.display();
+    assert!(
+        stderr.starts_with(&format!("error: {file}:2: boom\nstack traceback:\n")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:2: in main chunk")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_syntax_error_exits_1_with_file_and_line() {
+    let (code, _, stderr) = exec(&[], "syntax.lua", "local x = 1\nif x then\n");
+    assert_eq!(code, 1);
+    let file = script("syntax.lua", "local x = 1\nif x then\n")
+        .display()
+        .to_string();
+    assert_eq!(
+        stderr,
+        format!("error: {file}:3: 'end' expected (to close 'if' at line 2) near <eof>\n")
+    );
+}
+
+#[test]
+fn each_limit_exits_3_naming_the_limit_and_its_value() {
+    let cases: [(&[&str], &str, &str); 5] = [
+        (
+            &["--fuel", "100000000"],
+            "while true do end",
+            "error: fuel limit of 100000000 exhausted\n",
+        ),
+        (
+            &["--fuel", "100000000000000", "--timeout-ms", "200"],
+            "while true do end",
+            "error: time limit of 200 ms exceeded\n",
+        ),
+        (
+            &["--memory-mib", "16"],
+            "local t = {} while true do t[#t + 1] = {} end",
+            "error: memory limit of 16 MiB exceeded\n",
+        ),
+        (
+            &["--memory-mib", "16"],
+            "print(pcall(function() local s = 'x' while true do s = s .. s end end))",
+            "error: memory limit of 16 MiB exceeded\n",
+        ),
+        (
+            &["--max-output-kib", "1"],
+            "while true do print('spam') end",
+            "error: output limit of 1 KiB exceeded\n",
+        ),
+    ];
+    for (flags, source, message) in cases {
+        let (code, stdout, stderr) = exec(flags, "limit.lua", source);
+        assert_eq!((code, stderr.as_str()), (3, message), "{flags:?} {source}");
+        if message.contains("output") {
+            assert_eq!(stdout.len(), 1024);
+        }
+    }
+}
+
+#[test]
+fn stats_report_fuel_memory_and_time() {
+    let (code, _, stderr) = exec(&["--stats"], "stats.lua", "local x = 1");
+    assert_eq!(code, 0);
+    assert!(stderr.starts_with("stats: fuel used "), "{stderr}");
+    assert!(
+        stderr.contains("peak memory") && stderr.contains(" ms"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec!["exec"],
+        vec!["exec", "--fuel", "lots", "x.lua"],
+        vec!["exec", "--fuel", "0", "x.lua"],
+        vec!["exec", "--memory-mib", "1", "x.lua"],
+        vec!["exec", "--memory-mib", "5000", "x.lua"],
+        vec!["exec", "--no-such-flag", "x.lua"],
+        vec!["frobnicate"],
+    ] {
+        let output = moonwall(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("error:"),
+            "{args:?}"
+        );
+    }
+    let output = moonwall(&["exec", "/no/such/dir/script.lua"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: cannot read /no/such/dir/script.lua: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let output = moonwall(&["exec", "--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--fuel",
+        "--timeout-ms",
+        "--memory-mib",
+        "--max-output-kib",
+        "Exit codes:",
+        "3  stopped by a limit",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}
