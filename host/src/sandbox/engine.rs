@@ -123,6 +123,9 @@ impl Default for EngineSettings {
     }
 }
 
+/// Bytes of each pooled table slot kept resident between instances.
+const TABLE_KEEP_RESIDENT_BYTES: usize = 64 * KIB;
+
 /// Build the engine every guest runs in.
 pub(crate) fn build_engine(settings: &EngineSettings) -> Result<Engine, SandboxError> {
     let mut config = Config::new();
@@ -147,6 +150,11 @@ pub(crate) fn build_engine(settings: &EngineSettings) -> Result<Engine, SandboxE
     pool.total_tables(instances * 4);
     pool.total_gc_heaps(instances);
     pool.max_memory_size(settings.max_memory_bytes);
+    // Reset the guest's function tables in place instead of discarding their
+    // pages on every drop: instantiate-and-drop 10.6 µs -> 5.9 µs (see
+    // docs/benchmarks.md). Linear memory is still discarded: keeping it
+    // resident trades a reset memset against page faults, measured there too.
+    pool.table_keep_resident(TABLE_KEEP_RESIDENT_BYTES);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     // Instantiate memories from a copy-on-write image of the initial data.
     config.memory_init_cow(true);

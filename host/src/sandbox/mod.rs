@@ -142,6 +142,21 @@ impl Sandbox {
         Ok((report, sink))
     }
 
+    /// Create a fresh instance under `limits` and drop it, running nothing:
+    /// the fixed cost of isolation, for benchmarks.
+    #[doc(hidden)]
+    pub fn instantiate_and_drop(&self, limits: &Limits) -> Result<(), SandboxError> {
+        let state = RunState::new(limits.memory_bytes, limits.output_bytes, Box::new(CapturedOutput::default()));
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_fuel(limits.fuel).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        engine::arm_deadline(&mut store, Instant::now() + limits.timeout);
+        self.pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))
+    }
+
     /// Run `program` with its output captured in memory.
     pub fn run_captured(
         &self,
