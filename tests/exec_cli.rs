@@ -91,7 +91,7 @@ fn a_syntax_error_exits_1_with_file_and_line() {
 
 #[test]
 fn each_limit_exits_3_naming_the_limit_and_its_value() {
-    let cases: [(&[&str], &str, &str); 5] = [
+    let cases: [(&[&str], &str, &str); 6] = [
         (
             &["--fuel", "100000000"],
             "while true do end",
@@ -116,6 +116,11 @@ fn each_limit_exits_3_naming_the_limit_and_its_value() {
             &["--max-output-kib", "1"],
             "while true do print('spam') end",
             "error: output limit of 1 KiB exceeded\n",
+        ),
+        (
+            &["--max-stack-kib", "64"],
+            "local function f(n) if n > 0 then pcall(f, n - 1) end end f(190)",
+            "error: native stack limit of 64 KiB exceeded\n",
         ),
     ];
     for (flags, source, message) in cases {
@@ -174,6 +179,7 @@ fn help_documents_the_exit_codes() {
         "--timeout-ms",
         "--memory-mib",
         "--max-output-kib",
+        "--max-stack-kib",
         "Exit codes:",
         "3  stopped by a limit",
     ] {

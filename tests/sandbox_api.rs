@@ -593,3 +593,45 @@ fn one_process_survives_thousands_of_failing_runs() {
     }
     assert_eq!(stdout_of(normal), "10000\t100\n");
 }
+
+#[test]
+fn a_scripted_memory_error_is_an_ordinary_error() {
+    // Lua turns error("not enough memory") into its memory-error status; only
+    // a real failed allocation may end the run.
+    let out = stdout_of(
+        "print(pcall(error, 'not enough memory', 0))\n\
+         local co = coroutine.create(function() error('not enough memory', 0) end)\n\
+         print(coroutine.resume(co))",
+    );
+    assert_eq!(out, "false\tnot enough memory\nfalse\tnot enough memory\n");
+
+    // Even after a refused growth that Lua's emergency collection recovered from.
+    let limits = Limits {
+        memory_bytes: 8 << 20,
+        ..test_limits()
+    };
+    let (report, output) = run_with(
+        "collectgarbage('stop')\n\
+         local block = string.rep('k', 1024)\n\
+         for i = 1, 8 do local garbage = string.rep(block, 3 * 1024) end\n\
+         print(pcall(error, 'not enough memory', 0))",
+        &limits,
+    );
+    assert_eq!(report.outcome, Outcome::Completed);
+    assert_eq!(output.stdout, b"false\tnot enough memory\n");
+}
+
+#[test]
+fn an_allocation_larger_than_wasm32_can_hold_is_the_memory_limit() {
+    let limits = Limits {
+        memory_bytes: 16 << 20,
+        ..test_limits()
+    };
+    let limit = limit_of("print(pcall(string.rep, 'x', 2^31 - 1000))", &limits);
+    assert_eq!(
+        limit,
+        Limit::Memory {
+            limit_bytes: 16 << 20
+        }
+    );
+}

@@ -1,7 +1,7 @@
 /*
- * The guest's only ways out, each a call into a WIT import (wit/sandbox.wit):
+ * The guest's ways out, each a call into a WIT import (wit/sandbox.wit):
  * output for print and warnings, clocks and entropy for the C library's
- * time(), clock() and Lua's seeds, and the memory-error guard.
+ * time(), clock() and Lua's seeds. (The memory guard is in memory.c.)
  *
  * time() and clock() are defined here so that wasi-libc's versions, and the
  * WASI imports behind them, are never linked.
@@ -59,10 +59,4 @@ clock_t clock(void) {
 
 unsigned int moonwall_hash_seed(void) {
   return (unsigned int)moonwall_sandbox_clock_random_seed();
-}
-
-_Noreturn void moonwall_memory_exhausted(void) {
-  moonwall_sandbox_guard_memory_exhausted();
-  /* The host never returns from that call; should it, stop here anyway. */
-  __builtin_trap();
 }

@@ -24,13 +24,15 @@ unsigned int moonwall_hash_seed(void);
 /*
  * Lua raises LUA_ERRMEM when an allocation fails even after an emergency
  * collection. Such an error must end the run, not be caught by pcall, a
- * coroutine or a finalizer: every throw passes here, and a memory error is
- * handed to the host, which stops the instance (glue/guard.c).
+ * coroutine or a finalizer: every throw passes here, and a memory error that
+ * follows a failed allocation is handed to the host, which stops the
+ * instance (glue/memory.c).
  */
 _Noreturn void moonwall_memory_exhausted(void);
+int moonwall_allocation_failed(void);
 #define LUAI_THROW(L, c)                                                       \
   do {                                                                         \
-    if ((c)->status == LUA_ERRMEM)                                             \
+    if ((c)->status == LUA_ERRMEM && moonwall_allocation_failed())             \
       moonwall_memory_exhausted();                                             \
     longjmp((c)->b, 1);                                                        \
   } while (0)

@@ -12,6 +12,7 @@
 #include "sandbox.h"
 
 void moonwall_open_stdlib(lua_State *L);
+void *moonwall_lua_alloc(void *ud, void *block, size_t old_size, size_t new_size);
 _Noreturn void moonwall_memory_exhausted(void);
 
 #define TRACEBACK_KEY "moonwall.traceback"
@@ -132,6 +133,9 @@ void exports_moonwall_sandbox_script_run(exports_moonwall_sandbox_script_list_ch
   lua_State *L = luaL_newstate();
   if (L == NULL)
     moonwall_memory_exhausted();
+  /* luaL_newstate's allocator and ours share malloc; ours also records
+   * failures for the memory guard (memory.c). */
+  lua_setallocf(L, moonwall_lua_alloc, NULL);
   lua_pushcfunction(L, run_protected);
   lua_pushlightuserdata(L, &run);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {

@@ -26,6 +26,10 @@ static const char BINARY_REFUSED[] =
 
 /* load(chunk [, chunkname [, mode [, env]]]) with mode forced to "t". */
 static int sandbox_load(lua_State *L) {
+  /* Check the arguments here, as Lua's load does, so that errors name 'load'. */
+  if (!lua_isstring(L, 1))
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_optstring(L, 2, NULL);
   const char *mode = luaL_optstring(L, 3, "bt");
   size_t len;
   const char *text = lua_tolstring(L, 1, &len);

@@ -11,8 +11,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use moonwall::{CapturedOutput, EngineSettings, Limits, Outcome, Program, Sandbox};
 
 fn sandbox() -> Sandbox {
-    let cache = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/moonwall-bench-cache");
-    Sandbox::new(EngineSettings { cache_dir: Some(cache), ..EngineSettings::default() }).expect("sandbox")
+    let cache =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/moonwall-bench-cache");
+    Sandbox::new(EngineSettings {
+        cache_dir: Some(cache),
+        ..EngineSettings::default()
+    })
+    .expect("sandbox")
 }
 
 fn bench(c: &mut Criterion) {
@@ -33,10 +38,16 @@ fn bench(c: &mut Criterion) {
         ),
     ] {
         let program = Program::script("bench.lua", source);
-        let (report, _) = sandbox.run(&program, &limits, CapturedOutput::default()).unwrap();
+        let (report, _) = sandbox
+            .run(&program, &limits, CapturedOutput::default())
+            .unwrap();
         assert_eq!(report.outcome, Outcome::Completed);
         group.bench_function(name, |b| {
-            b.iter(|| sandbox.run(&program, &limits, CapturedOutput::default()).unwrap())
+            b.iter(|| {
+                sandbox
+                    .run(&program, &limits, CapturedOutput::default())
+                    .unwrap()
+            })
         });
     }
     group.finish();

@@ -32,6 +32,12 @@ pub struct ExecArgs {
           value_parser = clap::value_parser!(u64).range(0..=(1 << 30)))]
     pub max_output_kib: u64,
 
+    /// Native stack guest code may use, in KiB (64 to 65536). Lua's own
+    /// C-recursion limit normally comes first; this is the backstop.
+    #[arg(long, value_name = "N", default_value_t = (EngineSettings::DEFAULT_WASM_STACK_BYTES / 1024) as u64,
+          value_parser = clap::value_parser!(u64).range(64..=65536))]
+    pub max_stack_kib: u64,
+
     /// Run CHUNK before FILE, like `lua -e` (repeatable, in order).
     #[arg(
         short = 'e',
@@ -90,6 +96,7 @@ pub fn run(args: ExecArgs) -> u8 {
     // One run at a time: a small pool is enough.
     let settings = EngineSettings {
         max_instances: 2,
+        max_wasm_stack_bytes: args.max_stack_kib as usize * 1024,
         ..EngineSettings::default()
     };
     let sandbox = match Sandbox::new(settings) {

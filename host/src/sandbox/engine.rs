@@ -169,8 +169,8 @@ pub(crate) struct RunLimiter {
     memory_cap: usize,
     /// The largest linear memory size granted so far.
     pub(crate) peak_memory: usize,
-    /// A growth was refused for the cap (or failed): a later memory error
-    /// from Lua is the memory limit, not a script's own `error(...)`.
+    /// A growth was refused for the cap (or failed). A failed instantiation
+    /// with this set means the cap is below what the guest needs to start.
     pub(crate) refused: bool,
 }
 

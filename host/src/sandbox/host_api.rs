@@ -18,7 +18,7 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub(crate) use moonwall::sandbox::output::Stream;
+pub(crate) use self::moonwall::sandbox::output::Stream;
 
 /// Where a run's output goes.
 pub trait OutputSink: Send + std::any::Any {
@@ -62,8 +62,6 @@ impl OutputSink for InheritedOutput {
 pub(crate) enum HostStop {
     #[error("{0}")]
     Limit(Limit),
-    #[error("Lua raised a memory error while memory was below its cap")]
-    LuaMemoryError,
 }
 
 /// The state of one run, owned by its store.
@@ -91,7 +89,7 @@ impl RunState {
     }
 }
 
-impl moonwall::sandbox::output::Host for RunState {
+impl self::moonwall::sandbox::output::Host for RunState {
     fn write(&mut self, stream: Stream, bytes: Vec<u8>) -> wasmtime::Result<()> {
         let room = self.output_cap - self.output_written;
         if bytes.len() > room {
@@ -108,7 +106,7 @@ impl moonwall::sandbox::output::Host for RunState {
     }
 }
 
-impl moonwall::sandbox::clock::Host for RunState {
+impl self::moonwall::sandbox::clock::Host for RunState {
     fn wall_ns(&mut self) -> wasmtime::Result<u64> {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -129,18 +127,15 @@ impl moonwall::sandbox::clock::Host for RunState {
     }
 }
 
-impl moonwall::sandbox::guard::Host for RunState {
+impl self::moonwall::sandbox::guard::Host for RunState {
     fn memory_exhausted(&mut self) -> wasmtime::Result<()> {
-        // Trust, but verify: only a growth the limiter refused makes this the
-        // memory limit. (Lua also raises its memory error for a script that
-        // calls `error("not enough memory")`.)
-        let stop = if self.limiter.refused {
-            HostStop::Limit(Limit::Memory {
-                limit_bytes: self.limiter.memory_cap(),
-            })
-        } else {
-            HostStop::LuaMemoryError
+        // An allocation failed even after Lua's emergency collection: either
+        // the limiter refused to grow memory past the cap, or the request
+        // could never fit (wasm32 addresses 4 GiB; the cap is below that).
+        // A guest that calls this without cause only ends its own run.
+        let limit = Limit::Memory {
+            limit_bytes: self.limiter.memory_cap(),
         };
-        Err(wasmtime::Error::new(stop))
+        Err(wasmtime::Error::new(HostStop::Limit(limit)))
     }
 }

@@ -146,10 +146,16 @@ impl Sandbox {
     /// the fixed cost of isolation, for benchmarks.
     #[doc(hidden)]
     pub fn instantiate_and_drop(&self, limits: &Limits) -> Result<(), SandboxError> {
-        let state = RunState::new(limits.memory_bytes, limits.output_bytes, Box::new(CapturedOutput::default()));
+        let state = RunState::new(
+            limits.memory_bytes,
+            limits.output_bytes,
+            Box::new(CapturedOutput::default()),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        store.set_fuel(limits.fuel).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
         engine::arm_deadline(&mut store, Instant::now() + limits.timeout);
         self.pre
             .instantiate(&mut store)
@@ -252,13 +258,8 @@ fn from_guest(outcome: script::Outcome) -> Outcome {
 /// Why the guest stopped before returning.
 fn classify_stop(error: &wasmtime::Error, limits: &Limits, settings: &EngineSettings) -> Outcome {
     if let Some(stop) = error.downcast_ref::<HostStop>() {
-        return match stop {
-            HostStop::Limit(limit) => Outcome::LimitExceeded(limit.clone()),
-            HostStop::LuaMemoryError => Outcome::LuaError {
-                message: "not enough memory".into(),
-                traceback: String::new(),
-            },
-        };
+        let HostStop::Limit(limit) = stop;
+        return Outcome::LimitExceeded(limit.clone());
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::LimitExceeded(Limit::Fuel { limit: limits.fuel }),

@@ -7,7 +7,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunReport {
     pub outcome: Outcome,
-    /// Fuel the run consumed (instantiation, the script, finalizers).
+    /// Fuel the run consumed (instantiation, the script, finalizers). Exact,
+    /// except after the time limit: wasmtime 48 does not write back the fuel
+    /// count that compiled code keeps in a register when an epoch interrupt
+    /// stops it, so then this counts only up to the guest's last call out
+    /// (a lower bound).
     pub fuel_used: u64,
     /// The high-water mark of the guest's linear memory, in bytes.
     pub peak_memory_bytes: usize,

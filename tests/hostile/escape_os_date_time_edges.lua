@@ -1,0 +1,15 @@
+-- expect: completed
+-- why: os.date/os.time/difftime with hostile formats and out-of-range times must fail cleanly, not trap in libc
+assert(not pcall(os.date, "%Q"))
+assert(not pcall(os.date, "%E"))
+assert(not pcall(os.date, "%"))
+assert(not pcall(os.date, "*t", 2^60))
+assert(not pcall(os.date, "%c", math.mininteger))
+assert(not pcall(os.time, { year = 2^40, month = 1, day = 1 }))
+assert(not pcall(os.time, { year = 2000 }))
+assert(type(os.date("!%c", 0)) == "string")
+assert(#os.date(string.rep("%c", 1000)) > 1000)
+local t = os.time({ year = 2000, month = 1000, day = -100000, hour = 2^31 - 1, min = -2^31, sec = 2^31 - 1 })
+print("normalised", t, os.difftime(math.maxinteger, math.mininteger))
+assert(not pcall(os.difftime, 1, 0 / 0))
+print(pcall(os.date, "*t", -2^31 * 1000))

@@ -1,0 +1,16 @@
+-- expect: error=out of limits
+-- why: string.pack/unpack/packsize with hostile formats: oversize integers, overflowing sizes, truncated input, bad alignment
+assert(not pcall(string.packsize, "c2147483647c2147483647"))
+assert(not pcall(string.packsize, "s"))
+assert(not pcall(string.unpack, "z", "no terminator"))
+assert(not pcall(string.unpack, "i4", "abc"))
+assert(not pcall(string.unpack, "s4", "\255\255\255\127abc"))
+assert(not pcall(string.unpack, "i16", ("\255"):rep(15) .. "\127"))
+assert(not pcall(string.pack, "!3i4", 1))
+assert(not pcall(string.pack, "i1", 300))
+assert(not pcall(string.unpack, "i4", "abcd", 2^40))
+assert(string.unpack("i4", "abcd", -2^40))
+assert(string.unpack("<i16", string.pack("<i16", -1)) == -1)
+assert(#string.pack("!16 b Xi16", 1) == 16)
+assert(not pcall(string.pack, "Xz", 1))
+print(string.pack("i17", 1))
