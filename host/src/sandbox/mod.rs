@@ -146,21 +146,30 @@ impl Sandbox {
     /// the fixed cost of isolation, for benchmarks.
     #[doc(hidden)]
     pub fn instantiate_and_drop(&self, limits: &Limits) -> Result<(), SandboxError> {
-        let state = RunState::new(
-            limits.memory_bytes,
-            limits.output_bytes,
-            Box::new(CapturedOutput::default()),
-        );
+        let output = Box::new(CapturedOutput::default());
+        let mut store = self.new_store(limits, output, Instant::now())?;
+        self.pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))
+    }
+
+    /// A fresh store for one run, with every limit armed: the memory limiter,
+    /// fuel, and the deadline counted from `started`.
+    fn new_store(
+        &self,
+        limits: &Limits,
+        output: Box<dyn OutputSink>,
+        started: Instant,
+    ) -> Result<Store<RunState>, SandboxError> {
+        let state = RunState::new(limits.memory_bytes, limits.output_bytes, output);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store
             .set_fuel(limits.fuel)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
-        engine::arm_deadline(&mut store, Instant::now() + limits.timeout);
-        self.pre
-            .instantiate(&mut store)
-            .map(drop)
-            .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))
+        engine::arm_deadline(&mut store, started + limits.timeout);
+        Ok(store)
     }
 
     /// Run `program` with its output captured in memory.
@@ -186,13 +195,7 @@ impl Sandbox {
             )));
         }
         let started = Instant::now();
-        let state = RunState::new(limits.memory_bytes, limits.output_bytes, output);
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
-        engine::arm_deadline(&mut store, started + limits.timeout);
+        let mut store = self.new_store(limits, output, started)?;
 
         let outcome = match self.pre.instantiate(&mut store) {
             Ok(guest) => match guest.moonwall_sandbox_script().call_run(
