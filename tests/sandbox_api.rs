@@ -487,6 +487,19 @@ fn the_native_stack_limit_stops_deep_c_recursion() {
 }
 
 #[test]
+fn a_limit_reached_while_the_guest_starts_is_still_a_limit() {
+    // 100 units of fuel cannot even run the guest's start-up code.
+    let limit = limit_of(
+        "print('never')",
+        &Limits {
+            fuel: 100,
+            ..test_limits()
+        },
+    );
+    assert_eq!(limit, Limit::Fuel { limit: 100 });
+}
+
+#[test]
 fn invalid_limits_are_refused_before_running() {
     let program = Program::script("t.lua", "");
     for limits in [

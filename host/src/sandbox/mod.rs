@@ -211,6 +211,11 @@ impl Sandbox {
             Err(_) if store.data().limiter.refused => Outcome::LimitExceeded(Limit::Memory {
                 limit_bytes: limits.memory_bytes,
             }),
+            // The guest's start-up code ran out of fuel or time (a tiny limit,
+            // or a loaded machine): that is the run's limit, not a host error.
+            Err(error) if error.downcast_ref::<Trap>().is_some() => {
+                classify_stop(&error, limits, &self.settings)
+            }
             Err(error) => return Err(SandboxError::Instantiate(format!("{error:#}"))),
         };
         let fuel_left = store.get_fuel().unwrap_or(0);
