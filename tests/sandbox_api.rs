@@ -275,8 +275,12 @@ fn the_guest_imports_only_the_moonwall_interfaces() {
         imports,
         [
             "moonwall:sandbox/clock@0.1.0",
+            "moonwall:sandbox/codec@0.1.0",
             "moonwall:sandbox/guard@0.1.0",
-            "moonwall:sandbox/output@0.1.0"
+            "moonwall:sandbox/http-types@0.1.0",
+            "moonwall:sandbox/log@0.1.0",
+            "moonwall:sandbox/output@0.1.0",
+            "moonwall:sandbox/response@0.1.0",
         ]
     );
 }

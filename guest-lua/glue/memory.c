@@ -14,6 +14,8 @@
  */
 #include <stdlib.h>
 
+#include "glue.h"
+#include "lauxlib.h"
 #include "lua.h"
 #include "sandbox.h"
 
@@ -33,6 +35,16 @@ void *moonwall_lua_alloc(void *ud, void *block, size_t old_size, size_t new_size
 }
 
 int moonwall_allocation_failed(void) { return last_allocation_failed; }
+
+lua_State *moonwall_new_state(void) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL)
+    moonwall_memory_exhausted();
+  /* luaL_newstate's allocator and ours share malloc; ours also records
+   * failures for the memory guard. */
+  lua_setallocf(L, moonwall_lua_alloc, NULL);
+  return L;
+}
 
 _Noreturn void moonwall_memory_exhausted(void) {
   moonwall_sandbox_guard_memory_exhausted();

@@ -6,14 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "glue.h"
 #include "lauxlib.h"
 #include "lua.h"
 #include "lualib.h"
 #include "sandbox.h"
-
-void moonwall_open_stdlib(lua_State *L);
-void *moonwall_lua_alloc(void *ud, void *block, size_t old_size, size_t new_size);
-_Noreturn void moonwall_memory_exhausted(void);
 
 #define TRACEBACK_KEY "moonwall.traceback"
 
@@ -25,7 +22,7 @@ struct run {
   outcome_t *outcome;
 };
 
-static void copy_out(sandbox_list_u8_t *out, const char *bytes, size_t len) {
+void moonwall_copy_out(sandbox_list_u8_t *out, const char *bytes, size_t len) {
   out->ptr = malloc(len > 0 ? len : 1);
   if (out->ptr == NULL)
     moonwall_memory_exhausted();
@@ -33,14 +30,14 @@ static void copy_out(sandbox_list_u8_t *out, const char *bytes, size_t len) {
   out->len = len;
 }
 
-static void copy_value(sandbox_list_u8_t *out, lua_State *L, int index) {
+void moonwall_copy_value(sandbox_list_u8_t *out, lua_State *L, int index) {
   size_t len = 0;
   const char *bytes = lua_tolstring(L, index, &len);
   if (bytes == NULL) {
     bytes = "(error object is not a string)";
     len = strlen(bytes);
   }
-  copy_out(out, bytes, len);
+  moonwall_copy_out(out, bytes, len);
 }
 
 /* Message handler: turn the error into a string (as the lua command does) and
@@ -59,12 +56,12 @@ static int message_handler(lua_State *L) {
 
 static void record_runtime_error(lua_State *L, outcome_t *outcome) {
   outcome->tag = EXPORTS_MOONWALL_SANDBOX_SCRIPT_OUTCOME_RUNTIME_ERROR;
-  copy_value(&outcome->val.runtime_error.message, L, -1);
+  moonwall_copy_value(&outcome->val.runtime_error.message, L, -1);
   lua_getfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
   if (lua_type(L, -1) == LUA_TSTRING)
-    copy_value(&outcome->val.runtime_error.traceback, L, -1);
+    moonwall_copy_value(&outcome->val.runtime_error.traceback, L, -1);
   else
-    copy_out(&outcome->val.runtime_error.traceback, "", 0);
+    moonwall_copy_out(&outcome->val.runtime_error.traceback, "", 0);
   lua_pop(L, 1);
 }
 
@@ -103,7 +100,7 @@ static int run_protected(lua_State *L) {
     lua_remove(L, -2); /* the name */
     if (status != LUA_OK) {
       run->outcome->tag = EXPORTS_MOONWALL_SANDBOX_SCRIPT_OUTCOME_SYNTAX_ERROR;
-      copy_value(&run->outcome->val.syntax_error, L, -1);
+      moonwall_copy_value(&run->outcome->val.syntax_error, L, -1);
       return 0;
     }
     int nargs = 0;
@@ -130,19 +127,14 @@ static int run_protected(lua_State *L) {
 void exports_moonwall_sandbox_script_run(exports_moonwall_sandbox_script_list_chunk_t *chunks,
                                          sandbox_list_string_t *args, outcome_t *outcome) {
   struct run run = {chunks, args, outcome};
-  lua_State *L = luaL_newstate();
-  if (L == NULL)
-    moonwall_memory_exhausted();
-  /* luaL_newstate's allocator and ours share malloc; ours also records
-   * failures for the memory guard (memory.c). */
-  lua_setallocf(L, moonwall_lua_alloc, NULL);
+  lua_State *L = moonwall_new_state();
   lua_pushcfunction(L, run_protected);
   lua_pushlightuserdata(L, &run);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
     /* An error outside any chunk (for instance in an error handler). */
     outcome->tag = EXPORTS_MOONWALL_SANDBOX_SCRIPT_OUTCOME_RUNTIME_ERROR;
-    copy_value(&outcome->val.runtime_error.message, L, -1);
-    copy_out(&outcome->val.runtime_error.traceback, "", 0);
+    moonwall_copy_value(&outcome->val.runtime_error.message, L, -1);
+    moonwall_copy_out(&outcome->val.runtime_error.traceback, "", 0);
   }
   /* Finalizers run here, still under every limit of the run. */
   lua_close(L);

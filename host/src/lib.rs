@@ -8,12 +8,15 @@
 //! The crate, in the order a run passes through it:
 //! - [`cli`]: the `moonwall` command line (`moonwall exec`), its flags and
 //!   exit codes.
+//! - [`http`]: the web server: routing, requests through phases, the
+//!   response and log imports of the guest.
 //! - [`sandbox`]: the engine and its limits ([`sandbox::engine`]), the host
 //!   side of the WIT contract ([`sandbox::host_api`]), the typed result of a
 //!   run ([`sandbox::outcome`]) and the cache of compiled guest code
 //!   ([`sandbox::cache`]).
 
 pub mod cli;
+pub mod http;
 pub mod sandbox;
 
 pub use sandbox::{

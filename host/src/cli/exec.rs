@@ -3,40 +3,17 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 
 use super::exit;
-use crate::sandbox::{EngineSettings, InheritedOutput, Limits, Outcome, Program, Sandbox};
+use super::limits::LimitArgs;
+use crate::sandbox::{InheritedOutput, Outcome, Program, Sandbox};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Fuel for the run: about one unit per WebAssembly instruction.
-    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_FUEL,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub fuel: u64,
-
-    /// Wall-clock time limit, in milliseconds.
-    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_TIMEOUT_MS,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout_ms: u64,
-
-    /// Memory limit of the sandbox, in MiB (2 to 4095).
-    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_MEMORY_MIB as u64,
-          value_parser = clap::value_parser!(u64).range(Limits::MIN_MEMORY_MIB as u64..=Limits::MAX_MEMORY_MIB as u64))]
-    pub memory_mib: u64,
-
-    /// Output limit (print and warnings together), in KiB.
-    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_OUTPUT_KIB as u64,
-          value_parser = clap::value_parser!(u64).range(0..=(1 << 30)))]
-    pub max_output_kib: u64,
-
-    /// Native stack guest code may use, in KiB (64 to 65536). Lua's own
-    /// C-recursion limit normally comes first; this is the backstop.
-    #[arg(long, value_name = "N", default_value_t = (EngineSettings::DEFAULT_WASM_STACK_BYTES / 1024) as u64,
-          value_parser = clap::value_parser!(u64).range(64..=65536))]
-    pub max_stack_kib: u64,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 
     /// Run CHUNK before FILE, like `lua -e` (repeatable, in order).
     #[arg(
@@ -64,17 +41,6 @@ pub struct ExecArgs {
     pub args: Vec<String>,
 }
 
-impl ExecArgs {
-    fn limits(&self) -> Limits {
-        Limits {
-            fuel: self.fuel,
-            timeout: Duration::from_millis(self.timeout_ms),
-            memory_bytes: self.memory_mib as usize * 1024 * 1024,
-            output_bytes: self.max_output_kib as usize * 1024,
-        }
-    }
-}
-
 pub fn run(args: ExecArgs) -> u8 {
     let source = match std::fs::read(&args.file) {
         Ok(source) => source,
@@ -94,11 +60,7 @@ pub fn run(args: ExecArgs) -> u8 {
         .with_args(args.args.clone());
 
     // One run at a time: a small pool is enough.
-    let settings = EngineSettings {
-        max_instances: 2,
-        max_wasm_stack_bytes: args.max_stack_kib as usize * 1024,
-        ..EngineSettings::default()
-    };
+    let settings = args.limits.engine_settings(2);
     let sandbox = match Sandbox::new(settings) {
         Ok(sandbox) => sandbox,
         Err(error) => {
@@ -106,7 +68,7 @@ pub fn run(args: ExecArgs) -> u8 {
             return exit::INTERNAL;
         }
     };
-    let report = match sandbox.run(&program, &args.limits(), InheritedOutput) {
+    let report = match sandbox.run(&program, &args.limits.limits(), InheritedOutput) {
         Ok((report, _)) => report,
         Err(error) => {
             eprintln!("error: {error}");

@@ -2,6 +2,8 @@
 //! interface that users and tools script against: extend it, never rename.
 
 mod exec;
+mod limits;
+mod request;
 
 use std::process::ExitCode;
 
@@ -42,6 +44,10 @@ pub enum Command {
     /// Run FILE as a plain Lua 5.4 program in the sandbox.
     #[command(after_help = EXIT_CODES_HELP)]
     Exec(exec::ExecArgs),
+    /// Run one request through the phase scripts, without a server, and print
+    /// the response (status line, headers, blank line, body). Exits 0
+    /// whenever a response was produced, 2 on a usage error.
+    Request(request::RequestArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -59,6 +65,24 @@ pub fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Exec(args) => exec::run(args),
+        Command::Request(args) => request::run(args),
     };
     ExitCode::from(code)
+}
+
+/// Log to stderr: human-readable lines, or JSON objects with `json`. The
+/// level is set by `MOONWALL_LOG` (`info` by default; `debug`, `warn`, ...).
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MOONWALL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // A second initialisation (in tests) keeps the first.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

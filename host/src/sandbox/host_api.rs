@@ -69,8 +69,10 @@ pub(crate) struct RunState {
     pub(crate) limiter: RunLimiter,
     output: Box<dyn OutputSink>,
     output_written: usize,
-    output_cap: usize,
+    pub(crate) output_cap: usize,
     started: Instant,
+    /// The request being served, when the run is an HTTP request.
+    pub(crate) http: Option<crate::http::guest_api::HttpState>,
 }
 
 impl RunState {
@@ -81,6 +83,7 @@ impl RunState {
             output_written: 0,
             output_cap,
             started: Instant::now(),
+            http: None,
         }
     }
 

@@ -84,8 +84,8 @@ impl Program {
 /// Runs Lua programs, each in a fresh instance of the guest.
 pub struct Sandbox {
     engine: Engine,
-    pre: host_api::SandboxPre<RunState>,
-    settings: EngineSettings,
+    pub(crate) pre: host_api::SandboxPre<RunState>,
+    pub(crate) settings: EngineSettings,
     // Last: stops the ticker thread when the sandbox is dropped.
     _ticker: EpochTicker,
 }
@@ -156,7 +156,7 @@ impl Sandbox {
 
     /// A fresh store for one run, with every limit armed: the memory limiter,
     /// fuel, and the deadline counted from `started`.
-    fn new_store(
+    pub(crate) fn new_store(
         &self,
         limits: &Limits,
         output: Box<dyn OutputSink>,
@@ -241,7 +241,7 @@ fn downcast_sink<S: OutputSink + 'static>(sink: Box<dyn OutputSink>) -> S {
 /// Longest message or traceback kept from the guest; the rest is cut.
 const MAX_REPORTED_BYTES: usize = 64 * 1024;
 
-fn lossy(bytes: &[u8]) -> String {
+pub(crate) fn lossy(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(MAX_REPORTED_BYTES)];
     let mut text = String::from_utf8_lossy(cut).into_owned();
     if bytes.len() > MAX_REPORTED_BYTES {
@@ -264,7 +264,11 @@ fn from_guest(outcome: script::Outcome) -> Outcome {
 }
 
 /// Why the guest stopped before returning.
-fn classify_stop(error: &wasmtime::Error, limits: &Limits, settings: &EngineSettings) -> Outcome {
+pub(crate) fn classify_stop(
+    error: &wasmtime::Error,
+    limits: &Limits,
+    settings: &EngineSettings,
+) -> Outcome {
     if let Some(stop) = error.downcast_ref::<HostStop>() {
         let HostStop::Limit(limit) = stop;
         return Outcome::LimitExceeded(limit.clone());

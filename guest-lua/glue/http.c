@@ -1,0 +1,361 @@
+/*
+ * The HTTP exports: run one request through its phases (lua/ngx.lua does the
+ * work), or only the log phase. This file gives the Lua side its primitives,
+ * each a call into a WIT import (wit/http.wit), and moves the request, the
+ * handlers and any error across the boundary.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "embedded_lua.h"
+#include "glue.h"
+#include "lauxlib.h"
+#include "lua.h"
+#include "lualib.h"
+#include "sandbox.h"
+
+typedef exports_moonwall_sandbox_http_handler_request_t request_t;
+typedef exports_moonwall_sandbox_http_handler_handlers_t handlers_t;
+typedef exports_moonwall_sandbox_http_handler_source_t source_t;
+typedef exports_moonwall_sandbox_http_handler_phase_error_t phase_error_t;
+
+/* The host bounds these too; checking here gives scripts a clear error. */
+#define MAX_RESPONSE_HEADERS 1000
+
+static sandbox_list_u8_t borrowed(const char *bytes, size_t len) {
+  sandbox_list_u8_t list = {(uint8_t *)bytes, len};
+  return list;
+}
+
+static void push_bytes(lua_State *L, const sandbox_list_u8_t *list) {
+  lua_pushlstring(L, (const char *)list->ptr, list->len);
+}
+
+static void push_text(lua_State *L, const sandbox_string_t *text) {
+  lua_pushlstring(L, (const char *)text->ptr, text->len);
+}
+
+/* Pop the list the host returned into a Lua string, and free it. */
+static void push_owned(lua_State *L, sandbox_list_u8_t *list) {
+  push_bytes(L, list);
+  sandbox_list_u8_free(list);
+}
+
+static int return_error(lua_State *L, sandbox_string_t *err) {
+  lua_pushnil(L);
+  push_text(L, err);
+  sandbox_string_free(err);
+  return 2;
+}
+
+/* ---- primitives for ngx.lua --------------------------------------------- */
+
+/* send_head(status, {name1, value1, name2, value2, ...}) -> true | nil, err */
+static int p_send_head(lua_State *L) {
+  lua_Integer status = luaL_checkinteger(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer n = luaL_len(L, 2);
+  if (status < 0 || status > 0xffff)
+    return luaL_error(L, "invalid status %I", status);
+  if (n < 0 || n % 2 != 0 || n / 2 > MAX_RESPONSE_HEADERS)
+    return luaL_error(L, "too many response headers");
+  size_t count = (size_t)n / 2;
+  sandbox_tuple2_list_u8_list_u8_t *items =
+      lua_newuserdatauv(L, sizeof(*items) * (count > 0 ? count : 1), 0);
+  for (size_t i = 0; i < count; i++) {
+    size_t len;
+    /* The strings stay alive in the table while the host reads them. */
+    if (lua_geti(L, 2, (lua_Integer)(2 * i + 1)) != LUA_TSTRING)
+      return luaL_error(L, "header name is not a string");
+    const char *name = lua_tolstring(L, -1, &len);
+    items[i].f0 = borrowed(name, len);
+    if (lua_geti(L, 2, (lua_Integer)(2 * i + 2)) != LUA_TSTRING)
+      return luaL_error(L, "header value is not a string");
+    const char *value = lua_tolstring(L, -1, &len);
+    items[i].f1 = borrowed(value, len);
+    lua_pop(L, 2);
+  }
+  sandbox_list_tuple2_list_u8_list_u8_t list = {items, count};
+  sandbox_string_t err;
+  if (!moonwall_sandbox_response_send_head((uint16_t)status, &list, &err))
+    return return_error(L, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* write(bytes) -> true | nil, err */
+static int p_write(lua_State *L) {
+  size_t len;
+  const char *bytes = luaL_checklstring(L, 1, &len);
+  sandbox_list_u8_t list = borrowed(bytes, len);
+  sandbox_string_t err;
+  if (!moonwall_sandbox_response_write(&list, &err))
+    return return_error(L, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int p_flush(lua_State *L) {
+  (void)L;
+  moonwall_sandbox_response_flush();
+  return 0;
+}
+
+/* log(level 0-8, message) */
+static int p_log(lua_State *L) {
+  lua_Integer level = luaL_checkinteger(L, 1);
+  size_t len;
+  const char *message = luaL_checklstring(L, 2, &len);
+  if (level < 0 || level > MOONWALL_SANDBOX_LOG_LEVEL_DEBUG)
+    return luaL_error(L, "bad log level");
+  sandbox_list_u8_t list = borrowed(message, len);
+  moonwall_sandbox_log_write((moonwall_sandbox_log_level_t)level, &list);
+  return 0;
+}
+
+/* where(level) -> "chunk:line: " of the Lua function `level` calls up, or "" */
+static int p_where(lua_State *L) {
+  int level = (int)luaL_optinteger(L, 1, 1);
+  lua_Debug ar;
+  if (lua_getstack(L, level, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
+    lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+  else
+    lua_pushliteral(L, "");
+  return 1;
+}
+
+static int p_md5(lua_State *L) {
+  size_t len;
+  const char *data = luaL_checklstring(L, 1, &len);
+  sandbox_list_u8_t in = borrowed(data, len), out;
+  moonwall_sandbox_codec_md5(&in, &out);
+  push_owned(L, &out);
+  return 1;
+}
+
+static int p_sha1(lua_State *L) {
+  size_t len;
+  const char *data = luaL_checklstring(L, 1, &len);
+  sandbox_list_u8_t in = borrowed(data, len), out;
+  moonwall_sandbox_codec_sha1(&in, &out);
+  push_owned(L, &out);
+  return 1;
+}
+
+static int p_hmac_sha1(lua_State *L) {
+  size_t key_len, len;
+  const char *key = luaL_checklstring(L, 1, &key_len);
+  const char *data = luaL_checklstring(L, 2, &len);
+  sandbox_list_u8_t key_list = borrowed(key, key_len), in = borrowed(data, len), out;
+  moonwall_sandbox_codec_hmac_sha1(&key_list, &in, &out);
+  push_owned(L, &out);
+  return 1;
+}
+
+static int p_crc32(lua_State *L) {
+  size_t len;
+  const char *data = luaL_checklstring(L, 1, &len);
+  sandbox_list_u8_t in = borrowed(data, len);
+  lua_pushinteger(L, (lua_Integer)moonwall_sandbox_codec_crc32(&in));
+  return 1;
+}
+
+static int p_b64enc(lua_State *L) {
+  size_t len;
+  const char *data = luaL_checklstring(L, 1, &len);
+  int no_padding = lua_toboolean(L, 2);
+  sandbox_list_u8_t in = borrowed(data, len), out;
+  moonwall_sandbox_codec_base64_encode(&in, no_padding, &out);
+  push_owned(L, &out);
+  return 1;
+}
+
+static int p_b64dec(lua_State *L) {
+  size_t len;
+  const char *data = luaL_checklstring(L, 1, &len);
+  sandbox_list_u8_t in = borrowed(data, len), out;
+  if (!moonwall_sandbox_codec_base64_decode(&in, &out)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  push_owned(L, &out);
+  return 1;
+}
+
+static int p_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moonwall_sandbox_clock_wall_ns() / 1e9);
+  return 1;
+}
+
+static void push_primitives(lua_State *L) {
+  static const luaL_Reg primitives[] = {
+      {"send_head", p_send_head}, {"write", p_write},   {"flush", p_flush},
+      {"log", p_log},             {"where", p_where},   {"md5", p_md5},
+      {"sha1", p_sha1},           {"hmac_sha1", p_hmac_sha1}, {"crc32", p_crc32},
+      {"b64enc", p_b64enc},       {"b64dec", p_b64dec}, {"now", p_now},
+      {NULL, NULL},
+  };
+  luaL_newlib(L, primitives);
+  lua_pushlightuserdata(L, NULL);
+  lua_setfield(L, -2, "null");
+}
+
+/* ---- the request and the handlers as Lua tables ------------------------- */
+
+static void set_text(lua_State *L, const char *field, const sandbox_string_t *text) {
+  push_text(L, text);
+  lua_setfield(L, -2, field);
+}
+
+static void push_request(lua_State *L, const request_t *request) {
+  lua_createtable(L, 0, 13);
+  set_text(L, "method", &request->method);
+  push_bytes(L, &request->uri);
+  lua_setfield(L, -2, "uri");
+  set_text(L, "request_uri", &request->request_uri);
+  set_text(L, "query", &request->query);
+  set_text(L, "http_version", &request->http_version);
+  set_text(L, "scheme", &request->scheme);
+  set_text(L, "host", &request->host);
+  lua_pushinteger(L, request->server_port);
+  lua_setfield(L, -2, "server_port");
+  set_text(L, "remote_addr", &request->remote_addr);
+  lua_pushinteger(L, request->remote_port);
+  lua_setfield(L, -2, "remote_port");
+  lua_createtable(L, (int)request->headers.len, 0);
+  for (size_t i = 0; i < request->headers.len; i++) {
+    lua_createtable(L, 0, 2);
+    set_text(L, "name", &request->headers.ptr[i].name);
+    push_bytes(L, &request->headers.ptr[i].value);
+    lua_setfield(L, -2, "value");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "headers");
+  push_bytes(L, &request->body);
+  lua_setfield(L, -2, "body");
+  lua_pushnumber(L, request->start_time);
+  lua_setfield(L, -2, "start_time");
+}
+
+static void push_source(lua_State *L, const source_t *source) {
+  lua_createtable(L, 0, 2);
+  set_text(L, "name", &source->name);
+  push_bytes(L, &source->code);
+  lua_setfield(L, -2, "code");
+}
+
+static void push_handlers(lua_State *L, const handlers_t *handlers) {
+  const struct {
+    const char *phase;
+    const moonwall_sandbox_http_types_option_source_t *source;
+  } all[] = {
+      {"rewrite", &handlers->rewrite},         {"access", &handlers->access},
+      {"content", &handlers->content},         {"header_filter", &handlers->header_filter},
+      {"body_filter", &handlers->body_filter}, {"log", &handlers->log},
+  };
+  lua_createtable(L, 0, 6);
+  for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+    if (all[i].source->is_some) {
+      push_source(L, &all[i].source->val);
+      lua_setfield(L, -2, all[i].phase);
+    }
+  }
+}
+
+static moonwall_sandbox_http_types_phase_t phase_of(const char *name) {
+  static const char *const names[] = {"rewrite", "access", "content", "header_filter", "body_filter", "log"};
+  for (int i = 0; i < 6; i++)
+    if (name != NULL && strcmp(name, names[i]) == 0)
+      return (moonwall_sandbox_http_types_phase_t)i;
+  return MOONWALL_SANDBOX_HTTP_TYPES_PHASE_CONTENT;
+}
+
+/* ---- the exports ---------------------------------------------------------- */
+
+struct http_call {
+  const request_t *request;
+  const handlers_t *handlers;  /* serve */
+  const source_t *log_handler; /* log only */
+  uint16_t status;             /* log only */
+  phase_error_t *error;
+  int failed;
+};
+
+/* Load ngx_util.lua and ngx.lua; leaves the module table on the stack. */
+static void load_ngx(lua_State *L) {
+  if (luaL_loadbufferx(L, moonwall_lua_ngx_util, moonwall_lua_ngx_util_len, "=ngx_util", "t") != LUA_OK)
+    lua_error(L);
+  lua_call(L, 0, 1);
+  if (luaL_loadbufferx(L, moonwall_lua_ngx, moonwall_lua_ngx_len, "=ngx", "t") != LUA_OK)
+    lua_error(L);
+  lua_insert(L, -2);
+  push_primitives(L);
+  lua_insert(L, -2);
+  lua_call(L, 2, 1);
+}
+
+static int http_protected(lua_State *L) {
+  struct http_call *call = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  moonwall_open_stdlib(L);
+  load_ngx(L);
+  if (call->handlers == NULL) {
+    lua_getfield(L, -1, "log_only");
+    push_request(L, call->request);
+    push_source(L, call->log_handler);
+    lua_pushinteger(L, call->status);
+    lua_call(L, 3, 0);
+    return 0;
+  }
+  lua_getfield(L, -1, "serve");
+  push_request(L, call->request);
+  push_handlers(L, call->handlers);
+  lua_call(L, 2, 1);
+  if (lua_istable(L, -1)) {
+    call->failed = 1;
+    lua_getfield(L, -1, "phase");
+    call->error->phase = phase_of(lua_tostring(L, -1));
+    lua_getfield(L, -2, "message");
+    moonwall_copy_value(&call->error->message, L, -1);
+    lua_getfield(L, -3, "traceback");
+    if (lua_type(L, -1) == LUA_TSTRING)
+      moonwall_copy_value(&call->error->traceback, L, -1);
+    else
+      moonwall_copy_out(&call->error->traceback, "", 0);
+  }
+  return 0;
+}
+
+static void run_http(struct http_call *call) {
+  lua_State *L = moonwall_new_state();
+  lua_pushcfunction(L, http_protected);
+  lua_pushlightuserdata(L, call);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    /* An error in moonwall's own Lua code, or in setting it up. */
+    call->failed = 1;
+    call->error->phase = MOONWALL_SANDBOX_HTTP_TYPES_PHASE_CONTENT;
+    moonwall_copy_value(&call->error->message, L, -1);
+    moonwall_copy_out(&call->error->traceback, "", 0);
+  }
+  lua_close(L);
+}
+
+bool exports_moonwall_sandbox_http_handler_handle(request_t *request, handlers_t *handlers, phase_error_t *err) {
+  struct http_call call = {request, handlers, NULL, 0, err, 0};
+  run_http(&call);
+  exports_moonwall_sandbox_http_handler_request_free(request);
+  exports_moonwall_sandbox_http_handler_handlers_free(handlers);
+  return !call.failed;
+}
+
+void exports_moonwall_sandbox_http_handler_log_only(request_t *request, source_t *log_handler, uint16_t status) {
+  phase_error_t ignored;
+  struct http_call call = {request, NULL, log_handler, status, &ignored, 0};
+  run_http(&call);
+  if (call.failed) {
+    sandbox_list_u8_t message = ignored.message;
+    moonwall_sandbox_log_write(MOONWALL_SANDBOX_LOG_LEVEL_ERR, &message);
+  }
+  exports_moonwall_sandbox_http_handler_request_free(request);
+  exports_moonwall_sandbox_http_handler_source_free(log_handler);
+}

@@ -1,0 +1,400 @@
+//! The host side of `wit/http.wit`'s imports: the response leaving the guest,
+//! its log lines, and the digests of the `ngx` API.
+//!
+//! The guest is hostile, so every status, header name and value, body byte
+//! and log line is checked and bounded here before it goes anywhere.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{KeyInit, Mac};
+use hyper::header::{HeaderName, HeaderValue};
+use md5::Digest;
+
+use crate::sandbox::host_api::moonwall::sandbox::{codec, http_types, log, response};
+use crate::sandbox::host_api::{HostStop, RunState};
+use crate::sandbox::outcome::Limit;
+
+/// Where a response goes: a client connection, or memory (`moonwall request`).
+pub trait ResponseSink: Send + std::any::Any {
+    fn send_head(&mut self, status: u16, headers: Vec<(HeaderName, HeaderValue)>);
+    fn write(&mut self, chunk: Bytes);
+    fn flush(&mut self);
+    /// The response cannot be completed: end it so that the client sees it
+    /// is incomplete (a cut connection, never a clean end).
+    fn abort(&mut self);
+}
+
+/// A response kept in memory.
+#[derive(Debug, Default, Clone)]
+pub struct CollectedResponse {
+    pub status: Option<u16>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Vec<u8>,
+    /// The response was cut short after its head was sent.
+    pub aborted: bool,
+}
+
+impl ResponseSink for CollectedResponse {
+    fn send_head(&mut self, status: u16, headers: Vec<(HeaderName, HeaderValue)>) {
+        self.status = Some(status);
+        self.headers = headers;
+    }
+    fn write(&mut self, chunk: Bytes) {
+        self.body.extend_from_slice(&chunk);
+    }
+    fn flush(&mut self) {}
+    fn abort(&mut self) {
+        self.aborted = true;
+    }
+}
+
+/// Most response headers a script may send.
+pub const MAX_RESPONSE_HEADERS: usize = 256;
+/// Most bytes of response headers (names and values) a script may send.
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+/// A log line longer than this is cut.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+/// Log bytes one request may write; past this its lines are dropped.
+pub const MAX_LOG_BYTES_PER_REQUEST: usize = 64 * 1024;
+
+/// Headers the host owns: framing and connection management are not the
+/// script's to decide (a wrong Content-Length would desynchronize the
+/// connection). They are dropped from what a script sends.
+const HOST_OWNED_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The state of one HTTP request inside its run.
+pub struct HttpState {
+    sink: Box<dyn ResponseSink>,
+    pub(crate) status_sent: Option<u16>,
+    pub(crate) body_bytes: u64,
+    /// HEAD requests get headers only.
+    discard_body: bool,
+    log: RequestLog,
+}
+
+impl HttpState {
+    pub(crate) fn new(sink: Box<dyn ResponseSink>, discard_body: bool, log: RequestLog) -> Self {
+        HttpState {
+            sink,
+            status_sent: None,
+            body_bytes: 0,
+            discard_body,
+            log,
+        }
+    }
+
+    pub(crate) fn into_sink(self) -> Box<dyn ResponseSink> {
+        self.sink
+    }
+
+    pub(crate) fn request_id(&self) -> u64 {
+        self.log.request_id
+    }
+
+    pub(crate) fn abort(&mut self) {
+        self.sink.abort();
+    }
+
+    /// The host's own response when the guest could not send one.
+    pub(crate) fn send_fallback(&mut self, status: u16) {
+        if self.status_sent.is_some() {
+            return;
+        }
+        let reason = hyper::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let page = format!(
+            "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n<center><h1>{status} {reason}</h1></center>\r\n<hr><center>moonwall</center>\r\n</body>\r\n</html>\r\n"
+        );
+        let headers = vec![
+            (
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html"),
+            ),
+            (hyper::header::SERVER, HeaderValue::from_static("moonwall")),
+        ];
+        self.sink.send_head(status, headers);
+        self.status_sent = Some(status);
+        if !self.discard_body {
+            self.body_bytes += page.len() as u64;
+            self.sink.write(Bytes::from(page));
+        }
+    }
+}
+
+/// Where a request's log lines go, tagged with its request id.
+pub struct RequestLog {
+    pub request_id: u64,
+    pub target: String,
+    written: usize,
+    dropped: bool,
+}
+
+impl RequestLog {
+    pub fn new(request_id: u64, target: String) -> Self {
+        RequestLog {
+            request_id,
+            target,
+            written: 0,
+            dropped: false,
+        }
+    }
+
+    pub(crate) fn line(&mut self, level: log::Level, message: &[u8]) {
+        if self.written >= MAX_LOG_BYTES_PER_REQUEST {
+            if !self.dropped {
+                self.dropped = true;
+                tracing::warn!(
+                    request_id = self.request_id,
+                    "log limit of {MAX_LOG_BYTES_PER_REQUEST} bytes reached; dropping this request's further log lines"
+                );
+            }
+            return;
+        }
+        let cut = &message[..message.len().min(MAX_LOG_LINE_BYTES)];
+        self.written += cut.len();
+        let text = escape_log_text(cut, message.len() > cut.len());
+        let id = self.request_id;
+        let script = self.target.as_str();
+        let name = level_name(level);
+        match level {
+            log::Level::Stderr
+            | log::Level::Emerg
+            | log::Level::Alert
+            | log::Level::Crit
+            | log::Level::Err => {
+                tracing::error!(request_id = id, target = script, level = name, "{text}")
+            }
+            log::Level::Warn => tracing::warn!(request_id = id, target = script, "{text}"),
+            log::Level::Notice | log::Level::Info => {
+                tracing::info!(request_id = id, target = script, level = name, "{text}")
+            }
+            log::Level::Debug => tracing::debug!(request_id = id, target = script, "{text}"),
+        }
+    }
+}
+
+/// nginx's name for a level.
+fn level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Stderr => "stderr",
+        log::Level::Emerg => "emerg",
+        log::Level::Alert => "alert",
+        log::Level::Crit => "crit",
+        log::Level::Err => "error",
+        log::Level::Warn => "warn",
+        log::Level::Notice => "notice",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+    }
+}
+
+/// Control bytes and invalid UTF-8 escaped, so a script cannot forge log lines.
+fn escape_log_text(bytes: &[u8], truncated: bool) -> String {
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() && c != '\t' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    if truncated {
+        out.push_str(" [...]");
+    }
+    out
+}
+
+fn http_state(state: &mut RunState) -> wasmtime::Result<&mut HttpState> {
+    state
+        .http
+        .as_mut()
+        .ok_or_else(|| wasmtime::Error::msg("an HTTP import was called outside an HTTP request"))
+}
+
+/// Validate what a script sends as response headers; the first problem wins.
+fn validate_headers(
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    if headers.len() > MAX_RESPONSE_HEADERS {
+        return Err(format!(
+            "too many response headers (at most {MAX_RESPONSE_HEADERS})"
+        ));
+    }
+    let total: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if total > MAX_RESPONSE_HEADER_BYTES {
+        return Err(format!(
+            "response headers too large (at most {MAX_RESPONSE_HEADER_BYTES} bytes)"
+        ));
+    }
+    let mut valid = Vec::with_capacity(headers.len() + 1);
+    let mut has_server = false;
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(&name).map_err(|_| {
+            format!(
+                "invalid response header name {:?}",
+                String::from_utf8_lossy(&name)
+            )
+        })?;
+        let value = HeaderValue::from_bytes(&value)
+            .map_err(|_| format!("invalid value for response header {name}"))?;
+        if HOST_OWNED_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        has_server |= name == hyper::header::SERVER;
+        valid.push((name, value));
+    }
+    if !has_server {
+        valid.push((hyper::header::SERVER, HeaderValue::from_static("moonwall")));
+    }
+    Ok(valid)
+}
+
+impl response::Host for RunState {
+    fn send_head(
+        &mut self,
+        status: u16,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let http = http_state(self)?;
+        if http.status_sent.is_some() {
+            return Ok(Err("response headers already sent".into()));
+        }
+        if !(100..=599).contains(&status) {
+            return Ok(Err(format!("invalid response status {status}")));
+        }
+        let headers = match validate_headers(headers) {
+            Ok(headers) => headers,
+            Err(message) => return Ok(Err(message)),
+        };
+        http.sink.send_head(status, headers);
+        http.status_sent = Some(status);
+        Ok(Ok(()))
+    }
+
+    fn write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        let cap = self.output_cap as u64;
+        let http = http_state(self)?;
+        if http.status_sent.is_none() {
+            return Ok(Err("response body before its headers".into()));
+        }
+        if http.discard_body {
+            return Ok(Ok(()));
+        }
+        let total = http.body_bytes + bytes.len() as u64;
+        if total > cap {
+            return Err(wasmtime::Error::new(HostStop::Limit(Limit::Output {
+                limit_bytes: cap as usize,
+            })));
+        }
+        http.body_bytes = total;
+        http.sink.write(Bytes::from(bytes));
+        Ok(Ok(()))
+    }
+
+    fn flush(&mut self) -> wasmtime::Result<()> {
+        http_state(self)?.sink.flush();
+        Ok(())
+    }
+}
+
+/// `http-types` holds only types.
+impl http_types::Host for RunState {}
+
+impl log::Host for RunState {
+    fn write(&mut self, level: log::Level, message: Vec<u8>) -> wasmtime::Result<()> {
+        http_state(self)?.log.line(level, &message);
+        Ok(())
+    }
+}
+
+// Every output below is a fixed size or proportional to an input the guest
+// already held in its own memory (at most its memory cap).
+impl codec::Host for RunState {
+    fn md5(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+        Ok(md5::Md5::digest(&data).to_vec())
+    }
+
+    fn sha1(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+        Ok(sha1::Sha1::digest(&data).to_vec())
+    }
+
+    fn hmac_sha1(&mut self, key: Vec<u8>, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+        let mut mac =
+            hmac::Hmac::<sha1::Sha1>::new_from_slice(&key).map_err(wasmtime::Error::msg)?;
+        mac.update(&data);
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+
+    fn crc32(&mut self, data: Vec<u8>) -> wasmtime::Result<u32> {
+        Ok(crc32fast::hash(&data))
+    }
+
+    fn base64_encode(&mut self, data: Vec<u8>, no_padding: bool) -> wasmtime::Result<Vec<u8>> {
+        let engine = if no_padding {
+            &base64::engine::general_purpose::STANDARD_NO_PAD
+        } else {
+            &base64::engine::general_purpose::STANDARD
+        };
+        Ok(engine.encode(&data).into_bytes())
+    }
+
+    fn base64_decode(&mut self, data: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        // nginx accepts base64 with or without its padding.
+        const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        Ok(LENIENT.decode(&data).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_text_cannot_forge_lines() {
+        assert_eq!(
+            escape_log_text(b"a\nb\r\x1b[31m\xff", false),
+            "a\\nb\\r\\u{1b}[31m\\xff"
+        );
+        assert_eq!(escape_log_text(b"tab\there", true), "tab\there [...]");
+    }
+
+    #[test]
+    fn response_headers_are_validated() {
+        let ok = validate_headers(vec![
+            (b"X-A".to_vec(), b"1".to_vec()),
+            (b"Content-Length".to_vec(), b"5".to_vec()),
+        ])
+        .unwrap();
+        let names: Vec<&str> = ok.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-a", "server"]);
+        assert!(validate_headers(vec![(b"Bad Name".to_vec(), b"1".to_vec())]).is_err());
+        assert!(validate_headers(vec![(b"X".to_vec(), b"a\r\nInjected: 1".to_vec())]).is_err());
+        assert!(
+            validate_headers(vec![
+                (b"X".to_vec(), b"v".to_vec());
+                MAX_RESPONSE_HEADERS + 1
+            ])
+            .is_err()
+        );
+    }
+}

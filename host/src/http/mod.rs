@@ -1,0 +1,24 @@
+//! Serving HTTP: each request runs through OpenResty-style phases in its own
+//! fresh sandbox instance.
+//!
+//! In the order a request passes through:
+//! - [`server`]: hyper on tokio; connections, limits on headers and bodies,
+//!   slow clients, graceful shutdown, the access log.
+//! - [`routing`]: which scripts handle a path, in a CGI-style document root
+//!   or in configured locations ([`config`]); static files ([`static_files`]).
+//! - [`request`]: the request as the guest will see it (path normalized).
+//! - [`phases`]: one request through rewrite, access, content, the filters
+//!   and log, in one instance; how it ended; the fallback response.
+//! - [`guest_api`]: the host side of the guest's HTTP imports: the response
+//!   (validated and bounded), log lines, digests.
+
+pub mod guest_api;
+pub mod phases;
+pub mod request;
+pub mod scripts;
+
+pub use crate::sandbox::host_api::moonwall::sandbox::http_types::{
+    Handlers, Header, Request, Source,
+};
+pub use guest_api::{CollectedResponse, RequestLog, ResponseSink};
+pub use phases::{HttpOutcome, HttpReport};
