@@ -129,7 +129,9 @@ end
 
 local function message_handler(err)
   if err == EXIT then return EXIT end
-  return { message = describe(err), traceback = traceback(nil, 2) }
+  -- The script's frames only: cut where the runner called the handler.
+  local trace = gsub(traceback(nil, 2), "\n\t%[C%]: in upvalue 'raw_xpcall'.*$", "")
+  return { message = describe(err), traceback = trace }
 end
 
 -- Run one handler; nil when it returned, "exit" after ngx.exit, or an error table.

@@ -4,6 +4,7 @@
 mod exec;
 mod limits;
 mod request;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,9 @@ pub enum Command {
     /// the response (status line, headers, blank line, body). Exits 0
     /// whenever a response was produced, 2 on a usage error.
     Request(request::RequestArgs),
+    /// Serve HTTP: every request runs its scripts in a fresh sandbox.
+    /// A Lua error answers 500, a limit 503; the server keeps serving.
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -66,6 +70,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Exec(args) => exec::run(args),
         Command::Request(args) => request::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     ExitCode::from(code)
 }

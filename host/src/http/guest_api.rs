@@ -17,7 +17,8 @@ use crate::sandbox::outcome::Limit;
 /// Where a response goes: a client connection, or memory (`moonwall request`).
 pub trait ResponseSink: Send + std::any::Any {
     fn send_head(&mut self, status: u16, headers: Vec<(HeaderName, HeaderValue)>);
-    fn write(&mut self, chunk: Bytes);
+    /// Pass on part of the body; `false` once the client has gone away.
+    fn write(&mut self, chunk: Bytes) -> bool;
     fn flush(&mut self);
     /// The response cannot be completed: end it so that the client sees it
     /// is incomplete (a cut connection, never a clean end).
@@ -39,8 +40,9 @@ impl ResponseSink for CollectedResponse {
         self.status = Some(status);
         self.headers = headers;
     }
-    fn write(&mut self, chunk: Bytes) {
+    fn write(&mut self, chunk: Bytes) -> bool {
         self.body.extend_from_slice(&chunk);
+        true
     }
     fn flush(&mut self) {}
     fn abort(&mut self) {
@@ -303,7 +305,9 @@ impl response::Host for RunState {
             })));
         }
         http.body_bytes = total;
-        http.sink.write(Bytes::from(bytes));
+        if !http.sink.write(Bytes::from(bytes)) {
+            return Ok(Err("client closed the connection".into()));
+        }
         Ok(Ok(()))
     }
 

@@ -12,10 +12,14 @@
 //! - [`guest_api`]: the host side of the guest's HTTP imports: the response
 //!   (validated and bounded), log lines, digests.
 
+pub mod config;
 pub mod guest_api;
 pub mod phases;
 pub mod request;
+pub mod routing;
 pub mod scripts;
+pub mod server;
+pub mod static_files;
 
 pub use crate::sandbox::host_api::moonwall::sandbox::http_types::{
     Handlers, Header, Request, Source,

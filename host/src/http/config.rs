@@ -1,0 +1,312 @@
+//! The site configuration of `moonwall serve --config FILE`: locations with a
+//! script per phase, nginx-style, and optional limits.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"          # optional; --listen wins
+//!
+//! [limits]                           # optional; each key optional
+//! fuel = 10000000000
+//! timeout_ms = 5000
+//! memory_mib = 64
+//! max_output_kib = 4096              # response body
+//!
+//! [[location]]
+//! path = "/api/"                     # starts with '/'
+//! match = "prefix"                   # or "exact"; default "prefix"
+//! access = "scripts/auth.lua"        # paths relative to this file
+//! content = "scripts/api.lua"        # rewrite, access, content,
+//!                                    # header_filter, body_filter, log
+//! ```
+//!
+//! Parsing is strict: unknown keys, wrong types, impossible values, missing
+//! scripts and duplicate locations are errors, each as `file:line:col: message`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::routing::{Location, Locations, Match};
+use super::scripts::PhaseScripts;
+use crate::sandbox::Limits;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteFile {
+    listen: Option<Spanned<String>>,
+    limits: Option<LimitsFile>,
+    #[serde(default, rename = "location")]
+    locations: Vec<LocationFile>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    fuel: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    memory_mib: Option<Spanned<u64>>,
+    max_output_kib: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationFile {
+    path: Spanned<String>,
+    #[serde(rename = "match")]
+    matching: Option<Match>,
+    rewrite: Option<Spanned<PathBuf>>,
+    access: Option<Spanned<PathBuf>>,
+    content: Option<Spanned<PathBuf>>,
+    header_filter: Option<Spanned<PathBuf>>,
+    body_filter: Option<Spanned<PathBuf>>,
+    log: Option<Spanned<PathBuf>>,
+}
+
+/// A site configuration, checked.
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub listen: Option<std::net::SocketAddr>,
+    pub limits: Limits,
+    pub locations: Locations,
+}
+
+/// Problems in a configuration file, each `file:line:col: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map(|nl| before.len() - nl)
+        .unwrap_or(before.len() + 1);
+    (line, column)
+}
+
+struct Problems<'a> {
+    file: &'a Path,
+    text: &'a str,
+    list: Vec<String>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, span: std::ops::Range<usize>, message: impl std::fmt::Display) {
+        let (line, column) = line_col(self.text, span.start);
+        self.list.push(format!(
+            "{}:{line}:{column}: {message}",
+            self.file.display()
+        ));
+    }
+}
+
+impl SiteConfig {
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            problems: vec![format!("{}: cannot read: {e}", file.display())],
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parse `text`, the contents of `file` (scripts are relative to its directory).
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut problems = Problems {
+            file,
+            text,
+            list: Vec::new(),
+        };
+        let site: SiteFile = match toml::from_str(text) {
+            Ok(site) => site,
+            Err(error) => {
+                let message = error.message().to_string();
+                match error.span() {
+                    Some(span) => problems.at(span, message),
+                    None => problems.list.push(format!("{}: {message}", file.display())),
+                }
+                return Err(ConfigError {
+                    problems: problems.list,
+                });
+            }
+        };
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+
+        let listen = site
+            .listen
+            .as_ref()
+            .and_then(|listen| match listen.get_ref().parse() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    problems.at(
+                        listen.span(),
+                        format!(
+                            "`{}` is not an address like 127.0.0.1:8080",
+                            listen.get_ref()
+                        ),
+                    );
+                    None
+                }
+            });
+
+        let mut limits = Limits::default();
+        if let Some(file_limits) = &site.limits {
+            if let Some(fuel) = &file_limits.fuel {
+                match *fuel.get_ref() {
+                    0 => problems.at(fuel.span(), "fuel must be at least 1"),
+                    value => limits.fuel = value,
+                }
+            }
+            if let Some(timeout) = &file_limits.timeout_ms {
+                match *timeout.get_ref() {
+                    0 => problems.at(timeout.span(), "timeout_ms must be at least 1"),
+                    value => limits.timeout = Duration::from_millis(value),
+                }
+            }
+            if let Some(memory) = &file_limits.memory_mib {
+                let value = *memory.get_ref() as usize;
+                if !(Limits::MIN_MEMORY_MIB..=Limits::MAX_MEMORY_MIB).contains(&value) {
+                    problems.at(
+                        memory.span(),
+                        format!(
+                            "memory_mib must be between {} and {}",
+                            Limits::MIN_MEMORY_MIB,
+                            Limits::MAX_MEMORY_MIB
+                        ),
+                    );
+                } else {
+                    limits.memory_bytes = value << 20;
+                }
+            }
+            if let Some(output) = &file_limits.max_output_kib {
+                match usize::try_from(*output.get_ref()) {
+                    Ok(value) if value <= 1 << 30 => limits.output_bytes = value << 10,
+                    _ => problems.at(output.span(), "max_output_kib must be at most 1073741824"),
+                }
+            }
+        }
+
+        let mut locations: Vec<Location> = Vec::new();
+        for location in &site.locations {
+            let path = location.path.get_ref();
+            if !path.starts_with('/') {
+                problems.at(
+                    location.path.span(),
+                    format!("location path `{path}` must start with '/'"),
+                );
+                continue;
+            }
+            let matching = location.matching.unwrap_or(Match::Prefix);
+            if locations
+                .iter()
+                .any(|l| l.path == *path && l.matching == matching)
+            {
+                problems.at(
+                    location.path.span(),
+                    format!("location `{path}` is defined twice"),
+                );
+                continue;
+            }
+            let mut script = |field: &Option<Spanned<PathBuf>>| -> Option<PathBuf> {
+                let spanned = field.as_ref()?;
+                let resolved = base.join(spanned.get_ref());
+                if !resolved.is_file() {
+                    problems.at(
+                        spanned.span(),
+                        format!("script {} not found", resolved.display()),
+                    );
+                }
+                Some(resolved)
+            };
+            let scripts = PhaseScripts {
+                rewrite: script(&location.rewrite),
+                access: script(&location.access),
+                content: script(&location.content),
+                header_filter: script(&location.header_filter),
+                body_filter: script(&location.body_filter),
+                log: script(&location.log),
+            };
+            if scripts == PhaseScripts::default() {
+                problems.at(
+                    location.path.span(),
+                    format!("location `{path}` names no script for any phase"),
+                );
+                continue;
+            }
+            locations.push(Location {
+                path: path.clone(),
+                matching,
+                scripts,
+            });
+        }
+        if site.locations.is_empty() {
+            problems.list.push(format!(
+                "{}: no [[location]]: nothing would be served",
+                file.display()
+            ));
+        }
+
+        if !problems.list.is_empty() {
+            return Err(ConfigError {
+                problems: problems.list,
+            });
+        }
+        Ok(SiteConfig {
+            listen,
+            limits,
+            locations: Locations {
+                locations,
+                shown_from: base,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        SiteConfig::parse(Path::new("site.toml"), text)
+            .unwrap_err()
+            .problems
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        assert_eq!(
+            errors("[[location]]\npath = \"/\"\ncontent = \"x.lua\"\nbogus = 1\n")[0],
+            "site.toml:4:1: unknown field `bogus`, expected one of `path`, `match`, `rewrite`, `access`, `content`, `header_filter`, `body_filter`, `log`"
+        );
+        assert_eq!(
+            errors("listen = 5\n[[location]]\npath=\"/\"\n")[0],
+            "site.toml:1:10: invalid type: integer `5`, expected a string"
+        );
+        let problems = errors(
+            "[limits]\nfuel = 0\nmemory_mib = 1\n[[location]]\npath = \"api\"\ncontent = \"a.lua\"\n",
+        );
+        assert_eq!(problems[0], "site.toml:2:8: fuel must be at least 1");
+        assert_eq!(
+            problems[1],
+            "site.toml:3:14: memory_mib must be between 2 and 4095"
+        );
+        assert_eq!(
+            problems[2],
+            "site.toml:5:8: location path `api` must start with '/'"
+        );
+        assert_eq!(
+            errors("[[location]]\npath = \"/\"\ncontent = \"missing.lua\"\n")[0],
+            "site.toml:3:11: script missing.lua not found"
+        );
+        assert_eq!(
+            errors("[[location]]\npath = \"/\"\n")[0],
+            "site.toml:2:8: location `/` names no script for any phase"
+        );
+        assert_eq!(
+            errors("listen = \"x\"\n")[0],
+            "site.toml:1:10: `x` is not an address like 127.0.0.1:8080"
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! The HTTP server: hyper on tokio, HTTP/1.1 with keep-alive and HTTP/2
+//! (h2c, by prior knowledge), each script request in a fresh sandbox instance.
+//!
+//! Bounds, all in [`ServerSettings`]: connections (a semaphore, waiting
+//! before accept), header bytes and count, the time to read a request's
+//! headers (slow clients: slowloris), the request body (413), instances
+//! running at once (requests beyond wait for one), and the grace period of a
+//! graceful shutdown, which drains in-flight requests.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::guest_api::{RequestLog, ResponseSink};
+use super::request::RequestHead;
+use super::routing::{Route, Router};
+use super::static_files::{self, StaticFile};
+use crate::sandbox::{Limits, Sandbox};
+
+/// Limits of the server itself (those of each script run are [`Limits`]).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub max_connections: usize,
+    pub max_request_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Script runs at once; further requests wait for a free instance.
+    pub max_running: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_connections: 1024,
+            max_request_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            max_running: 64,
+        }
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    pub sandbox: Arc<Sandbox>,
+    pub router: Router,
+    pub limits: Limits,
+    pub settings: ServerSettings,
+    running: Arc<Semaphore>,
+    next_request_id: AtomicU64,
+}
+
+impl App {
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        router: Router,
+        limits: Limits,
+        settings: ServerSettings,
+    ) -> Arc<Self> {
+        let running = Arc::new(Semaphore::new(settings.max_running));
+        Arc::new(App {
+            sandbox,
+            router,
+            limits,
+            settings,
+            running,
+            next_request_id: AtomicU64::new(1),
+        })
+    }
+}
+
+type ResponseBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// Accept and serve connections until `shutdown` completes, then stop
+/// accepting and give in-flight requests `shutdown_grace` to finish.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let connections = Arc::new(Semaphore::new(app.settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.settings.header_read_timeout)
+        .max_headers(app.settings.max_headers)
+        .max_buf_size(app.settings.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(app.settings.max_header_bytes).unwrap_or(u32::MAX));
+
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause, do not spin.
+                    tracing::warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(handle(app, request, remote, local).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(error) = connection.await {
+                tracing::debug!(%remote, "connection ended: {error}");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining {} connection(s)", graceful.count());
+    let grace = app.settings.shutdown_grace;
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace of {} ms over; closing the rest", grace.as_millis()),
+    }
+    Ok(())
+}
+
+fn full(body: impl Into<Bytes>) -> ResponseBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A response of the host's own: an nginx-like page for `status`.
+fn simple(status: StatusCode) -> Response<ResponseBody> {
+    let reason = status.canonical_reason().unwrap_or("");
+    let code = status.as_u16();
+    let page = format!(
+        "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>moonwall</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let mut response = Response::new(full(page));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html"),
+    );
+    headers.insert(hyper::header::SERVER, HeaderValue::from_static("moonwall"));
+    response
+}
+
+/// One access-log line per request.
+struct Access<'a> {
+    id: u64,
+    method: &'a str,
+    path: &'a str,
+    remote: SocketAddr,
+    started: Instant,
+}
+
+impl Access<'_> {
+    fn log(&self, status: u16, bytes: u64, fuel: u64, peak_memory: usize, outcome: &str) {
+        tracing::info!(
+            target: "access",
+            request_id = self.id,
+            remote = %self.remote,
+            method = self.method,
+            path = self.path,
+            status,
+            bytes,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            fuel,
+            peak_memory_kib = peak_memory / 1024,
+            outcome,
+            "{} {} {status}",
+            self.method,
+            self.path,
+        );
+    }
+
+    /// A response the host answers without running a script.
+    fn host(&self, response: Response<ResponseBody>, outcome: &str) -> Response<ResponseBody> {
+        let bytes = response.body().size_hint().exact().unwrap_or(0);
+        self.log(response.status().as_u16(), bytes, 0, 0, outcome);
+        response
+    }
+}
+
+async fn handle(
+    app: Arc<App>,
+    request: Request<Incoming>,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> Response<ResponseBody> {
+    let id = app.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = request.into_parts();
+    let method = parts.method.to_string();
+    let path = parts.uri.path().to_string();
+    let access = Access {
+        id,
+        method: &method,
+        path: &path,
+        remote,
+        started: Instant::now(),
+    };
+
+    let head = match RequestHead::from_parts(&parts) {
+        Ok(head) => head,
+        Err(error) => {
+            tracing::info!(request_id = id, "bad request path: {error}");
+            return access.host(simple(StatusCode::BAD_REQUEST), "bad-path");
+        }
+    };
+    match app.router.route(&head.uri) {
+        Route::NotFound => access.host(simple(StatusCode::NOT_FOUND), "not-found"),
+        Route::Static(file) => {
+            if parts.method != hyper::Method::GET && parts.method != hyper::Method::HEAD {
+                return access.host(simple(StatusCode::METHOD_NOT_ALLOWED), "static");
+            }
+            let read = tokio::task::spawn_blocking(move || static_files::read(&file)).await;
+            match read {
+                Ok(StaticFile::Found { content_type, body }) => {
+                    let mut response = Response::new(full(body));
+                    let headers = response.headers_mut();
+                    if let Ok(value) = HeaderValue::from_str(&content_type) {
+                        headers.insert(hyper::header::CONTENT_TYPE, value);
+                    }
+                    headers.insert(hyper::header::SERVER, HeaderValue::from_static("moonwall"));
+                    access.host(response, "static")
+                }
+                Ok(StaticFile::TooLarge) => {
+                    access.host(simple(StatusCode::FORBIDDEN), "static-too-large")
+                }
+                _ => access.host(simple(StatusCode::NOT_FOUND), "not-found"),
+            }
+        }
+        Route::Scripts {
+            scripts,
+            shown_from,
+        } => {
+            let max_body = app.settings.max_request_body_bytes;
+            let declared = parts
+                .headers
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|length| length > max_body as u64) {
+                return access.host(simple(StatusCode::PAYLOAD_TOO_LARGE), "body-too-large");
+            }
+            let body = match Limited::new(body, max_body).collect().await {
+                Ok(collected) => collected.to_bytes().to_vec(),
+                Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                    return access.host(simple(StatusCode::PAYLOAD_TOO_LARGE), "body-too-large");
+                }
+                Err(_) => return access.host(simple(StatusCode::BAD_REQUEST), "bad-body"),
+            };
+            let handlers = match scripts.load(&shown_from) {
+                Ok(handlers) => handlers,
+                Err(error) => {
+                    tracing::error!(request_id = id, "{error}");
+                    return access.host(
+                        simple(StatusCode::INTERNAL_SERVER_ERROR),
+                        "script-unreadable",
+                    );
+                }
+            };
+            let request = head.into_request(body, "http", local, remote);
+            run_script(&app, id, request, handlers, &access).await
+        }
+    }
+}
+
+/// Run the scripts on a blocking thread; the response streams back through
+/// a channel as the guest writes it.
+async fn run_script(
+    app: &Arc<App>,
+    id: u64,
+    request: super::Request,
+    handlers: super::Handlers,
+    access: &Access<'_>,
+) -> Response<ResponseBody> {
+    let Ok(permit) = app.running.clone().acquire_owned().await else {
+        return access.host(simple(StatusCode::SERVICE_UNAVAILABLE), "shutting-down");
+    };
+    let (head_tx, head_rx) = oneshot::channel();
+    let (body_tx, body_rx) = mpsc::channel(16);
+    let sink = ChannelSink {
+        head: Some(head_tx),
+        body: body_tx,
+    };
+    let log = RequestLog::new(id, access.path.to_string());
+    let (app_for_run, limits) = (app.clone(), app.limits.clone());
+    let (method, path, remote, started) = (
+        access.method.to_string(),
+        access.path.to_string(),
+        access.remote,
+        access.started,
+    );
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let access = Access {
+            id,
+            method: &method,
+            path: &path,
+            remote,
+            started,
+        };
+        match app_for_run
+            .sandbox
+            .serve_request(&request, &handlers, &limits, Box::new(sink), log)
+        {
+            Ok((report, _sink)) => access.log(
+                report.status,
+                report.body_bytes,
+                report.fuel_used,
+                report.peak_memory_bytes,
+                &report.outcome.label(),
+            ),
+            Err(error) => {
+                tracing::error!(request_id = id, "cannot run the scripts: {error}");
+                access.log(503, 0, 0, 0, "sandbox-unavailable");
+            }
+        }
+    });
+    match head_rx.await {
+        Ok((status, headers)) => {
+            let mut response = Response::new(ChannelBody(body_rx).boxed());
+            *response.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let map = response.headers_mut();
+            for (name, value) in headers {
+                map.append(name, value);
+            }
+            response
+        }
+        // The run ended without any head: the sandbox could not run at all.
+        Err(_) => simple(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+/// A response's status and headers.
+type Head = (u16, Vec<(HeaderName, HeaderValue)>);
+
+/// The guest's response, from its blocking thread to the connection.
+struct ChannelSink {
+    head: Option<oneshot::Sender<Head>>,
+    body: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+}
+
+impl ResponseSink for ChannelSink {
+    fn send_head(&mut self, status: u16, headers: Vec<(HeaderName, HeaderValue)>) {
+        if let Some(head) = self.head.take() {
+            let _ = head.send((status, headers));
+        }
+    }
+
+    fn write(&mut self, chunk: Bytes) -> bool {
+        // Waits while the client is slow to read: backpressure on the script.
+        self.body.blocking_send(Ok(Frame::data(chunk))).is_ok()
+    }
+
+    fn flush(&mut self) {}
+
+    fn abort(&mut self) {
+        let _ = self
+            .body
+            .blocking_send(Err(std::io::Error::other("the response was cut short")));
+    }
+}
+
+struct ChannelBody(mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx)
+    }
+}
