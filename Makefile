@@ -1,5 +1,5 @@
 # moonwall: the two commands of README.md, and their parts.
-#   make run    set everything up, build, and run the example
+#   make run    set everything up, build, and serve the example site
 #   make test   set everything up and run every check and test
 .PHONY: run test setup build check-format lint unit-tests bench
 
@@ -12,7 +12,7 @@ build: setup
 	$(CARGO) build --release --locked
 
 run: build
-	./target/release/moonwall exec examples/hello.lua
+	./target/release/moonwall serve --config examples/site/site.toml
 
 check-format: setup
 	$(CARGO) fmt --all -- --check

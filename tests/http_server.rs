@@ -552,3 +552,98 @@ fn graceful_shutdown_lets_in_flight_requests_finish() {
         "the listener is closed after shutdown"
     );
 }
+
+#[test]
+fn the_example_site_works() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/site/site.toml");
+    let site = SiteConfig::load(&config).unwrap();
+    let server = TestServer::start(
+        Router::Locations(site.locations),
+        site.limits,
+        ServerSettings::default(),
+    );
+    let addr = server.addr;
+
+    let (status, front) = get(addr, "/");
+    assert_eq!(status, 200);
+    assert!(body_of(&front).contains("moonwall example site"));
+    assert_eq!(
+        body_of(&get(addr, "/hello?name=visitor").1),
+        "hello, visitor!\n"
+    );
+
+    let (status, users) = get(addr, "/api/users");
+    assert_eq!(status, 200);
+    assert!(
+        users
+            .to_lowercase()
+            .contains("content-type: application/json")
+    );
+    assert_eq!(
+        body_of(&users),
+        "{\"count\":2,\"users\":[{\"id\":1,\"languages\":[\"Lua\",\"C\"],\"name\":\"Ada\"},{\"id\":2,\"languages\":[\"COBOL\"],\"name\":\"Grace\"}]}\n"
+    );
+    assert_eq!(
+        body_of(&get(addr, "/api/users/2").1),
+        "{\"id\":2,\"languages\":[\"COBOL\"],\"name\":\"Grace\"}\n"
+    );
+    assert_eq!(get(addr, "/api/users/9").0, 404);
+
+    let form = "name=Ada+L.&message=%3Cb%3Ehi%3C%2Fb%3E";
+    let posted = raw(
+        addr,
+        format!(
+            "POST /form HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        body_of(&posted),
+        "<p>Thanks, Ada L.. You said: &lt;b&gt;hi&lt;/b&gt;</p>\n"
+    );
+
+    let (status, redirect) = get(addr, "/redirect");
+    assert_eq!(status, 302);
+    assert!(
+        redirect
+            .to_lowercase()
+            .contains("location: /hello?name=redirected"),
+        "{redirect}"
+    );
+
+    let headers = raw(addr, b"GET /headers HTTP/1.1\r\nHost: t\r\nUser-Agent: tester/1\r\nCookie: visited=yes\r\nConnection: close\r\n\r\n");
+    let lower = headers.to_lowercase();
+    assert!(
+        lower.contains("set-cookie: visited=yes; path=/; httponly")
+            && lower.contains("set-cookie: theme=dark")
+    );
+    assert!(
+        body_of(&headers).starts_with("your user agent: tester/1\ncookie 'visited': yes\n"),
+        "{headers}"
+    );
+
+    let (status, refused) = get(addr, "/admin/");
+    assert_eq!(status, 401);
+    assert!(
+        refused
+            .to_lowercase()
+            .contains("www-authenticate: token realm=\"admin\""),
+        "{refused}"
+    );
+    let admitted = raw(
+        addr,
+        b"GET /admin/ HTTP/1.1\r\nHost: t\r\nX-Token: let-me-in\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        body_of(&admitted),
+        "welcome, admin: the access phase let you in\n"
+    );
+
+    let (status, shout) = get(addr, "/shout?name=filters");
+    assert_eq!(
+        (status, body_of(&shout).as_str()),
+        (200, "HELLO, FILTERS!\n")
+    );
+    assert!(shout.to_lowercase().contains("x-filtered: shout"));
+}

@@ -1,5 +1,5 @@
-//! `moonwall exec` as users and scripts call it: output, exit codes and the
-//! messages on stderr.
+//! The command line as users and scripts call it: output, exit codes and the
+//! messages on stderr of `moonwall exec`, `moonwall request` and `moonwall serve`.
 
 mod common;
 
@@ -185,4 +185,128 @@ fn help_documents_the_exit_codes() {
     ] {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
+}
+
+// ---- moonwall request ---------------------------------------------------------
+
+#[test]
+fn request_prints_the_response_and_exits_0() {
+    let content = script(
+        "request_content.lua",
+        "ngx.req.read_body()\nngx.header['X-Method'] = ngx.req.get_method()\n\
+         ngx.say(ngx.var.uri, ' ', ngx.var.arg_q, ' ', ngx.var.http_x_test, ' ', ngx.req.get_body_data())",
+    );
+    let access = script(
+        "request_access.lua",
+        "if ngx.var.arg_q == 'deny' then ngx.exit(403) end",
+    );
+    let output = moonwall(&[
+        "request",
+        "--access",
+        access.to_str().unwrap(),
+        "--content",
+        content.to_str().unwrap(),
+        "-X",
+        "POST",
+        "-H",
+        "X-Test: yes",
+        "--data",
+        "payload",
+        "/path?q=1",
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("HTTP/1.1 200 OK\r\n"), "{stdout}");
+    assert!(stdout.contains("x-method: POST\r\n"), "{stdout}");
+    assert!(
+        stdout.ends_with("\r\n\r\n/path 1 yes payload\n"),
+        "{stdout}"
+    );
+
+    let denied = moonwall(&[
+        "request",
+        "--access",
+        access.to_str().unwrap(),
+        "--content",
+        content.to_str().unwrap(),
+        "/p?q=deny",
+    ]);
+    assert_eq!(denied.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&denied.stdout).starts_with("HTTP/1.1 403 Forbidden\r\n"));
+}
+
+#[test]
+fn request_answers_500_and_503_and_still_exits_0() {
+    let error = script("request_error.lua", "error('boom')");
+    let output = moonwall(&["request", "--content", error.to_str().unwrap(), "/"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .starts_with("HTTP/1.1 500 Internal Server Error\r\n")
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("request_error.lua:1: boom"));
+
+    let data = script("request_body.txt", "from a file");
+    let echo = script(
+        "request_echo.lua",
+        "ngx.req.read_body() ngx.print(ngx.req.get_body_data())",
+    );
+    let output = moonwall(&[
+        "request",
+        "--content",
+        echo.to_str().unwrap(),
+        "--data",
+        &format!("@{}", data.display()),
+        "/",
+    ]);
+    assert!(String::from_utf8_lossy(&output.stdout).ends_with("\r\n\r\nfrom a file"));
+
+    let looping = script("request_loop.lua", "while true do end");
+    let output = moonwall(&[
+        "request",
+        "--fuel",
+        "1000000",
+        "--content",
+        looping.to_str().unwrap(),
+        "/",
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).starts_with("HTTP/1.1 503 Service Unavailable\r\n")
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("fuel limit of 1000000 exhausted"));
+}
+
+#[test]
+fn request_and_serve_usage_errors_exit_2() {
+    for args in [
+        vec!["request", "--content", "/no/such/script.lua", "/"],
+        vec!["request", "-H", "no colon", "/"],
+        vec!["request", "--data", "@/no/such/body", "/"],
+        vec!["request", "/%zz"],
+        vec!["serve"],
+        vec!["serve", "--root", "/no/such/dir"],
+        vec!["serve", "--config", "/no/such/site.toml"],
+        vec!["serve", "--root", ".", "--config", "x.toml"],
+    ] {
+        let output = moonwall(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("error"),
+            "{args:?}"
+        );
+    }
+    let config = script("bad_site.toml", "[[location]]\npath = \"/\"\ncontent = 5\n");
+    let output = moonwall(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:3:11: invalid type", config.display())),
+        "{stderr}"
+    );
 }
