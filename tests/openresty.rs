@@ -1,6 +1,8 @@
 //! Behaviour documented for OpenResty's lua-nginx-module, ported as data:
 //! every `[[case]]` in tests/openresty/*.toml is one request run through its
-//! phase scripts, with the response it must produce.
+//! phase scripts, with the response it must produce. Each case runs three
+//! ways: through the library, through the `moonwall request` command, and
+//! through a live server over HTTP.
 //!
 //! ```toml
 //! [[case]]
@@ -22,10 +24,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use moonwall::http::request::RequestHead;
+use moonwall::http::routing::{Location, Locations, Match, Router};
+use moonwall::http::scripts::PhaseScripts;
+use moonwall::http::server::{App, ServerSettings, serve};
 use moonwall::http::{CollectedResponse, Handlers, HttpOutcome, RequestLog, Source};
+use moonwall::{EngineSettings, Sandbox};
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,20 +84,61 @@ fn source(phase: &str, code: &Option<String>) -> Option<Source> {
     })
 }
 
-/// Run one case; a description of every way it differs from its expectation.
-fn check(case: &Case) -> Vec<String> {
-    let (method, target) = case
-        .request
+/// What one way of running a case produced.
+struct Observed {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// The outcome label, where that way of running can see it.
+    outcome: Option<String>,
+    /// The Lua error's message (library) or the error log (CLI).
+    error_text: Option<String>,
+}
+
+const PHASES: [&str; 6] = [
+    "rewrite",
+    "access",
+    "content",
+    "header_filter",
+    "body_filter",
+    "log",
+];
+
+fn phase_code(case: &Case, phase: &str) -> Option<String> {
+    match phase {
+        "rewrite" => case.rewrite.clone(),
+        "access" => case.access.clone(),
+        "content" => case.content.clone(),
+        "header_filter" => case.header_filter.clone(),
+        "body_filter" => case.body_filter.clone(),
+        _ => case.log.clone(),
+    }
+}
+
+fn method_and_target(case: &Case) -> (&str, &str) {
+    case.request
         .split_once(' ')
-        .unwrap_or(("GET", case.request.as_str()));
+        .unwrap_or(("GET", case.request.as_str()))
+}
+
+fn hyper_request(case: &Case) -> hyper::http::request::Builder {
+    let (method, target) = method_and_target(case);
+    // The headers OpenResty's test harness (Test::Nginx) sends, then the case's.
     let mut builder = hyper::Request::builder()
         .method(method)
         .uri(target)
-        .header("host", "localhost");
+        .header("host", "localhost")
+        .header("connection", "close");
     for header in &case.headers {
         let (name, value) = header.split_once(':').expect("headers are `Name: value`");
         builder = builder.header(name.trim(), value.trim());
     }
+    builder
+}
+
+/// Through the library, as `moonwall request` and the server call it.
+fn via_library(case: &Case) -> Observed {
+    let mut builder = hyper_request(case);
     if !case.body.is_empty() {
         builder = builder.header("content-length", case.body.len());
     }
@@ -123,26 +171,247 @@ fn check(case: &Case) -> Vec<String> {
     let response = sink
         .downcast::<CollectedResponse>()
         .expect("a collected response");
+    let error_text = match &report.outcome {
+        HttpOutcome::LuaError { message, .. } => Some(message.clone()),
+        _ => None,
+    };
+    Observed {
+        status: response.status.unwrap_or(0),
+        headers: response
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: response.body.clone(),
+        outcome: Some(report.outcome.label()),
+        error_text,
+    }
+}
 
+/// The case's scripts as files in `dir` (`content.lua`, ...).
+fn write_scripts(case: &Case, dir: &Path) -> PhaseScripts {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut scripts = PhaseScripts::default();
+    for phase in PHASES {
+        if let Some(code) = phase_code(case, phase) {
+            let path = dir.join(format!("{phase}.lua"));
+            std::fs::write(&path, code).unwrap();
+            let slot = match phase {
+                "rewrite" => &mut scripts.rewrite,
+                "access" => &mut scripts.access,
+                "content" => &mut scripts.content,
+                "header_filter" => &mut scripts.header_filter,
+                "body_filter" => &mut scripts.body_filter,
+                _ => &mut scripts.log,
+            };
+            *slot = Some(path);
+        }
+    }
+    scripts
+}
+
+/// Through the `moonwall request` command.
+fn via_cli(case: &Case, dir: &Path) -> Observed {
+    write_scripts(case, dir);
+    let (method, target) = method_and_target(case);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_moonwall"));
+    command
+        .env("MOONWALL_CACHE_DIR", common::cache_dir())
+        .arg("request")
+        .args([
+            "-X",
+            method,
+            "-H",
+            "Host: localhost",
+            "-H",
+            "Connection: close",
+        ]);
+    // Run from the case's directory so that messages name `content.lua`.
+    command.current_dir(dir);
+    for phase in PHASES {
+        if phase_code(case, phase).is_some() {
+            command
+                .arg(format!("--{}", phase.replace('_', "-")))
+                .arg(format!("{phase}.lua"));
+        }
+    }
+    for header in &case.headers {
+        command.args(["-H", header]);
+    }
+    if !case.body.is_empty() {
+        command.arg(format!("--data={}", case.body));
+    }
+    let output = command.arg(target).output().expect("moonwall runs");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}: {}",
+        case.name,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = output.stdout;
+    let split = stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a blank line after the headers");
+    let head = String::from_utf8_lossy(&stdout[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.get(9..12))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    Observed {
+        status,
+        headers,
+        body: stdout[split + 4..].to_vec(),
+        outcome: None,
+        error_text: Some(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
+}
+
+/// Through a live server, over HTTP/1.1 on a raw socket (so that a response
+/// cut short still shows what arrived).
+fn via_server(
+    case: &Case,
+    dir: &Path,
+    runtime: &tokio::runtime::Runtime,
+    sandbox: &Arc<Sandbox>,
+) -> Observed {
+    use std::io::{Read, Write};
+    let scripts = write_scripts(case, dir);
+    let locations = Locations {
+        locations: vec![Location {
+            path: "/".into(),
+            matching: Match::Prefix,
+            scripts,
+        }],
+        shown_from: dir.to_path_buf(),
+    };
+    // Some cases send more than the default 100 request headers.
+    let settings = ServerSettings {
+        max_headers: 1000,
+        ..ServerSettings::default()
+    };
+    let app = App::new(
+        sandbox.clone(),
+        Router::Locations(locations),
+        common::test_limits(),
+        settings,
+    );
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(serve(app, listener, async {
+        let _ = stopped.await;
+    }));
+
+    let (method, target) = method_and_target(case);
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for header in &case.headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    if !case.body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", case.body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(&case.body);
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let _ = stop.send(());
+    let _ = runtime.block_on(server);
+
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.get(9..12))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let payload = raw.get(split + 4..).unwrap_or_default();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v == "chunked");
+    let body = if chunked {
+        dechunk(payload)
+    } else {
+        payload.to_vec()
+    };
+    Observed {
+        status,
+        headers,
+        body,
+        outcome: None,
+        error_text: None,
+    }
+}
+
+/// Undo chunked transfer encoding, keeping whatever complete chunks arrived.
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+        let Some(size) = std::str::from_utf8(&rest[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+        else {
+            break;
+        };
+        let data = &rest[end + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        body.extend_from_slice(&data[..size]);
+        rest = data[size..].strip_prefix(b"\r\n").unwrap_or(&data[size..]);
+    }
+    body
+}
+
+/// Every way `observed` differs from what `case` expects.
+fn compare(case: &Case, observed: &Observed) -> Vec<String> {
     let mut problems = Vec::new();
-    let outcome = report.outcome.label();
-    if outcome != case.outcome {
+    if let Some(outcome) = &observed.outcome
+        && *outcome != case.outcome
+    {
+        problems.push(format!("outcome {outcome}, expected {}", case.outcome));
+    }
+    if let (Some(fragment), Some(text)) = (&case.error_contains, &observed.error_text)
+        && !text.contains(fragment.as_str())
+    {
+        problems.push(format!("error {text:?} does not contain {fragment:?}"));
+    }
+    if observed.status != case.status {
         problems.push(format!(
-            "outcome {outcome} ({:?}), expected {}",
-            report.outcome, case.outcome
+            "status {}, expected {}",
+            observed.status, case.status
         ));
     }
-    if let (Some(fragment), HttpOutcome::LuaError { message, .. }) =
-        (&case.error_contains, &report.outcome)
-        && !message.contains(fragment.as_str())
-    {
-        problems.push(format!("error {message:?} does not contain {fragment:?}"));
-    }
-    let status = response.status.unwrap_or(0);
-    if status != case.status {
-        problems.push(format!("status {status}, expected {}", case.status));
-    }
-    let body = String::from_utf8_lossy(&response.body);
+    let body = String::from_utf8_lossy(&observed.body);
     if let Some(expected) = &case.response_body
         && body != expected.as_str()
     {
@@ -153,12 +422,12 @@ fn check(case: &Case) -> Vec<String> {
             problems.push(format!("body {body:?} does not contain {fragment:?}"));
         }
     }
-    let header = |name: &str| -> Vec<String> {
-        response
+    let header = |name: &str| -> Vec<&str> {
+        observed
             .headers
             .iter()
-            .filter(|(n, _)| n.as_str() == name)
-            .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
             .collect()
     };
     for (name, expected) in &case.response_headers {
@@ -186,6 +455,21 @@ fn openresty_documented_behaviour() {
     files.sort();
     let mut total = 0;
     let mut failures = Vec::new();
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("openresty-cases");
+    let _ = std::fs::remove_dir_all(&work);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = Arc::new(
+        Sandbox::new(EngineSettings {
+            max_instances: 8,
+            cache_dir: Some(common::cache_dir()),
+            ..EngineSettings::default()
+        })
+        .unwrap(),
+    );
     let mut names = std::collections::HashSet::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
@@ -203,13 +487,24 @@ fn openresty_documented_behaviour() {
                 "{}: say where the behaviour is documented",
                 case.name
             );
-            for problem in check(&case) {
-                failures.push(format!(
-                    "{} [{}] ({}): {problem}",
-                    file.file_name().unwrap().to_string_lossy(),
-                    case.name,
-                    case.from
-                ));
+            let dir = work.join(total.to_string());
+            let ways = [
+                ("library", via_library(&case)),
+                ("moonwall request", via_cli(&case, &dir.join("cli"))),
+                (
+                    "server",
+                    via_server(&case, &dir.join("server"), &runtime, &sandbox),
+                ),
+            ];
+            for (way, observed) in &ways {
+                for problem in compare(&case, observed) {
+                    failures.push(format!(
+                        "{} [{}] ({}) via {way}: {problem}",
+                        file.file_name().unwrap().to_string_lossy(),
+                        case.name,
+                        case.from
+                    ));
+                }
             }
         }
     }

@@ -395,6 +395,13 @@ impl ResponseSink for ChannelSink {
     fn flush(&mut self) {}
 
     fn abort(&mut self) {
+        // hyper drops what it has not yet flushed when a body fails: let it
+        // take (and send) what was written before the error reaches it.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while self.body.capacity() < self.body.max_capacity() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(2));
         let _ = self
             .body
             .blocking_send(Err(std::io::Error::other("the response was cut short")));
