@@ -477,7 +477,7 @@ fn limits_and_errors_map_to_500_and_503_while_good_requests_succeed() {
     };
     let server = Arc::new(TestServer::start(
         docroot(&dir),
-        limits,
+        limits.clone(),
         ServerSettings::default(),
     ));
     let addr = server.addr;
@@ -514,6 +514,31 @@ fn limits_and_errors_map_to_500_and_503_while_good_requests_succeed() {
             "{path} leaked the error: {response}"
         );
     }
+    // The fuel limit, on a server whose budget is fuel rather than time.
+    let fuel_bound = Limits {
+        fuel: 100_000_000,
+        timeout: Duration::from_secs(10),
+        ..limits
+    };
+    let fuel_server = Arc::new(TestServer::start(
+        docroot(&dir),
+        fuel_bound,
+        ServerSettings::default(),
+    ));
+    let fuel_addr = fuel_server.addr;
+    let loops: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || get(fuel_addr, "/loop")))
+        .collect();
+    let good: Vec<_> = (0..10)
+        .map(|_| std::thread::spawn(move || get(fuel_addr, "/ok")))
+        .collect();
+    for handle in good {
+        assert_eq!(handle.join().unwrap().0, 200);
+    }
+    for handle in loops {
+        assert_eq!(handle.join().unwrap().0, 503);
+    }
+
     // An error after the head was sent cuts the response short.
     let late = raw(
         addr,

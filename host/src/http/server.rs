@@ -41,7 +41,8 @@ pub struct ServerSettings {
     pub max_headers: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
-    /// Script runs at once; further requests wait for a free instance.
+    /// Script runs at once; further requests wait for a free instance
+    /// (default: twice the cores, see [`default_max_running`]).
     pub max_running: usize,
 }
 
@@ -54,9 +55,20 @@ impl Default for ServerSettings {
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
-            max_running: 64,
+            max_running: default_max_running(),
         }
     }
+}
+
+/// Scripts running at once by default: twice the cores. Guest code is CPU
+/// work; running more instances than the cores can serve only spreads the
+/// CPU thinner, and a request's wall-clock deadline runs while it waits for
+/// a core. Requests beyond this wait in the queue, where their deadline has
+/// not started yet.
+pub fn default_max_running() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
 }
 
 /// Everything a request needs, shared by all connections.
