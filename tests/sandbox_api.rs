@@ -652,3 +652,23 @@ fn an_allocation_larger_than_wasm32_can_hold_is_the_memory_limit() {
         }
     );
 }
+
+#[test]
+fn the_ngx_util_module_passes_its_spec() {
+    // guest-lua/lua/ngx_util.lua is the pure-Lua half of the ngx API; its
+    // spec (tests/lua/ngx_util_spec.lua) checks it against OpenResty's
+    // documented results.
+    let util = include_str!("../guest-lua/lua/ngx_util.lua");
+    let spec = include_str!("lua/ngx_util_spec.lua");
+    let program = Program::default()
+        .prelude("ngx_util", format!("ngx_util = (function() {util}\nend)()"))
+        .then_script("ngx_util_spec.lua", spec);
+    let limits = Limits {
+        fuel: 20_000_000_000,
+        ..test_limits()
+    };
+    let (report, output) = sandbox().run_captured(&program, &limits).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(report.outcome, Outcome::Completed, "{stdout}");
+    assert!(stdout.trim_end().ends_with("ok 230"), "{stdout}");
+}

@@ -11,6 +11,8 @@
 lua_State *moonwall_new_state(void);
 /* The sandbox's standard library (stdlib.c). */
 void moonwall_open_stdlib(lua_State *L);
+/* Seed math.random from the host's entropy (stdlib.c). */
+void moonwall_reseed_random(lua_State *L);
 /* End the run: Lua ran out of memory (memory.c). */
 _Noreturn void moonwall_memory_exhausted(void);
 /* Copy bytes, or the string at `index`, into a list the host will read. */

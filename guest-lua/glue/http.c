@@ -294,11 +294,48 @@ static void load_ngx(lua_State *L) {
   lua_call(L, 2, 1);
 }
 
+/*
+ * The state `prepare` built, with the ngx module in its registry; NULL until
+ * then. A snapshot taken after `prepare` starts every request's instance with
+ * it, so a request skips building the libraries and the ngx API. Each
+ * instance serves one request, so this state is never shared.
+ */
+static lua_State *prepared_state;
+static int prepared_module = LUA_NOREF;
+
+static int prepare_protected(lua_State *L) {
+  moonwall_open_stdlib(L);
+  load_ngx(L);
+  prepared_module = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+void exports_sandbox_prepare(void) {
+  if (prepared_state != NULL)
+    return;
+  lua_State *L = moonwall_new_state();
+  lua_pushcfunction(L, prepare_protected);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    /* Only moonwall's own code runs here; without a prepared state every
+     * request builds its own. */
+    lua_close(L);
+    return;
+  }
+  /* Leave no garbage in the snapshot. */
+  lua_gc(L, LUA_GCCOLLECT);
+  prepared_state = L;
+}
+
 static int http_protected(lua_State *L) {
   struct http_call *call = lua_touserdata(L, 1);
   lua_settop(L, 0);
-  moonwall_open_stdlib(L);
-  load_ngx(L);
+  if (L == prepared_state) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, prepared_module);
+    moonwall_reseed_random(L);
+  } else {
+    moonwall_open_stdlib(L);
+    load_ngx(L);
+  }
   if (call->handlers == NULL) {
     lua_getfield(L, -1, "log_only");
     push_request(L, call->request);
@@ -327,7 +364,8 @@ static int http_protected(lua_State *L) {
 }
 
 static void run_http(struct http_call *call) {
-  lua_State *L = moonwall_new_state();
+  int fresh = prepared_state == NULL;
+  lua_State *L = fresh ? moonwall_new_state() : prepared_state;
   lua_pushcfunction(L, http_protected);
   lua_pushlightuserdata(L, call);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
@@ -337,7 +375,9 @@ static void run_http(struct http_call *call) {
     moonwall_copy_value(&call->error->message, L, -1);
     moonwall_copy_out(&call->error->traceback, "", 0);
   }
-  lua_close(L);
+  /* A prepared state is left as it is: the instance ends with the request. */
+  if (fresh)
+    lua_close(L);
 }
 
 bool exports_moonwall_sandbox_http_handler_handle(request_t *request, handlers_t *handlers, phase_error_t *err) {

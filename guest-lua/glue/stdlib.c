@@ -108,6 +108,20 @@ static void keep_only(lua_State *L, const char *const keep[]) {
   }
 }
 
+/* Seed math.random from the host's entropy. Lua seeds it from the clock and
+ * an address, which inside a fresh (or snapshotted) instance repeat. */
+void moonwall_reseed_random(lua_State *L) {
+  lua_getglobal(L, LUA_MATHLIBNAME);
+  if (lua_getfield(L, -1, "randomseed") == LUA_TFUNCTION) {
+    lua_pushinteger(L, (lua_Integer)moonwall_sandbox_clock_random_seed());
+    lua_pushinteger(L, (lua_Integer)moonwall_sandbox_clock_random_seed());
+    lua_call(L, 2, 0);
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 void moonwall_open_stdlib(lua_State *L) {
   static const luaL_Reg libraries[] = {
       {LUA_GNAME, luaopen_base},         {LUA_COLIBNAME, luaopen_coroutine},
@@ -156,4 +170,5 @@ void moonwall_open_stdlib(lua_State *L) {
   lua_setfield(L, -2, LUA_DBLIBNAME);
 
   lua_pop(L, 1); /* the global table */
+  moonwall_reseed_random(L);
 }

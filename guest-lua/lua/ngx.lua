@@ -9,14 +9,17 @@
 --
 -- Everything here runs inside the sandbox and is as untrusted as the scripts
 -- themselves: the host re-checks every status, header and byte it is sent.
+-- docs/lua-api.md describes the API and where it differs from OpenResty.
 
 local prim, util = ...
 
-local type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, rawget, rawset, next, load =
-      type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, rawget, rawset, next, load
-local byte, find, sub, lower, gsub, format, rep = string.byte, string.find, string.sub, string.lower,
-      string.gsub, string.format, string.rep
-local concat, insert, remove = table.concat, table.insert, table.remove
+local type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset,
+      load =
+      type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset,
+      load
+local byte, find, sub, lower, gsub, format = string.byte, string.find, string.sub, string.lower,
+      string.gsub, string.format
+local concat, remove = table.concat, table.remove
 local floor, mtype = math.floor, math.type
 local raw_pcall, raw_xpcall = pcall, xpcall
 local raw_resume = coroutine.resume
@@ -39,15 +42,22 @@ local statuses = {
   HTTP_PAYMENT_REQUIRED = 402, HTTP_FORBIDDEN = 403, HTTP_NOT_FOUND = 404, HTTP_NOT_ALLOWED = 405,
   HTTP_NOT_ACCEPTABLE = 406, HTTP_REQUEST_TIMEOUT = 408, HTTP_CONFLICT = 409, HTTP_GONE = 410,
   HTTP_UPGRADE_REQUIRED = 426, HTTP_TOO_MANY_REQUESTS = 429, HTTP_CLOSE = 444, HTTP_ILLEGAL = 451,
-  HTTP_INTERNAL_SERVER_ERROR = 500, HTTP_METHOD_NOT_IMPLEMENTED = 501, HTTP_BAD_GATEWAY = 502,
-  HTTP_SERVICE_UNAVAILABLE = 503, HTTP_GATEWAY_TIMEOUT = 504, HTTP_VERSION_NOT_SUPPORTED = 505,
-  HTTP_INSUFFICIENT_STORAGE = 507,
-  HTTP_GET = 2, HTTP_HEAD = 4, HTTP_POST = 8, HTTP_PUT = 16, HTTP_DELETE = 32, HTTP_MKCOL = 64,
-  HTTP_COPY = 128, HTTP_MOVE = 256, HTTP_OPTIONS = 512, HTTP_PROPFIND = 1024,
-  HTTP_PROPPATCH = 2048, HTTP_LOCK = 4096, HTTP_UNLOCK = 8192, HTTP_PATCH = 16384,
-  HTTP_TRACE = 32768,
+  HTTP_INTERNAL_SERVER_ERROR = 500, HTTP_NOT_IMPLEMENTED = 501, HTTP_METHOD_NOT_IMPLEMENTED = 501,
+  HTTP_BAD_GATEWAY = 502, HTTP_SERVICE_UNAVAILABLE = 503, HTTP_GATEWAY_TIMEOUT = 504,
+  HTTP_VERSION_NOT_SUPPORTED = 505, HTTP_INSUFFICIENT_STORAGE = 507,
 }
 for name, value in pairs(statuses) do ngx[name] = value end
+
+local methods = {
+  GET = 2, HEAD = 4, POST = 8, PUT = 16, DELETE = 32, MKCOL = 64, COPY = 128, MOVE = 256,
+  OPTIONS = 512, PROPFIND = 1024, PROPPATCH = 2048, LOCK = 4096, UNLOCK = 8192, PATCH = 16384,
+  TRACE = 32768,
+}
+local method_names = {}
+for name, value in pairs(methods) do
+  ngx["HTTP_" .. name] = value
+  method_names[value] = name
+end
 
 local levels = { "STDERR", "EMERG", "ALERT", "CRIT", "ERR", "WARN", "NOTICE", "INFO", "DEBUG" }
 for index, name in ipairs(levels) do ngx[name] = index - 1 end
@@ -70,6 +80,9 @@ local reasons = {
   [505] = "HTTP Version Not Supported", [507] = "Insufficient Storage",
 }
 
+-- nginx's default_type.
+local DEFAULT_CONTENT_TYPE = "text/plain"
+
 ---------------------------------------------------------------------------
 -- per-request state (the instance serves exactly one request)
 ---------------------------------------------------------------------------
@@ -77,23 +90,32 @@ local reasons = {
 local request            -- the record the host sent (fields as in wit/http.wit)
 local phase = "init"     -- ngx.get_phase()
 local handlers = {}      -- compiled phase handlers
-local req_headers = {}   -- { {name = lowercase name, value = string}, ... } in order
+local method             -- $request_method (ngx.req.set_method changes it)
+local req_headers = {}   -- { {name = as sent, key = lowercase name, value = string}, ... } in order
 local uri, query         -- current $uri and $args (rewritable)
-local body_read = false
-local user_vars = {}     -- ngx.var assignments to names moonwall does not define
+local body_state = "unread"  -- "unread", "read" or "discarded"
+local user_vars = {}     -- ngx.var assignments to names moonwall does not define (lowercase names)
 
 local resp = {
   status = 0,            -- ngx.status
-  headers = {},          -- lowercase name -> { name = as set, value = string or array }
+  headers = {},          -- lowercase name -> { name = as set, value = string or array of strings }
   order = {},            -- lowercase names in the order first set
+  mime_set = false,      -- the script set or cleared Content-Type (no default type then)
+  sending = false,       -- the header filter runs, the head goes out next
   head_sent = false,
-  finished = false,      -- eof sent
-  buffer = {}, buffered = 0,
+  header_only = false,   -- HEAD: the head went out, a body never will
+  eof = false,           -- ngx.eof: the script's output is over
+  closed = false,        -- the last chunk went through the body filter: nothing more goes out
+  discard = false,       -- ngx.exit in header_filter replaced the response: later output is dropped
+  seen_body = false,     -- ngx.print/ngx.say produced body data
+  filter_eof = false,    -- the body filter set ngx.arg[2]: later chunks are dropped
+  buffer = {}, buffered = 0,  -- bytes on their way to the host
   body_bytes = 0,
 }
 
 local EXIT = setmetatable({}, { __tostring = function() return "ngx.exit" end })
-local exit_status        -- the argument of the last ngx.exit
+local exit_status        -- the argument of the last ngx.exit (outside the header filter)
+local filter_exit        -- the argument of ngx.exit in the running header filter
 local filter_failure     -- a Lua error in a filter, carried out of the phase it ran in
 
 ---------------------------------------------------------------------------
@@ -153,6 +175,59 @@ local function log_error_of(err)
   prim.log(ERR, (err.phase or phase) .. " phase: " .. err.message)
 end
 
+-- OpenResty's names of the phases, for "API disabled in the context of ...".
+local context_names = {
+  rewrite = "rewrite_by_lua*", access = "access_by_lua*", content = "content_by_lua*",
+  header_filter = "header_filter_by_lua*", body_filter = "body_filter_by_lua*", log = "log_by_lua*",
+}
+
+local OUTPUT_PHASES = { rewrite = true, access = true, content = true }
+local EXIT_PHASES = { rewrite = true, access = true, content = true, header_filter = true }
+local REWRITE_PHASE = { rewrite = true }
+local BODY_FILTER_PHASE = { body_filter = true }
+
+-- Raise OpenResty's error unless the running phase is one of `allowed`;
+-- `level` as for error(), counted from the caller of check_context.
+local function check_context(allowed, level)
+  if not allowed[phase] then
+    error("API disabled in the context of " .. (context_names[phase] or phase), level + 1)
+  end
+end
+
+---------------------------------------------------------------------------
+-- strings
+---------------------------------------------------------------------------
+
+-- A number as LuaJIT prints it: 3.0 is "3", 0.1 is "0.1".
+local function num2str(n)
+  if mtype(n) == "float" then
+    if n == floor(n) and n > -1e15 and n < 1e15 then return format("%d", n) end
+    return format("%.14g", n)
+  end
+  return tostring(n)
+end
+
+local function hex_escape(c) return format("%%%02X", byte(c)) end
+local function log_escape(c) return format("\\x%02X", byte(c)) end
+
+-- Bytes OpenResty escapes as %XX in header names and values it is given.
+local UNSAFE_HEADER_NAME = '[\0-\32"(),/:;<=>?@%[\\%]{}\127-\255]'
+local UNSAFE_HEADER_VALUE = "[\0-\8\10-\31\127]"
+-- Bytes ngx.redirect and ngx.req.set_uri refuse, and how they show them.
+local UNSAFE_URI = "[\0-\8\10-\31\127]"
+local LOGGED_AS_HEX = '[\0-\31"\\\127-\255]'
+
+local function escape_header(s, unsafe)
+  if find(s, unsafe) then s = gsub(s, unsafe, hex_escape) end
+  return s
+end
+
+-- The first unsafe byte of a URI, as "0x0d", and the URI as it is logged.
+local function unsafe_uri(s)
+  local at = find(s, UNSAFE_URI)
+  if at then return format("0x%02x", byte(s, at)), (gsub(s, LOGGED_AS_HEX, log_escape)) end
+end
+
 ---------------------------------------------------------------------------
 -- logging
 ---------------------------------------------------------------------------
@@ -162,22 +237,30 @@ local function log_args(level, ...)
   local parts = {}
   for i = 1, n do
     local v = select(i, ...)
-    if v == nil then parts[i] = "nil"
+    local t = type(v)
+    if t == "string" then parts[i] = v
+    elseif t == "number" then parts[i] = num2str(v)
+    elseif v == nil then parts[i] = "nil"
+    elseif t == "boolean" then parts[i] = v and "true" or "false"
     elseif v == prim.null then parts[i] = "null"
-    elseif type(v) == "string" or type(v) == "number" or type(v) == "boolean" then parts[i] = tostring(v)
     else
       local mt = getmetatable(v)
       if mt and mt.__tostring then parts[i] = tostring(v)
-      else error(format("bad argument #%d to 'log' (string, number, boolean, or nil expected, got %s)",
-        i + 1, type(v)), 3) end
+      else error(format("bad argument #%d to 'log' (expected table to have __tostring metamethod)",
+        i + 1), 3) end
     end
   end
   prim.log(level, (prim.where(3) or "") .. concat(parts))
 end
 
 function ngx.log(level, ...)
-  if mtype(level) ~= "integer" or level < 0 or level > 8 then
-    error("bad argument #1 to 'log' (bad log level)", 2)
+  if mtype(level) ~= "integer" then
+    local n = tonumber(level)
+    if not n then error("bad argument #1 to 'log' (number expected, got " .. type(level) .. ")", 2) end
+    level = floor(n)
+  end
+  if level < 0 or level > 8 then
+    error(format("bad argument #1 to 'log' (bad log level: %d)", level), 2)
   end
   log_args(level, ...)
 end
@@ -185,27 +268,54 @@ end
 print = function(...) log_args(NOTICE, ...) end
 
 ---------------------------------------------------------------------------
--- output
+-- output: ngx.print/say -> body filter (one call per chunk) -> buffer -> host
 ---------------------------------------------------------------------------
 
-local function header_key(name)
-  return lower((gsub(name, "_", "-")))
-end
-
-local function default_content_type()
-  return "text/plain"
-end
-
 local send_headers  -- forward
+
+-- Append `v` (ngx.print's argument `argn`) to `out` as text.
+-- `level`: error()'s level for a bad argument at depth 0.
+local function stringify(out, v, depth, fname, argn, level)
+  local t = type(v)
+  if t == "string" then out[#out + 1] = v
+  elseif t == "number" then out[#out + 1] = num2str(v)
+  elseif v == nil then out[#out + 1] = "nil"
+  elseif t == "boolean" then out[#out + 1] = v and "true" or "false"
+  elseif v == prim.null then out[#out + 1] = "null"
+  elseif t == "table" and depth < 100 then
+    for i = 1, #v do stringify(out, v[i], depth + 1, fname, argn, level) end
+  else
+    error(format("bad argument #%d to '%s' (string, number, boolean, nil, ngx.null, or array table"
+      .. " expected, but got %s)", argn, fname, t), level + depth)
+  end
+end
+
+local BUFFER_LIMIT = 16384
+
+local function flush_buffer()
+  if resp.buffered == 0 then return end
+  local chunk = concat(resp.buffer)
+  resp.buffer, resp.buffered = {}, 0
+  local ok, err = prim.write(chunk)
+  if not ok then error(err, 0) end
+end
 
 local body_filter_arg = { nil, false }
 ngx.arg = setmetatable({}, {
   __index = function(_, k) if phase == "body_filter" then return body_filter_arg[k] end end,
   __newindex = function(_, k, v)
-    if phase ~= "body_filter" then error("API disabled in the current context", 2) end
+    check_context(BODY_FILTER_PHASE, 2)
     if k == 1 then
-      if v == nil then v = "" end
-      if type(v) ~= "string" then v = tostring(v) end
+      local t = type(v)
+      if v == nil then v = ""
+      elseif t == "number" then v = num2str(v)
+      elseif t == "table" then
+        local out = {}
+        for i = 1, #v do stringify(out, v[i], 1, "ngx.arg", 1, 2) end
+        v = concat(out)
+      elseif t ~= "string" then
+        error("bad chunk data type: " .. t, 2)
+      end
       body_filter_arg[1] = v
     elseif k == 2 then
       body_filter_arg[2] = not not v
@@ -215,89 +325,69 @@ ngx.arg = setmetatable({}, {
   end,
 })
 
--- Pass a chunk through the body filter and out to the host.
-local function emit(chunk, eof)
+-- One chunk of the body on its way out: through the body filter (once per
+-- chunk, as nginx calls it), then to the host.
+local function pass(chunk, eof)
+  if resp.closed or resp.header_only then return end
+  if eof then resp.closed = true end
+  if resp.filter_eof then return end
   if handlers.body_filter then
     body_filter_arg[1], body_filter_arg[2] = chunk, eof
     local result = run_handler("body_filter", handlers.body_filter)
+    chunk, eof = body_filter_arg[1] or "", body_filter_arg[2]
+    body_filter_arg[1], body_filter_arg[2] = nil, false
     if type(result) == "table" then
       filter_failure = result
       error(EXIT, 0)
     end
-    chunk, eof = body_filter_arg[1] or "", body_filter_arg[2]
-    body_filter_arg[1], body_filter_arg[2] = nil, false
+    if eof then resp.filter_eof = true end
   end
   if #chunk > 0 then
     resp.body_bytes = resp.body_bytes + #chunk
-    local ok, err = prim.write(chunk)
-    if not ok then error(err, 0) end
-  end
-  if eof then resp.finished = true end
-end
-
-local BUFFER_LIMIT = 16384
-
-local function drain(eof)
-  local chunk = ""
-  if resp.buffered > 0 then
-    chunk = concat(resp.buffer)
-    resp.buffer, resp.buffered = {}, 0
-  end
-  if #chunk > 0 or eof then emit(chunk, eof) end
-end
-
-local function stringify(out, v, depth)
-  local t = type(v)
-  if t == "string" then out[#out + 1] = v
-  elseif t == "number" then
-    out[#out + 1] = mtype(v) == "float" and v == floor(v) and v > -1e15 and v < 1e15
-      and format("%d", v) or tostring(v)
-  elseif v == nil then out[#out + 1] = "nil"
-  elseif t == "boolean" then out[#out + 1] = v and "true" or "false"
-  elseif v == prim.null then out[#out + 1] = "null"
-  elseif t == "table" and depth < 100 then
-    for i = 1, #v do stringify(out, v[i], depth + 1) end
-  else
-    error(format("bad argument to 'print' (string, number, boolean, nil, ngx.null, or array table expected, got %s)", t), 4)
+    resp.buffer[#resp.buffer + 1] = chunk
+    resp.buffered = resp.buffered + #chunk
+    if resp.buffered >= BUFFER_LIMIT then flush_buffer() end
   end
 end
 
-local function output(newline, ...)
-  if phase ~= "rewrite" and phase ~= "access" and phase ~= "content" then
-    error("API disabled in the context of " .. phase, 3)
-  end
-  if resp.finished then return nil, "nginx output filter error" end
+local function output(fname, newline, ...)
+  check_context(OUTPUT_PHASES, 2)
+  if resp.header_only then return nil, "header only" end
+  if resp.eof then return nil, "seen eof" end
   local out = {}
-  for i = 1, select("#", ...) do stringify(out, (select(i, ...)), 0) end
+  for i = 1, select("#", ...) do stringify(out, (select(i, ...)), 0, fname, i, 3) end
   if newline then out[#out + 1] = "\n" end
-  local text = concat(out)
   if not resp.head_sent then send_headers() end
-  if request.method == "HEAD" then return 1 end
-  resp.buffer[#resp.buffer + 1] = text
-  resp.buffered = resp.buffered + #text
-  if resp.buffered >= BUFFER_LIMIT then drain(false) end
+  if resp.header_only or resp.discard then return 1 end
+  resp.seen_body = true
+  pass(concat(out), false)
   return 1
 end
 
-function ngx.print(...) return output(false, ...) end
-function ngx.say(...) return output(true, ...) end
+function ngx.print(...) return output("print", false, ...) end
+function ngx.say(...) return output("say", true, ...) end
 
-function ngx.flush()
-  if resp.finished then return nil, "already seen eof" end
-  if not resp.head_sent then send_headers() end
-  drain(false)
+function ngx.flush(wait)
+  check_context(OUTPUT_PHASES, 2)
+  if resp.header_only then return nil, "header only" end
+  if resp.eof then return nil, "seen eof" end
+  if not resp.head_sent or not (resp.seen_body or wait) then return nil, "nothing to flush" end
+  flush_buffer()
   prim.flush()
   return 1
 end
 
+-- The end of the response: the headers if not yet sent, then the last chunk.
 local function finish_response()
-  if resp.finished then return end
+  resp.eof = true
   if not resp.head_sent then send_headers() end
-  drain(true)
+  pass("", true)
+  flush_buffer()
 end
 
 function ngx.eof()
-  if resp.finished then return nil, "seen eof" end
+  if resp.eof then return nil, "seen eof" end
+  check_context(OUTPUT_PHASES, 2)
   finish_response()
   return 1
 end
@@ -306,97 +396,189 @@ end
 -- response headers and status
 ---------------------------------------------------------------------------
 
-local function check_header_value(v)
-  if type(v) == "number" then v = tostring(v) end
-  if type(v) ~= "string" then
-    error("attempt to set a header value of type " .. type(v), 4)
-  end
-  return v
+-- Headers nginx keeps one value of: a table sets the last element.
+local single_valued = {
+  ["content-type"] = true, ["content-length"] = true, ["content-encoding"] = true,
+  ["content-range"] = true, ["location"] = true, ["refresh"] = true, ["last-modified"] = true,
+  ["accept-ranges"] = true, ["expires"] = true, ["etag"] = true, ["server"] = true,
+  ["date"] = true,
+}
+
+local function header_key(name)
+  return lower((gsub(name, "_", "-")))
 end
 
-local function set_response_header(name, value)
-  if type(name) ~= "string" then error("bad argument #2 to 'ngx.header' (string expected)", 3) end
-  if resp.head_sent then
-    prim.log(ERR, (prim.where(3) or "") .. "attempt to set ngx.header." .. name
-      .. " after sending out response headers")
-    return
-  end
-  local key = header_key(name)
-  local display = gsub(name, "_", "-")
-  if value == nil or (type(value) == "table" and next(value) == nil) then
+-- Set a response header, or clear it with nil; no checks.
+local function store_header(key, display, value)
+  if value == nil then
     if resp.headers[key] then
       resp.headers[key] = nil
       for i, k in ipairs(resp.order) do if k == key then remove(resp.order, i) break end end
     end
     return
   end
-  if type(value) == "table" then
-    local list = {}
-    for i = 1, #value do list[i] = check_header_value(value[i]) end
-    value = list
-  else
-    value = check_header_value(value)
-  end
   if not resp.headers[key] then resp.order[#resp.order + 1] = key end
   resp.headers[key] = { name = display, value = value }
 end
 
+local function header_text(v)
+  if type(v) == "number" then v = num2str(v) elseif type(v) ~= "string" then v = tostring(v) end
+  return escape_header(v, UNSAFE_HEADER_VALUE)
+end
+
+local function set_response_header(name, value)
+  if type(name) ~= "string" then name = type(name) == "number" and num2str(name) or tostring(name) end
+  if resp.head_sent then
+    prim.log(ERR, (prim.where(3) or "") .. "attempt to set ngx.header.HEADER after sending out response headers")
+    return
+  end
+  local display = escape_header((gsub(name, "_", "-")), UNSAFE_HEADER_NAME)
+  local key = lower(display)
+  if key == "content-type" then resp.mime_set = true end
+  if type(value) == "table" then
+    local n = #value
+    if n == 0 then value = nil
+    elseif n == 1 or single_valued[key] then value = header_text(value[n])
+    else
+      local list = {}
+      for i = 1, n do list[i] = header_text(value[i]) end
+      value = list
+    end
+  elseif value ~= nil then
+    value = header_text(value)
+  end
+  if value == "" then value = nil end
+  if key == "content-length" and value and not find(value, "^%d+$") then
+    error("failed to set header", 3)
+  end
+  store_header(key, display, value)
+end
+
 ngx.header = setmetatable({}, {
   __index = function(_, name)
-    if type(name) ~= "string" then return nil end
-    local entry = resp.headers[header_key(name)]
-    if entry then return entry.value end
-    if header_key(name) == "content-type" and not resp.head_sent then return nil end
+    if type(name) ~= "string" then name = type(name) == "number" and num2str(name) or tostring(name) end
+    local key = lower(escape_header(header_key(name), UNSAFE_HEADER_NAME))
+    local entry = resp.headers[key]
+    if not entry then return nil end
+    local value = entry.value
+    if type(value) == "table" then return { table.unpack(value) } end
+    if key == "content-length" then return tonumber(value) end
+    return value
   end,
   __newindex = function(_, name, value) set_response_header(name, value) end,
 })
 
+-- Lookups in header tables: any case, underscores for dashes.
+local headers_mt = {
+  __index = function(t, key)
+    if type(key) ~= "string" then return nil end
+    key = lower(key)
+    local value = rawget(t, key)
+    if value == nil and find(key, "_", 1, true) then value = rawget(t, (gsub(key, "_", "-"))) end
+    return value
+  end,
+}
+
+-- Add one header value to a headers table: a repeated name gets an array.
+local function add_value(result, name, value)
+  local existing = result[name]
+  if existing == nil then result[name] = value
+  elseif type(existing) == "table" then existing[#existing + 1] = value
+  else result[name] = { existing, value } end
+end
+
+local function normalize_max(max, level)
+  if max == nil then return 100 end
+  local n = tonumber(max)
+  if not n then error("bad argument #1 (number expected, got " .. type(max) .. ")", level + 1) end
+  return floor(n)
+end
+
 ngx.resp = {}
-function ngx.resp.get_headers(max_headers)
-  max_headers = max_headers or 100
+function ngx.resp.get_headers(max_headers, raw)
+  local max = normalize_max(max_headers, 2)
   local result, count = {}, 0
+  if not raw then setmetatable(result, headers_mt) end
   for _, key in ipairs(resp.order) do
-    if max_headers > 0 and count >= max_headers then return result, "truncated" end
-    local value = resp.headers[key].value
-    result[key] = type(value) == "table" and { table.unpack(value) } or value
-    count = count + 1
+    local entry = resp.headers[key]
+    local name, values = raw and entry.name or key, entry.value
+    if type(values) ~= "table" then values = { values } end
+    for _, v in ipairs(values) do
+      if max > 0 and count >= max then return result, "truncated" end
+      add_value(result, name, v)
+      count = count + 1
+    end
   end
   return result
+end
+
+local function error_page(status)
+  local title = status .. " " .. (reasons[status] or "")
+  return "<html>\r\n<head><title>" .. title .. "</title></head>\r\n<body>\r\n<center><h1>" .. title
+    .. "</h1></center>\r\n<hr><center>moonwall</center>\r\n</body>\r\n</html>\r\n"
+end
+
+-- The headers of an error page (nginx's special response): Content-Type
+-- text/html, no Content-Length; the script's other headers stay.
+local function set_error_page_headers()
+  store_header("content-length", "Content-Length", nil)
+  store_header("content-type", "Content-Type", "text/html")
+  resp.mime_set = true
+end
+
+-- ngx.exit(status) in the header filter: nginx finalizes the request with
+-- that status instead (the response so far is dropped, later output too).
+local function replace_response(status)
+  if status == ngx.ERROR or status < 0 then
+    filter_failure = { phase = "header_filter", message = "ngx.exit(" .. status .. ") in header_filter",
+      traceback = "" }
+    error(EXIT, 0)
+  end
+  resp.status = status
+  resp.discard = true
+  if status >= 300 and status ~= 304 then set_error_page_headers() end
 end
 
 send_headers = function()
   if resp.head_sent or resp.sending then return end
   resp.sending = true  -- the header filter may still change status and headers
   if resp.status == 0 then resp.status = 200 end
+  if not resp.mime_set and not resp.headers["content-type"] and resp.status ~= 204 and resp.status ~= 304 then
+    store_header("content-type", "Content-Type", DEFAULT_CONTENT_TYPE)
+  end
   if handlers.header_filter then
+    local previous = exit_status or ngx.OK
+    filter_exit = nil
     local result = run_handler("header_filter", handlers.header_filter)
     if type(result) == "table" then
       filter_failure = result
       error(EXIT, 0)
     end
+    if filter_exit and filter_exit ~= previous then replace_response(filter_exit) end
   end
   resp.head_sent = true
   local list = {}
-  local has_type = false
   for _, key in ipairs(resp.order) do
     local entry = resp.headers[key]
-    if key == "content-type" then has_type = true end
     if type(entry.value) == "table" then
       for _, v in ipairs(entry.value) do list[#list + 1] = entry.name; list[#list + 1] = v end
     else
       list[#list + 1] = entry.name; list[#list + 1] = entry.value
     end
   end
-  if not has_type and resp.status ~= 204 and resp.status ~= 304 then
-    list[#list + 1] = "Content-Type"; list[#list + 1] = default_content_type()
-  end
   local ok, err = prim.send_head(resp.status, list)
   if not ok then error(err, 0) end
+  if request.method == "HEAD" then resp.header_only = true end
+  if resp.discard then
+    -- the response the header filter's ngx.exit asked for
+    if resp.status >= 300 and resp.status ~= 304 then pass(error_page(resp.status), true) end
+    pass("", true)
+  end
 end
 
 function ngx.send_headers()
-  if resp.head_sent then return nil, "header already sent" end
-  send_headers()
+  check_context(OUTPUT_PHASES, 2)
+  if not resp.head_sent then send_headers() end
   return 1
 end
 
@@ -417,9 +599,7 @@ setmetatable(ngx, {
         return
       end
       local status = tonumber(value)
-      if not status or mtype(status) == "float" and status ~= floor(status) then
-        error("bad argument to 'ngx.status' (number expected)", 2)
-      end
+      if not status then error("bad argument to 'ngx.status' (number expected, got " .. type(value) .. ")", 2) end
       resp.status = floor(status)
       return
     end
@@ -440,26 +620,42 @@ function ngx.exit(status)
     if not n then error("bad argument #1 to 'exit' (number expected, got " .. type(status) .. ")", 2) end
     status = floor(n)
   end
-  if phase == "log" or phase == "header_filter" or phase == "body_filter" then
-    exit_status = status
-    error(EXIT, 0)
+  if status == ngx.AGAIN or status == ngx.DONE then
+    error("bad argument to 'ngx.exit': does not accept NGX_AGAIN or NGX_DONE", 2)
   end
-  if resp.head_sent and status >= 200 then status = ngx.OK end
+  check_context(EXIT_PHASES, 2)
+  if resp.head_sent and status >= 300 and status ~= 408 and status ~= 444 and status ~= 499 then
+    if status ~= resp.status then
+      prim.log(ERR, (prim.where(2) or "") .. format("attempt to set status %d via ngx.exit after sending out"
+        .. " the response status %d", status, resp.status))
+    end
+    status = ngx.HTTP_OK
+  end
+  if phase == "header_filter" then
+    -- asynchronous there, as in OpenResty: the filter runs on
+    filter_exit = status
+    return
+  end
   exit_status = status
   error(EXIT, 0)
 end
 
 local redirect_codes = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
 function ngx.redirect(target, status)
-  status = status or 302
+  if type(target) == "number" then target = num2str(target) end
+  if type(target) ~= "string" then
+    error("bad argument #1 to 'redirect' (string expected, got " .. type(target) .. ")", 2)
+  end
+  status = status == nil and 302 or tonumber(status)
   if not redirect_codes[status] then
     error("only ngx.HTTP_MOVED_TEMPORARILY, ngx.HTTP_MOVED_PERMANENTLY, ngx.HTTP_PERMANENT_REDIRECT,"
       .. " ngx.HTTP_SEE_OTHER, and ngx.HTTP_TEMPORARY_REDIRECT are allowed", 2)
   end
-  if type(target) ~= "string" then error("bad argument #1 to 'redirect' (string expected)", 2) end
-  if find(target, "[\r\n]") then error("bad argument #1 to 'redirect' (invalid characters)", 2) end
+  check_context(OUTPUT_PHASES, 2)
   if resp.head_sent then error("attempt to call ngx.redirect after sending out the headers", 2) end
-  set_response_header("Location", target)
+  local bad, shown = unsafe_uri(target)
+  if bad then error(format('unsafe byte "%s" in redirect uri "%s"', bad, shown), 2) end
+  store_header("location", "Location", target)
   ngx.exit(status)
 end
 
@@ -469,55 +665,81 @@ end
 
 ngx.req = {}
 
-function ngx.req.get_method() return request.method end
-function ngx.req.http_version() return tonumber(request.http_version) end
-function ngx.req.start_time() return request.start_time end
+function ngx.req.get_method() return method end
 
-local function normalize_max(max)
-  if max == nil then return 100 end
-  if type(max) ~= "number" then error("bad argument #1 (number expected)", 3) end
-  return floor(max)
+function ngx.req.set_method(code)
+  if type(code) ~= "number" then error("bad method number", 2) end
+  local name = method_names[code]
+  if not name then error("unsupported HTTP method: " .. num2str(code), 2) end
+  method = name
 end
 
+function ngx.req.http_version() return tonumber(request.http_version) end
+function ngx.req.start_time() return floor(request.start_time * 1000) / 1000 end
+
 function ngx.req.get_uri_args(max_args)
-  return util.decode_args(query or "", normalize_max(max_args))
+  return util.decode_args(query or "", normalize_max(max_args, 2))
 end
 
 function ngx.req.set_uri_args(args)
-  if type(args) == "table" then args = util.encode_args(args)
-  elseif type(args) == "number" then args = tostring(args)
-  elseif type(args) ~= "string" then error("bad argument #1 to 'set_uri_args' (string or table expected)", 2) end
+  local t = type(args)
+  if t == "table" then args = util.encode_args(args)
+  elseif t == "number" then args = num2str(args)
+  elseif t ~= "string" then
+    error("bad argument #1 to 'set_uri_args' (string, number, or table expected, but got " .. t .. ")", 2)
+  end
   query = args
 end
 
-function ngx.req.set_uri(new_uri, jump)
-  if type(new_uri) ~= "string" or new_uri == "" then
-    error("bad argument #1 to 'set_uri' (non-empty string expected)", 2)
+function ngx.req.set_uri(new_uri, jump, binary)
+  if type(new_uri) == "number" then new_uri = num2str(new_uri) end
+  if type(new_uri) ~= "string" then
+    error("bad argument #1 to 'set_uri' (string expected, got " .. type(new_uri) .. ")", 2)
+  end
+  if new_uri == "" then error("attempt to use zero-length uri", 2) end
+  if not binary then
+    local bad, shown = unsafe_uri(new_uri)
+    if bad then
+      error(format("unsafe byte \"%s\" in uri \"%s\" (maybe you want to set the 'binary' argument?)",
+        bad, shown), 2)
+    end
   end
   if jump then
+    check_context(REWRITE_PHASE, 2)
     error("ngx.req.set_uri with jump = true is not supported by moonwall (no internal redirects)", 2)
   end
   uri = new_uri
 end
 
-function ngx.req.read_body() body_read = true end
-function ngx.req.discard_body() body_read = true end
+function ngx.req.read_body()
+  check_context(OUTPUT_PHASES, 2)
+  if body_state == "unread" then body_state = "read" end
+end
+
+function ngx.req.discard_body()
+  check_context(OUTPUT_PHASES, 2)
+  if body_state == "unread" then body_state = "discarded" end
+end
 
 function ngx.req.get_body_data()
-  if not body_read or #request.body == 0 then return nil end
+  if body_state ~= "read" or #request.body == 0 then return nil end
   return request.body
 end
 
 function ngx.req.get_post_args(max_args)
-  if not body_read then return nil, "request body not read" end
-  return util.decode_args(request.body, normalize_max(max_args))
+  if body_state == "discarded" then return {} end
+  if body_state ~= "read" then
+    error("no request body found; maybe you should turn on lua_need_request_body?", 2)
+  end
+  return util.decode_args(request.body, normalize_max(max_args, 2))
 end
 
-local function find_header(name)
-  local key = header_key(name)
+-- The values of the request headers named `key` (lowercase): nil, one
+-- string, or an array.
+local function find_header(key)
   local values
   for _, h in ipairs(req_headers) do
-    if h.name == key then
+    if h.key == key then
       if values == nil then values = h.value
       elseif type(values) == "table" then values[#values + 1] = h.value
       else values = { values, h.value } end
@@ -526,47 +748,44 @@ local function find_header(name)
   return values
 end
 
-local headers_mt = {
-  __index = function(t, key)
-    if type(key) ~= "string" then return nil end
-    local normalized = header_key(key)
-    if normalized ~= key then return rawget(t, normalized) end
-  end,
-}
-
 function ngx.req.get_headers(max_headers, raw)
-  local limit = normalize_max(max_headers)
+  local max = normalize_max(max_headers, 2)
   local result, count = {}, 0
+  if not raw then setmetatable(result, headers_mt) end
   for _, h in ipairs(req_headers) do
-    if limit > 0 and count >= limit then return setmetatable(result, headers_mt), "truncated" end
-    local existing = result[h.name]
-    if existing == nil then result[h.name] = h.value
-    elseif type(existing) == "table" then existing[#existing + 1] = h.value
-    else result[h.name] = { existing, h.value } end
+    if max > 0 and count >= max then return result, "truncated" end
+    add_value(result, raw and h.name or h.key, h.value)
     count = count + 1
   end
-  if raw then return result end
-  return setmetatable(result, headers_mt)
+  return result
+end
+
+local function header_name_arg(name, fname)
+  if name == nil then error("bad argument #1 to '" .. fname .. "' (string expected, got nil)", 3) end
+  if type(name) ~= "string" then name = type(name) == "number" and num2str(name) or tostring(name) end
+  return escape_header(name, UNSAFE_HEADER_NAME)
+end
+
+local function clear_request_header(key)
+  for i = #req_headers, 1, -1 do
+    if req_headers[i].key == key then remove(req_headers, i) end
+  end
 end
 
 function ngx.req.clear_header(name)
-  if type(name) ~= "string" then error("bad argument #1 to 'clear_header' (string expected)", 2) end
-  local key = header_key(name)
-  for i = #req_headers, 1, -1 do
-    if req_headers[i].name == key then remove(req_headers, i) end
-  end
+  clear_request_header(lower(header_name_arg(name, "clear_header")))
 end
 
 function ngx.req.set_header(name, value)
-  if type(name) ~= "string" then error("bad argument #1 to 'set_header' (string expected)", 2) end
-  ngx.req.clear_header(name)
+  name = header_name_arg(name, "set_header")
+  local key = lower(name)
+  clear_request_header(key)
   if value == nil then return end
-  local key = header_key(name)
   local values = type(value) == "table" and value or { value }
-  for _, v in ipairs(values) do
-    v = tostring(v)
-    if find(v, "[\r\n]") then error("bad argument #2 to 'set_header' (invalid header value)", 2) end
-    req_headers[#req_headers + 1] = { name = key, value = v }
+  for i = 1, #values do
+    local v = values[i]
+    if type(v) == "number" then v = num2str(v) elseif type(v) ~= "string" then v = tostring(v) end
+    req_headers[#req_headers + 1] = { name = name, key = key, value = escape_header(v, UNSAFE_HEADER_VALUE) }
   end
 end
 
@@ -588,14 +807,38 @@ local function cookie_value(name)
   if not cookie then return nil end
   for pair in (cookie .. ";"):gmatch("%s*([^;]*);") do
     local k, v = pair:match("^([^=]*)=(.*)$")
-    if k == name then return v end
+    if k and lower(k) == name then return v end
   end
 end
 
-local function header_value(name)
-  local v = find_header(name)
-  if type(v) == "table" then return concat(v, ", ") end
-  return v
+-- $http_NAME: the request headers whose lowercase name, with dashes read as
+-- underscores, is NAME; repeated ones joined as nginx >= 1.23 does.
+local function http_value(name)
+  local values
+  for _, h in ipairs(req_headers) do
+    if h.key == name or gsub(h.key, "-", "_") == name then
+      values = values and values .. ", " .. h.value or h.value
+    end
+  end
+  return values
+end
+
+-- $sent_http_NAME: a response header as it was (or will be) sent.
+local function sent_http_value(name)
+  local entry = resp.headers[(gsub(name, "_", "-"))]
+  if not entry then return nil end
+  if type(entry.value) == "table" then return concat(entry.value, ", ") end
+  return entry.value
+end
+
+-- $host: the Host header without its port, else the server's name.
+local function host_value()
+  local host = find_header("host")
+  if type(host) == "table" then host = host[1] end
+  if not host or host == "" then return request.host end
+  host = lower(host)
+  if byte(host) == 91 then return (host:match("^(%[[^%]]*%])") or host) end  -- [v6]:port
+  return (host:gsub(":%d*$", ""))
 end
 
 local builtin_vars = {
@@ -605,8 +848,8 @@ local builtin_vars = {
   query_string = function() if query ~= "" then return query end end,
   is_args = function() return query ~= "" and "?" or "" end,
   request_uri = function() return request.request_uri end,
-  request_method = function() return request.method end,
-  host = function() return request.host end,
+  request_method = function() return method end,
+  host = host_value,
   server_name = function() return request.host end,
   hostname = function() return request.host end,
   scheme = function() return request.scheme end,
@@ -618,9 +861,9 @@ local builtin_vars = {
   request = function()
     return request.method .. " " .. request.request_uri .. " HTTP/" .. request.http_version
   end,
-  content_type = function() return header_value("content-type") end,
-  content_length = function() return header_value("content-length") end,
-  request_body = function() if body_read and #request.body > 0 then return request.body end end,
+  content_type = function() return http_value("content_type") end,
+  content_length = function() return http_value("content_length") end,
+  request_body = function() if body_state == "read" and #request.body > 0 then return request.body end end,
   request_length = function() return tostring(#request.body) end,
   status = function() return tostring(resp.status) end,
   body_bytes_sent = function() return tostring(resp.body_bytes) end,
@@ -628,22 +871,16 @@ local builtin_vars = {
   msec = function() return format("%.3f", prim.now()) end,
 }
 
-local writable_vars = {
-  args = function(v) ngx.req.set_uri_args(v or "") end,
-  query_string = function(v) ngx.req.set_uri_args(v or "") end,
-}
-
 ngx.var = setmetatable({}, {
   __index = function(_, name)
-    if type(name) ~= "string" then
-      error("bad variable name", 2)
-    end
+    if type(name) ~= "string" then error("bad variable name", 2) end
+    name = lower(name)
     local builtin = builtin_vars[name]
     if builtin then return builtin() end
-    local lname = lower(name)
-    if sub(lname, 1, 5) == "http_" then return header_value(sub(lname, 6)) end
-    if sub(lname, 1, 4) == "arg_" then return arg_value(sub(lname, 5)) end
+    if sub(name, 1, 5) == "http_" then return http_value(sub(name, 6)) end
+    if sub(name, 1, 4) == "arg_" then return arg_value(sub(name, 5)) end
     if sub(name, 1, 7) == "cookie_" then return cookie_value(sub(name, 8)) end
+    if sub(name, 1, 10) == "sent_http_" then return sent_http_value(sub(name, 11)) end
     return user_vars[name]
   end,
   __newindex = function(_, name, value)
@@ -651,12 +888,14 @@ ngx.var = setmetatable({}, {
     if value ~= nil and type(value) ~= "string" and type(value) ~= "number" then
       error("bad variable value", 2)
     end
-    local writer = writable_vars[name]
-    if writer then return writer(value) end
-    if builtin_vars[name] or find(name, "^http_") or find(name, "^arg_") or find(name, "^cookie_") then
+    name = lower(name)
+    if type(value) == "number" then value = num2str(value) end
+    if name == "args" then query = value or "" return end
+    if builtin_vars[name] or find(name, "^http_") or find(name, "^arg_") or find(name, "^cookie_")
+        or find(name, "^sent_http_") then
       error(format('variable "%s" not changeable', name), 2)
     end
-    user_vars[name] = value ~= nil and tostring(value) or nil
+    user_vars[name] = value
   end,
 })
 
@@ -666,7 +905,7 @@ ngx.var = setmetatable({}, {
 
 local cached_now
 function ngx.update_time() cached_now = prim.now() end
-function ngx.now() return floor(cached_now * 1000 + 0.5) / 1000 end
+function ngx.now() return floor(cached_now * 1000) / 1000 end
 function ngx.time() return floor(cached_now) end
 function ngx.today() return util.today(floor(cached_now)) end
 function ngx.localtime() return util.localtime(floor(cached_now)) end
@@ -681,7 +920,7 @@ ngx.decode_args = util.decode_args
 ngx.quote_sql_str = util.quote_sql_str
 
 local function string_arg(v, fname)
-  if type(v) == "number" then return tostring(v) end
+  if type(v) == "number" then return num2str(v) end
   if v == nil then return "" end
   if type(v) ~= "string" then
     error(format("bad argument #1 to '%s' (string expected, got %s)", fname, type(v)), 3)
@@ -707,7 +946,10 @@ end
 function ngx.crc32_short(s) return prim.crc32(string_arg(s, "crc32_short")) end
 function ngx.crc32_long(s) return prim.crc32(string_arg(s, "crc32_long")) end
 function ngx.encode_base64(s, no_padding)
-  return prim.b64enc(string_arg(s, "encode_base64"), not not no_padding)
+  if no_padding ~= nil and type(no_padding) ~= "boolean" then
+    error("bad argument #2 to 'encode_base64' (boolean expected, got " .. type(no_padding) .. ")", 2)
+  end
+  return prim.b64enc(string_arg(s, "encode_base64"), no_padding == true)
 end
 function ngx.decode_base64(s)
   if type(s) ~= "string" then error("string argument only", 2) end
@@ -718,31 +960,18 @@ end
 -- the phase runner
 ---------------------------------------------------------------------------
 
-local function error_page(status)
-  local title = status .. " " .. (reasons[status] or "")
-  return "<html>\r\n<head><title>" .. title .. "</title></head>\r\n<body>\r\n<center><h1>" .. title
-    .. "</h1></center>\r\n<hr><center>moonwall</center>\r\n</body>\r\n</html>\r\n"
-end
-
 -- End the request with `status`, as nginx finalizes it.
 local function finalize(status)
-  if status == ngx.OK or status == ngx.DONE or resp.head_sent then
+  if status == ngx.OK or resp.head_sent then
     finish_response()
     return
   end
   if status < 0 then status = 500 end
   resp.status = status
   if status >= 300 and status ~= 304 then
-    for _, key in ipairs({ "content-type", "content-length" }) do
-      if resp.headers[key] then set_response_header(key, nil) end
-    end
-    set_response_header("Content-Type", "text/html")
+    set_error_page_headers()
     send_headers()
-    if request.method ~= "HEAD" then
-      local page = error_page(status)
-      resp.buffer[#resp.buffer + 1] = page
-      resp.buffered = resp.buffered + #page
-    end
+    pass(error_page(status), true)
   end
   finish_response()
 end
@@ -771,8 +1000,9 @@ end
 
 local function begin(req)
   request = req
+  method = req.method
   uri, query = req.uri, req.query
-  for i, h in ipairs(req.headers) do req_headers[i] = { name = lower(h.name), value = h.value } end
+  for i, h in ipairs(req.headers) do req_headers[i] = { name = h.name, key = lower(h.name), value = h.value } end
   cached_now = req.start_time
   _G.ngx = ngx
 end
@@ -799,8 +1029,9 @@ local function serve(req, sources)
         outcome = result
       elseif result == "exit" and (exit_status >= 200 or exit_status == ngx.ERROR) then
         outcome = guarded(finalize, exit_status) or "done"
-      elseif resp.finished then
-        outcome = "done"
+      elseif resp.head_sent then
+        -- the response has begun: later phases may not start another one
+        outcome = guarded(finish_response) or "done"
       end
     end
   end
@@ -820,6 +1051,8 @@ local function serve(req, sources)
     end
   end
 
+  -- what was produced before a failure still goes out (then the host cuts the response)
+  if type(outcome) == "table" and resp.head_sent then raw_pcall(flush_buffer) end
   phase = "log"
   run_log_phase()
   if type(outcome) == "table" then return outcome end
@@ -828,7 +1061,7 @@ end
 -- Only the log phase, after a limit stopped the request's own instance.
 local function log_only(req, source, status)
   begin(req)
-  resp.head_sent, resp.finished, resp.status = true, true, status
+  resp.head_sent, resp.eof, resp.closed, resp.status = true, true, true, status
   local fn, err = load(source.code, source.name, "t")
   if not fn then
     prim.log(ERR, "log phase: " .. err)

@@ -6,8 +6,13 @@
 //!   create a Lua state, open the libraries, compile and run the chunk, close
 //!   the state, drop the instance.
 //! - `run/fib25`: CPU-bound Lua, to compare with the fixed costs above.
+//! - `http/hello`: one HTTP request through the phases (`ngx.say("hello")`),
+//!   in a fresh instance that sets up the `ngx` API, with the response
+//!   collected in memory: the server's per-request sandbox cost.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use moonwall::http::request::RequestHead;
+use moonwall::http::{CollectedResponse, Handlers, HttpOutcome, RequestLog, Source};
 use moonwall::{CapturedOutput, EngineSettings, Limits, Outcome, Program, Sandbox};
 
 fn sandbox() -> Sandbox {
@@ -51,6 +56,48 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    let parts = hyper::Request::builder()
+        .uri("/hello")
+        .header("host", "localhost")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let request = RequestHead::from_parts(&parts).unwrap().into_request(
+        Vec::new(),
+        "http",
+        ([127, 0, 0, 1], 80).into(),
+        ([127, 0, 0, 1], 1).into(),
+    );
+    let handlers = Handlers {
+        content: Some(Source {
+            name: "@hello.lua".into(),
+            code: b"ngx.say('hello')".to_vec(),
+        }),
+        ..Handlers {
+            rewrite: None,
+            access: None,
+            content: None,
+            header_filter: None,
+            body_filter: None,
+            log: None,
+        }
+    };
+    let serve = || {
+        let sink = Box::new(CollectedResponse::default());
+        sandbox
+            .serve_request(
+                &request,
+                &handlers,
+                &limits,
+                sink,
+                RequestLog::new(0, String::new()),
+            )
+            .unwrap()
+    };
+    assert_eq!(serve().0.outcome, HttpOutcome::Served);
+    c.bench_function("http/hello", |b| b.iter(serve));
 }
 
 criterion_group!(benches, bench);

@@ -30,9 +30,10 @@ pub fn default_dir() -> Option<PathBuf> {
         .or_else(|| from_env("HOME").map(|home| home.join(".cache/moonwall")))
 }
 
-/// The compiled guest: from the cache when a matching entry is there,
-/// otherwise compiled now and stored for next time. A cache that cannot be
-/// used never fails the load; it only costs a compile.
+/// The compiled, prepared guest (see [`super::snapshot`]): from the cache
+/// when a matching entry is there, otherwise prepared and compiled now and
+/// stored for next time. A cache that cannot be used never fails the load;
+/// it only costs the preparation and a compile.
 pub(crate) fn load_or_compile(
     engine: &Engine,
     cache_dir: Option<&Path>,
@@ -48,7 +49,8 @@ pub(crate) fn load_or_compile(
             return Ok(component);
         }
     }
-    let component = Component::new(engine, moonwall_guest::COMPONENT)
+    let prepared = super::snapshot::prepared_guest(moonwall_guest::COMPONENT)?;
+    let component = Component::new(engine, &prepared)
         .map_err(|e| SandboxError::Engine(format!("compiling the guest: {e}")))?;
     if let Some(path) = &entry
         && let Ok(bytes) = component.serialize()
@@ -66,7 +68,7 @@ fn entry_name(engine: &Engine) -> String {
     let mut hasher = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     format!(
-        "guest-{}-{:016x}.cwasm",
+        "prepared-guest-{}-{:016x}.cwasm",
         moonwall_guest::COMPONENT_HASH,
         hasher.finish()
     )

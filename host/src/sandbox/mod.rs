@@ -4,6 +4,8 @@
 //!   native stack, output, pooling).
 //! - [`host_api`]: the WIT bindings and the functions the guest imports.
 //! - [`outcome`]: how a run ended, as a typed result.
+//! - [`snapshot`]: the guest pre-initialized once (libraries and the `ngx`
+//!   API built) and snapshotted, so requests start from that state.
 //! - [`cache`]: compiled guest code cached on disk.
 //!
 //! A [`Sandbox`] compiles the guest once and pre-links it (`InstancePre`);
@@ -14,6 +16,7 @@ pub mod cache;
 pub mod engine;
 pub mod host_api;
 pub mod outcome;
+pub mod snapshot;
 
 use std::time::Instant;
 
