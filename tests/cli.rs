@@ -310,3 +310,115 @@ fn request_and_serve_usage_errors_exit_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_log_phase_runs_after_a_limit_in_a_fresh_instance() {
+    let looping = script(
+        "limit_content.lua",
+        "ngx.ctx.lost = true\nwhile true do end",
+    );
+    let log = script(
+        "limit_log.lua",
+        "ngx.log(ngx.ERR, 'log phase ran: status ', ngx.status, ' ctx ', tostring(ngx.ctx.lost))",
+    );
+    let output = moonwall(&[
+        "request",
+        "--fuel",
+        "2000000000",
+        "--content",
+        looping.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+        "/",
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("HTTP/1.1 503"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("fuel limit of 2000000000 exhausted"),
+        "{stderr}"
+    );
+    // The request's own instance was stopped: ngx.ctx did not survive.
+    assert!(
+        stderr.contains("log phase ran: status 503 ctx nil"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_logs_json_and_shuts_down_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-json");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("index.lua"),
+        "ngx.log(ngx.WARN, 'hello from the script') ngx.say('hi')",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moonwall"))
+        .args([
+            "serve",
+            "--root",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env("MOONWALL_CACHE_DIR", common::cache_dir())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the listening line")
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+
+    let terminated = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let lines: Vec<&str> = std::iter::once(line.as_str()).chain(rest.lines()).collect();
+    for line in &lines {
+        assert!(
+            line.trim_start().starts_with('{') && line.trim_end().ends_with('}'),
+            "not JSON: {line}"
+        );
+    }
+    let access = lines
+        .iter()
+        .find(|l| l.contains("\"target\":\"access\""))
+        .expect("an access line");
+    for field in [
+        "\"status\":200",
+        "\"outcome\":\"ok\"",
+        "\"method\":\"GET\"",
+        "\"path\":\"/\"",
+        "\"fuel\":",
+        "\"peak_memory_kib\":",
+    ] {
+        assert!(access.contains(field), "{field} missing from {access}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("index.lua:1: hello from the script")),
+        "{lines:?}"
+    );
+}

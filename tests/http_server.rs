@@ -672,3 +672,43 @@ fn the_example_site_works() {
     );
     assert!(shout.to_lowercase().contains("x-filtered: shout"));
 }
+
+#[test]
+fn connections_beyond_the_cap_wait_their_turn() {
+    let dir = site("connection-cap", &[("index.lua", "ngx.say('served')")]);
+    let settings = ServerSettings {
+        max_connections: 1,
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(docroot(&dir), limits(), settings);
+    // The first connection stays open (keep-alive) and holds the only slot.
+    let mut first = TcpStream::connect(server.addr).unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(first.read(&mut buffer).unwrap() > 0);
+    // A second connection is not served while the first is open...
+    let mut second = TcpStream::connect(server.addr).unwrap();
+    second
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        second.read(&mut buffer).is_err(),
+        "served beyond the connection cap"
+    );
+    // ...and is as soon as the first goes away.
+    drop(first);
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = second.read_to_end(&mut response);
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200 OK"));
+}

@@ -82,12 +82,12 @@ pub fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env("MOONWALL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    // A second initialisation (in tests) keeps the first.
+        .with_writer(std::io::stderr);
+    // A second initialisation (in tests) keeps the first. JSON lines carry
+    // their target (`access` for the access log) and fields at the top level.
     let _ = if json {
-        builder.json().try_init()
+        builder.json().flatten_event(true).try_init()
     } else {
-        builder.try_init()
+        builder.with_target(false).try_init()
     };
 }
