@@ -1,0 +1,2 @@
+-- runaway: a script that never ends.
+while true do end
