@@ -254,26 +254,11 @@ fn via_cli(case: &Case, dir: &Path) -> Observed {
         case.name,
         String::from_utf8_lossy(&output.stderr)
     );
-    let stdout = output.stdout;
-    let split = stdout
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a blank line after the headers");
-    let head = String::from_utf8_lossy(&stdout[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.get(9..12))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
+    let (status, headers, body) = parse_response(&output.stdout);
     Observed {
         status,
         headers,
-        body: stdout[split + 4..].to_vec(),
+        body: body.to_vec(),
         outcome: None,
         error_text: Some(String::from_utf8_lossy(&output.stderr).into_owned()),
     }
@@ -339,22 +324,7 @@ fn via_server(
     let _ = stop.send(());
     let _ = runtime.block_on(server);
 
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(raw.len());
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.get(9..12))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    let payload = raw.get(split + 4..).unwrap_or_default();
+    let (status, headers, payload) = parse_response(&raw);
     let chunked = headers
         .iter()
         .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v == "chunked");
@@ -370,6 +340,27 @@ fn via_server(
         outcome: None,
         error_text: None,
     }
+}
+
+/// A response as bytes on the wire: the status, the headers, and what
+/// follows the blank line (a status of 0 when nothing usable arrived).
+fn parse_response(raw: &[u8]) -> (u16, Vec<(String, String)>, &[u8]) {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.get(9..12))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    (status, headers, raw.get(split + 4..).unwrap_or_default())
 }
 
 /// Undo chunked transfer encoding, keeping whatever complete chunks arrived.
