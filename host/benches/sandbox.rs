@@ -7,8 +7,12 @@
 //!   the state, drop the instance.
 //! - `run/fib25`: CPU-bound Lua, to compare with the fixed costs above.
 //! - `http/hello`: one HTTP request through the phases (`ngx.say("hello")`),
-//!   in a fresh instance that sets up the `ngx` API, with the response
-//!   collected in memory: the server's per-request sandbox cost.
+//!   in a fresh instance of the prepared guest, with the response collected
+//!   in memory: the server's per-request sandbox cost.
+//! - `http/script_lines/N`: the same with a script of N lines, compiled from
+//!   source in each request: what script size costs.
+//! - `http/allocating/MODE`: a handler allocating about 1 MB under each mode
+//!   of Lua's collector.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use moonwall::http::request::RequestHead;
@@ -70,20 +74,7 @@ fn bench(c: &mut Criterion) {
         ([127, 0, 0, 1], 80).into(),
         ([127, 0, 0, 1], 1).into(),
     );
-    let handlers = Handlers {
-        content: Some(Source {
-            name: "@hello.lua".into(),
-            code: b"ngx.say('hello')".to_vec(),
-        }),
-        ..Handlers {
-            rewrite: None,
-            access: None,
-            content: None,
-            header_filter: None,
-            body_filter: None,
-            log: None,
-        }
-    };
+    let handlers = content_handler("ngx.say('hello')");
     let serve = || {
         let sink = Box::new(CollectedResponse::default());
         sandbox
@@ -98,6 +89,83 @@ fn bench(c: &mut Criterion) {
     };
     assert_eq!(serve().0.outcome, HttpOutcome::Served);
     c.bench_function("http/hello", |b| b.iter(serve));
+
+    // The many-scripts question: what a script's size costs per request when
+    // it is compiled from source in every request's instance.
+    let mut group = c.benchmark_group("http/script_lines");
+    for lines in [10, 100, 1000] {
+        let handlers = content_handler(&generated_script(lines));
+        let serve = || {
+            let sink = Box::new(CollectedResponse::default());
+            sandbox
+                .serve_request(
+                    &request,
+                    &handlers,
+                    &limits,
+                    sink,
+                    RequestLog::new(0, String::new()),
+                )
+                .unwrap()
+        };
+        assert_eq!(serve().0.outcome, HttpOutcome::Served);
+        group.bench_function(lines.to_string(), |b| b.iter(serve));
+    }
+    group.finish();
+
+    // The collector: a handler that allocates about 1 MB, under Lua's default
+    // (incremental) mode, generational mode, and with the collector stopped.
+    let mut group = c.benchmark_group("http/allocating");
+    let work =
+        "local t = {} for i = 1, 20000 do t[i] = 'item ' .. i end ngx.say(#table.concat(t, ','))";
+    for (mode, prelude) in [
+        ("incremental", ""),
+        ("generational", "collectgarbage('generational') "),
+        ("stopped", "collectgarbage('stop') "),
+    ] {
+        let handlers = content_handler(&format!("{prelude}{work}"));
+        let serve = || {
+            let sink = Box::new(CollectedResponse::default());
+            sandbox
+                .serve_request(
+                    &request,
+                    &handlers,
+                    &limits,
+                    sink,
+                    RequestLog::new(0, String::new()),
+                )
+                .unwrap()
+        };
+        assert_eq!(serve().0.outcome, HttpOutcome::Served);
+        group.bench_function(mode, |b| b.iter(serve));
+    }
+    group.finish();
+}
+
+fn content_handler(code: &str) -> Handlers {
+    Handlers {
+        rewrite: None,
+        access: None,
+        content: Some(Source {
+            name: "@bench.lua".into(),
+            code: code.as_bytes().to_vec(),
+        }),
+        header_filter: None,
+        body_filter: None,
+        log: None,
+    }
+}
+
+/// A script of about `lines` lines of ordinary code: small functions and
+/// tables, only the last of which runs.
+fn generated_script(lines: usize) -> String {
+    let mut script = String::new();
+    for i in 0..lines / 5 {
+        script.push_str(&format!(
+            "local function f{i}(a, b)\n  local t = {{ x = a, y = b, name = \"f{i}\" }}\n  if a > b then return t.x - b end\n  return t.y + a * {i}\nend\n"
+        ));
+    }
+    script.push_str("ngx.say('hello')\n");
+    script
 }
 
 criterion_group!(benches, bench);
