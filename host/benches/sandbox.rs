@@ -16,7 +16,9 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use moonwall::http::request::RequestHead;
-use moonwall::http::{CollectedResponse, Handlers, HttpOutcome, RequestLog, Source};
+use moonwall::http::{
+    CollectedResponse, Handlers, HttpOutcome, HttpReport, Request, RequestLog, Source,
+};
 use moonwall::{CapturedOutput, EngineSettings, Limits, Outcome, Program, Sandbox};
 
 fn sandbox() -> Sandbox {
@@ -75,19 +77,8 @@ fn bench(c: &mut Criterion) {
         ([127, 0, 0, 1], 1).into(),
     );
     let handlers = content_handler("ngx.say('hello')");
-    let serve = || {
-        let sink = Box::new(CollectedResponse::default());
-        sandbox
-            .serve_request(
-                &request,
-                &handlers,
-                &limits,
-                sink,
-                RequestLog::new(0, String::new()),
-            )
-            .unwrap()
-    };
-    assert_eq!(serve().0.outcome, HttpOutcome::Served);
+    let serve = || serve_once(&sandbox, &request, &handlers, &limits);
+    assert_eq!(serve().outcome, HttpOutcome::Served);
     c.bench_function("http/hello", |b| b.iter(serve));
 
     // The many-scripts question: what a script's size costs per request when
@@ -95,19 +86,8 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("http/script_lines");
     for lines in [10, 100, 1000] {
         let handlers = content_handler(&generated_script(lines));
-        let serve = || {
-            let sink = Box::new(CollectedResponse::default());
-            sandbox
-                .serve_request(
-                    &request,
-                    &handlers,
-                    &limits,
-                    sink,
-                    RequestLog::new(0, String::new()),
-                )
-                .unwrap()
-        };
-        assert_eq!(serve().0.outcome, HttpOutcome::Served);
+        let serve = || serve_once(&sandbox, &request, &handlers, &limits);
+        assert_eq!(serve().outcome, HttpOutcome::Served);
         group.bench_function(lines.to_string(), |b| b.iter(serve));
     }
     group.finish();
@@ -123,22 +103,26 @@ fn bench(c: &mut Criterion) {
         ("stopped", "collectgarbage('stop') "),
     ] {
         let handlers = content_handler(&format!("{prelude}{work}"));
-        let serve = || {
-            let sink = Box::new(CollectedResponse::default());
-            sandbox
-                .serve_request(
-                    &request,
-                    &handlers,
-                    &limits,
-                    sink,
-                    RequestLog::new(0, String::new()),
-                )
-                .unwrap()
-        };
-        assert_eq!(serve().0.outcome, HttpOutcome::Served);
+        let serve = || serve_once(&sandbox, &request, &handlers, &limits);
+        assert_eq!(serve().outcome, HttpOutcome::Served);
         group.bench_function(mode, |b| b.iter(serve));
     }
     group.finish();
+}
+
+/// One request through the phases, its response collected in memory.
+fn serve_once(
+    sandbox: &Sandbox,
+    request: &Request,
+    handlers: &Handlers,
+    limits: &Limits,
+) -> HttpReport {
+    let sink = Box::new(CollectedResponse::default());
+    let log = RequestLog::new(0, String::new());
+    sandbox
+        .serve_request(request, handlers, limits, sink, log)
+        .unwrap()
+        .0
 }
 
 fn content_handler(code: &str) -> Handlers {
