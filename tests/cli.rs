@@ -400,6 +400,10 @@ fn serve_logs_json_and_shuts_down_on_sigterm() {
             line.trim_start().starts_with('{') && line.trim_end().ends_with('}'),
             "not JSON: {line}"
         );
+        // A script's fields never shadow the log's own keys.
+        for key in ["\"target\":", "\"level\":", "\"timestamp\":"] {
+            assert!(line.matches(key).count() <= 1, "{key} twice in {line}");
+        }
     }
     let access = lines
         .iter()

@@ -175,13 +175,13 @@ impl RequestLog {
             | log::Level::Alert
             | log::Level::Crit
             | log::Level::Err => {
-                tracing::error!(request_id = id, target = script, level = name, "{text}")
+                tracing::error!(request_id = id, path = script, lua_level = name, "{text}")
             }
-            log::Level::Warn => tracing::warn!(request_id = id, target = script, "{text}"),
+            log::Level::Warn => tracing::warn!(request_id = id, path = script, "{text}"),
             log::Level::Notice | log::Level::Info => {
-                tracing::info!(request_id = id, target = script, level = name, "{text}")
+                tracing::info!(request_id = id, path = script, lua_level = name, "{text}")
             }
-            log::Level::Debug => tracing::debug!(request_id = id, target = script, "{text}"),
+            log::Level::Debug => tracing::debug!(request_id = id, path = script, "{text}"),
         }
     }
 }
