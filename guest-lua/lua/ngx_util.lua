@@ -36,18 +36,27 @@ local function num2str(n)
   return tostring(n)
 end
 
--- luaL_checklstring-like conversion with OpenResty's extra rule that nil
--- means "" (escape_uri / unescape_uri).  Raises at the API caller's level.
-local function str_arg_nil_ok(s, fname)
-  if s == nil then
-    return ""
-  end
+-- luaL_checklstring-like: a string, or a number converted to one.  Called
+-- directly from an API function, it raises at the API caller's level.
+local function str_arg(s, fname)
   local t = type(s)
+  if t == "string" then
+    return s
+  end
   if t == "number" then
     return num2str(s)
   end
   error(format("bad argument #1 to '%s' (string expected, got %s)", fname, t),
         3)
+end
+
+-- The same with OpenResty's extra rule that nil means "" (escape_uri /
+-- unescape_uri).  A tail call, so str_arg's error level still holds.
+local function str_arg_nil_ok(s, fname)
+  if s == nil then
+    return ""
+  end
+  return str_arg(s, fname)
 end
 
 ---------------------------------------------------------------------------
@@ -274,15 +283,7 @@ function M.decode_args(...)
     error(format("expecting 1 or 2 arguments but seen %d", nargs), 2)
   end
   local s, max = ...
-  local ts = type(s)
-  if ts ~= "string" then
-    if ts == "number" then
-      s = num2str(s)
-    else
-      error(format("bad argument #1 to 'decode_args' (string expected, got %s)",
-                   ts), 2)
-    end
-  end
+  s = str_arg(s, "decode_args")
   -- NOTE: an explicit nil max_args means the default (OpenResty raises
   -- "number expected, got nil" for it).
   if max == nil then
@@ -356,15 +357,7 @@ function M.quote_sql_str(...)
     error("expecting one argument", 2)
   end
   local s = ...
-  local ts = type(s)
-  if ts ~= "string" then
-    if ts == "number" then
-      s = num2str(s)
-    else
-      error(format("bad argument #1 to 'quote_sql_str' (string expected, got %s)",
-                   ts), 2)
-    end
-  end
+  s = str_arg(s, "quote_sql_str")
   return "'" .. gsub(s, "[\0\b\n\r\t\26\\'\"]", SQL_ESC) .. "'"
 end
 

@@ -33,19 +33,6 @@ impl PhaseScripts {
         }
     }
 
-    /// Every path resolved against `base` (relative paths only).
-    pub fn resolved(&self, base: &Path) -> Self {
-        let resolve = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
-        PhaseScripts {
-            rewrite: resolve(&self.rewrite),
-            access: resolve(&self.access),
-            content: resolve(&self.content),
-            header_filter: resolve(&self.header_filter),
-            body_filter: resolve(&self.body_filter),
-            log: resolve(&self.log),
-        }
-    }
-
     /// Read every script. Each is reported in messages under its path
     /// relative to `shown_from` (so logs and errors never show where on the
     /// host the scripts live).
