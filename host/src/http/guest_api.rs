@@ -14,15 +14,20 @@ use crate::sandbox::host_api::moonwall::sandbox::{codec, http_types, log, respon
 use crate::sandbox::host_api::{HostStop, RunState};
 use crate::sandbox::outcome::Limit;
 
+/// What a [`ResponseSink`] returns when it may have to wait.
+pub type SinkFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// Where a response goes: a client connection, or memory (`moonwall request`).
 pub trait ResponseSink: Send + std::any::Any {
     fn send_head(&mut self, status: u16, headers: Vec<(HeaderName, HeaderValue)>);
     /// Pass on part of the body; `false` once the client has gone away.
-    fn write(&mut self, chunk: Bytes) -> bool;
+    /// May wait while the client is slow to read: the guest is suspended
+    /// meanwhile, its deadline still running.
+    fn write(&mut self, chunk: Bytes) -> SinkFuture<'_, bool>;
     fn flush(&mut self);
     /// The response cannot be completed: end it so that the client sees it
     /// is incomplete (a cut connection, never a clean end).
-    fn abort(&mut self);
+    fn abort(&mut self) -> SinkFuture<'_, ()>;
 }
 
 /// A response kept in memory.
@@ -40,13 +45,14 @@ impl ResponseSink for CollectedResponse {
         self.status = Some(status);
         self.headers = headers;
     }
-    fn write(&mut self, chunk: Bytes) -> bool {
+    fn write(&mut self, chunk: Bytes) -> SinkFuture<'_, bool> {
         self.body.extend_from_slice(&chunk);
-        true
+        Box::pin(std::future::ready(true))
     }
     fn flush(&mut self) {}
-    fn abort(&mut self) {
+    fn abort(&mut self) -> SinkFuture<'_, ()> {
         self.aborted = true;
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -102,12 +108,12 @@ impl HttpState {
         self.log.request_id
     }
 
-    pub(crate) fn abort(&mut self) {
-        self.sink.abort();
+    pub(crate) async fn abort(&mut self) {
+        self.sink.abort().await;
     }
 
     /// The host's own response when the guest could not send one.
-    pub(crate) fn send_fallback(&mut self, status: u16) {
+    pub(crate) async fn send_fallback(&mut self, status: u16) {
         if self.status_sent.is_some() {
             return;
         }
@@ -129,7 +135,7 @@ impl HttpState {
         self.status_sent = Some(status);
         if !self.discard_body {
             self.body_bytes += page.len() as u64;
-            self.sink.write(Bytes::from(page));
+            self.sink.write(Bytes::from(page)).await;
         }
     }
 }
@@ -289,7 +295,7 @@ impl response::Host for RunState {
         Ok(Ok(()))
     }
 
-    fn write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+    async fn write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         let cap = self.output_cap as u64;
         let http = http_state(self)?;
         if http.status_sent.is_none() {
@@ -305,7 +311,7 @@ impl response::Host for RunState {
             })));
         }
         http.body_bytes = total;
-        if !http.sink.write(Bytes::from(bytes)) {
+        if !http.sink.write(Bytes::from(bytes)).await {
             return Ok(Err("client closed the connection".into()));
         }
         Ok(Ok(()))

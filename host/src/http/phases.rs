@@ -19,7 +19,9 @@
 use std::time::{Duration, Instant};
 
 use crate::sandbox::host_api::moonwall::sandbox::http_types::{Handlers, Phase, Request, Source};
-use crate::sandbox::{Limit, Limits, Outcome, Sandbox, SandboxError, classify_stop, lossy};
+use crate::sandbox::{
+    Limit, Limits, Outcome, Sandbox, SandboxError, block_on, classify_stop, lossy,
+};
 
 use super::guest_api::{HttpState, RequestLog, ResponseSink};
 
@@ -96,8 +98,22 @@ fn log_only_limits(limits: &Limits) -> Limits {
 
 impl Sandbox {
     /// Run `request` through `handlers` in a fresh instance, the response
-    /// going to `sink`.
+    /// going to `sink`. Blocks the calling thread; see
+    /// [`Sandbox::serve_request_async`].
     pub fn serve_request(
+        &self,
+        request: &Request,
+        handlers: &Handlers,
+        limits: &Limits,
+        sink: Box<dyn ResponseSink>,
+        log: RequestLog,
+    ) -> Result<(HttpReport, Box<dyn ResponseSink>), SandboxError> {
+        block_on(self.serve_request_async(request, handlers, limits, sink, log))
+    }
+
+    /// [`Sandbox::serve_request`] as a future, which yields at every epoch
+    /// tick and while the response waits for the client.
+    pub async fn serve_request_async(
         &self,
         request: &Request,
         handlers: &Handlers,
@@ -112,10 +128,11 @@ impl Sandbox {
         let mut store = self.new_store(limits, Box::new(LogOutput { request_id }), started)?;
         store.data_mut().http = Some(HttpState::new(sink, discard_body, log));
 
-        let outcome = match self.pre.instantiate(&mut store) {
+        let outcome = match self.pre.instantiate_async(&mut store).await {
             Ok(guest) => match guest
                 .moonwall_sandbox_http_handler()
                 .call_handle(&mut store, request, handlers)
+                .await
             {
                 Ok(Ok(())) => HttpOutcome::Served,
                 Ok(Err(error)) => HttpOutcome::LuaError {
@@ -155,9 +172,9 @@ impl Sandbox {
         let complete = outcome == HttpOutcome::Served && http.status_sent.is_some();
         if !complete {
             if http.status_sent.is_some() {
-                http.abort();
+                http.abort().await;
             } else {
-                http.send_fallback(fallback_status(&outcome));
+                http.send_fallback(fallback_status(&outcome)).await;
             }
         }
         let trapped = matches!(
@@ -168,6 +185,7 @@ impl Sandbox {
         let body_bytes = http.body_bytes;
         let sink = if trapped && let Some(log_handler) = &handlers.log {
             self.log_only(request, log_handler, status, limits, http)
+                .await
         } else {
             http.into_sink()
         };
@@ -183,7 +201,7 @@ impl Sandbox {
     }
 
     /// The log phase alone, in a fresh instance with its own small budget.
-    fn log_only(
+    async fn log_only(
         &self,
         request: &Request,
         log_handler: &Source,
@@ -199,14 +217,15 @@ impl Sandbox {
             return http.into_sink();
         };
         store.data_mut().http = Some(http);
-        let result = self.pre.instantiate(&mut store).and_then(|guest| {
-            guest.moonwall_sandbox_http_handler().call_log_only(
-                &mut store,
-                request,
-                log_handler,
-                status,
-            )
-        });
+        let result = match self.pre.instantiate_async(&mut store).await {
+            Ok(guest) => {
+                guest
+                    .moonwall_sandbox_http_handler()
+                    .call_log_only(&mut store, request, log_handler, status)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         if let Err(trap) = result {
             let stop = classify_stop(&trap, &limits, &self.settings);
             tracing::error!(request_id, "log phase stopped: {}", describe(&stop));

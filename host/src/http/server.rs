@@ -26,7 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::guest_api::{RequestLog, ResponseSink};
+use super::guest_api::{RequestLog, ResponseSink, SinkFuture};
 use super::request::RequestHead;
 use super::routing::{Route, Router};
 use super::static_files::{self, StaticFile};
@@ -315,8 +315,9 @@ async fn handle(
     }
 }
 
-/// Run the scripts on a blocking thread; the response streams back through
-/// a channel as the guest writes it.
+/// Run the scripts in a task of their own on the runtime's workers (guest
+/// code yields at every epoch tick, so it shares them fairly); the response
+/// streams back through a channel as the guest writes it.
 async fn run_script(
     app: &Arc<App>,
     id: u64,
@@ -341,7 +342,7 @@ async fn run_script(
         access.remote,
         access.started,
     );
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         let _permit = permit;
         let access = Access {
             id,
@@ -352,7 +353,8 @@ async fn run_script(
         };
         match app_for_run
             .sandbox
-            .serve_request(&request, &handlers, &limits, Box::new(sink), log)
+            .serve_request_async(&request, &handlers, &limits, Box::new(sink), log)
+            .await
         {
             Ok((report, _sink)) => access.log(
                 report.status,
@@ -386,7 +388,7 @@ async fn run_script(
 /// A response's status and headers.
 type Head = (u16, Vec<(HeaderName, HeaderValue)>);
 
-/// The guest's response, from its blocking thread to the connection.
+/// The guest's response, from its run to the connection.
 struct ChannelSink {
     head: Option<oneshot::Sender<Head>>,
     body: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
@@ -399,24 +401,25 @@ impl ResponseSink for ChannelSink {
         }
     }
 
-    fn write(&mut self, chunk: Bytes) -> bool {
+    fn write(&mut self, chunk: Bytes) -> SinkFuture<'_, bool> {
         // Waits while the client is slow to read: backpressure on the script.
-        self.body.blocking_send(Ok(Frame::data(chunk))).is_ok()
+        Box::pin(async move { self.body.send(Ok(Frame::data(chunk))).await.is_ok() })
     }
 
     fn flush(&mut self) {}
 
-    fn abort(&mut self) {
-        // hyper drops what it has not yet flushed when a body fails: let it
-        // take (and send) what was written before the error reaches it.
-        let deadline = Instant::now() + Duration::from_millis(200);
-        while self.body.capacity() < self.body.max_capacity() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-        let _ = self
-            .body
-            .blocking_send(Err(std::io::Error::other("the response was cut short")));
+    fn abort(&mut self) -> SinkFuture<'_, ()> {
+        Box::pin(async move {
+            // hyper drops what it has not yet flushed when a body fails: let
+            // it take (and send) what was written before the error reaches it.
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while self.body.capacity() < self.body.max_capacity() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let cut = std::io::Error::other("the response was cut short");
+            let _ = self.body.send(Err(cut)).await;
+        })
     }
 }
 

@@ -15,7 +15,13 @@ use super::outcome::Limit;
 wasmtime::component::bindgen!({
     world: "sandbox",
     path: "../wit",
-    imports: { default: trappable },
+    // The response body is the one import that waits (for a slow client);
+    // every export is called as a future, so that runs can yield.
+    imports: {
+        "moonwall:sandbox/response.write": async | trappable,
+        default: trappable,
+    },
+    exports: { default: async },
 });
 
 pub(crate) use self::moonwall::sandbox::output::Stream;

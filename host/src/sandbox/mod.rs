@@ -18,6 +18,8 @@ pub mod host_api;
 pub mod outcome;
 pub mod snapshot;
 
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker};
@@ -132,14 +134,26 @@ impl Sandbox {
     }
 
     /// Run `program` in a fresh instance under `limits`, its output going to
-    /// `output`. Returns how it ended, and the sink.
+    /// `output`. Returns how it ended, and the sink. Blocks the calling
+    /// thread; [`Sandbox::run_async`] is the same run as a future.
     pub fn run<S: OutputSink + 'static>(
         &self,
         program: &Program,
         limits: &Limits,
         output: S,
     ) -> Result<(RunReport, S), SandboxError> {
-        let (report, sink) = self.run_boxed(program, limits, Box::new(output))?;
+        block_on(self.run_async(program, limits, output))
+    }
+
+    /// Run `program` as a future: guest code yields to the executor at every
+    /// epoch tick, so many runs can share a thread fairly.
+    pub async fn run_async<S: OutputSink + 'static>(
+        &self,
+        program: &Program,
+        limits: &Limits,
+        output: S,
+    ) -> Result<(RunReport, S), SandboxError> {
+        let (report, sink) = self.run_boxed(program, limits, Box::new(output)).await?;
         // The box holds the `S` we were given.
         let sink = downcast_sink::<S>(sink);
         Ok((report, sink))
@@ -151,8 +165,7 @@ impl Sandbox {
     pub fn instantiate_and_drop(&self, limits: &Limits) -> Result<(), SandboxError> {
         let output = Box::new(CapturedOutput::default());
         let mut store = self.new_store(limits, output, Instant::now())?;
-        self.pre
-            .instantiate(&mut store)
+        block_on(self.pre.instantiate_async(&mut store))
             .map(drop)
             .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))
     }
@@ -184,7 +197,7 @@ impl Sandbox {
         self.run(program, limits, CapturedOutput::default())
     }
 
-    fn run_boxed(
+    async fn run_boxed(
         &self,
         program: &Program,
         limits: &Limits,
@@ -200,12 +213,12 @@ impl Sandbox {
         let started = Instant::now();
         let mut store = self.new_store(limits, output, started)?;
 
-        let outcome = match self.pre.instantiate(&mut store) {
-            Ok(guest) => match guest.moonwall_sandbox_script().call_run(
-                &mut store,
-                &program.chunks,
-                &program.args,
-            ) {
+        let outcome = match self.pre.instantiate_async(&mut store).await {
+            Ok(guest) => match guest
+                .moonwall_sandbox_script()
+                .call_run(&mut store, &program.chunks, &program.args)
+                .await
+            {
                 Ok(outcome) => from_guest(outcome),
                 Err(error) => classify_stop(&error, limits, &self.settings),
             },
@@ -230,6 +243,28 @@ impl Sandbox {
             duration: started.elapsed(),
         };
         Ok((report, state.into_output()))
+    }
+}
+
+/// Drive `future` to completion on this thread. Guest runs are futures only
+/// so that they can yield; they wait on nothing but themselves (and, in a
+/// server, the response channel), so parking the thread between polls is
+/// all the executor a blocking caller needs.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
     }
 }
 
