@@ -141,3 +141,17 @@ void exports_moonwall_sandbox_script_run(exports_moonwall_sandbox_script_list_ch
   exports_moonwall_sandbox_script_list_chunk_free(chunks);
   sandbox_list_string_free(args);
 }
+
+/* Compile only: the parser runs on a bare state (no libraries needed). */
+bool exports_moonwall_sandbox_script_compile(exports_moonwall_sandbox_script_chunk_t *chunk,
+                                             sandbox_list_u8_t *ret) {
+  lua_State *L = moonwall_new_state();
+  const char *name = push_name(L, &chunk->name);
+  int status = luaL_loadbufferx(L, (const char *)chunk->source.ptr, chunk->source.len, name, "t");
+  bool failed = status != LUA_OK;
+  if (failed)
+    moonwall_copy_value(ret, L, -1);
+  lua_close(L);
+  exports_moonwall_sandbox_script_chunk_free(chunk);
+  return failed;
+}

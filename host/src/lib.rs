@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod http;
 pub mod sandbox;
+pub mod tenants;
 
 pub use sandbox::{
     CapturedOutput, EngineSettings, InheritedOutput, Limit, Limits, Outcome, OutputSink, Program,

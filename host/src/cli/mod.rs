@@ -1,6 +1,7 @@
 //! The `moonwall` command line. Its commands, flags and exit codes are an
 //! interface that users and tools script against: extend it, never rename.
 
+mod check;
 mod exec;
 mod limits;
 mod request;
@@ -52,6 +53,10 @@ pub enum Command {
     /// Serve HTTP: every request runs its scripts in a fresh sandbox.
     /// A Lua error answers 500, a limit 503; the server keeps serving.
     Serve(serve::ServeArgs),
+    /// Check a server configuration, every tenant policy and every script a
+    /// request could reach; list every problem. Exits 0 if there are none, 1
+    /// if there are, 2 if the configuration cannot be read.
+    Check(check::CheckArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -71,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => exec::run(args),
         Command::Request(args) => request::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Check(args) => check::run(args),
     };
     ExitCode::from(code)
 }

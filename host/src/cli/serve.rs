@@ -1,5 +1,6 @@
-//! `moonwall serve`: the web server, on a CGI-style document root (`--root`)
-//! or on configured locations (`--config`).
+//! `moonwall serve`: the web server, on a CGI-style document root (`--root`),
+//! on a site's configured locations (`--config site.toml`), or for many
+//! tenants (`--config moonwall.toml`, which names a `policies` directory).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ use crate::http::config::SiteConfig;
 use crate::http::routing::{DocRoot, Router};
 use crate::http::server::{self, App, ServerSettings};
 use crate::sandbox::Sandbox;
+use crate::tenants::metrics::{self, Metrics};
+use crate::tenants::{Registry, ServerConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -34,8 +37,10 @@ pub struct ServeArgs {
     )]
     pub root: Option<PathBuf>,
 
-    /// Serve the locations of a site configuration (TOML; see docs/serving.md).
-    /// Its [limits] take precedence over the limit flags.
+    /// Serve the locations of a site configuration (TOML; see docs/serving.md;
+    /// its [limits] take precedence over the limit flags), or, if the file
+    /// names a `policies` directory, the tenants of a server configuration
+    /// (docs/policies.md; each tenant's limits come from its policy).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -56,10 +61,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     pub max_connections: usize,
 
-    /// Scripts running at once; more requests wait for a free instance.
-    #[arg(long, value_name = "N", default_value_t = ServerSettings::default().max_running,
+    /// Scripts running at once; more requests wait for a free instance
+    /// [default: twice the cores; with tenants, 128, each tenant also held
+    /// to its own max_concurrency].
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=10_000).map(|n| n as usize))]
-    pub max_running: usize,
+    pub max_running: Option<usize>,
 
     /// Largest request body, in KiB (413 beyond).
     #[arg(long, value_name = "N", default_value_t = ServerSettings::default().max_request_body_bytes / 1024,
@@ -94,46 +101,92 @@ fn usage(message: impl std::fmt::Display) -> u8 {
     exit::USAGE
 }
 
+/// Scripts running at once across all tenants, by default: tenants are
+/// held to their own `max_concurrency`, and runs yield to each other, so
+/// this only bounds the instance pool.
+const TENANTS_MAX_RUNNING: usize = 128;
+
 pub fn run(args: ServeArgs) -> u8 {
     super::init_logging(matches!(args.log_format, LogFormat::Json));
-    let mut limits = args.limits.limits();
-    let mut listen = args.listen;
-    let router = if let Some(config) = &args.config {
-        match SiteConfig::load(config) {
-            Ok(site) => {
-                limits = site.limits;
-                listen = listen.or(site.listen);
-                Router::Locations(site.locations)
-            }
-            Err(error) => return usage(format!("invalid configuration:\n{error}")),
-        }
-    } else {
-        let root = args.root.clone().expect("clap requires --root or --config");
-        match DocRoot::new(&root, !args.no_static) {
-            Ok(root) => Router::DocRoot(root),
-            Err(error) => return usage(format!("cannot serve {}: {error}", root.display())),
-        }
-    };
-    let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let settings = ServerSettings {
+    let mut settings = ServerSettings {
         max_connections: args.max_connections,
         max_request_body_bytes: args.max_body_kib * 1024,
         max_header_bytes: args.max_header_kib * 1024,
         max_headers: args.max_headers,
         header_read_timeout: Duration::from_millis(args.header_timeout_ms),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
-        max_running: args.max_running,
+        max_running: args.max_running.unwrap_or_else(server::default_max_running),
     };
-    if let Err(error) = limits.validate() {
+    let mut engine = args.limits.engine_settings(0);
+    let mut listen: Vec<SocketAddr> = args.listen.into_iter().collect();
+    let mut metrics_listen = None;
+    let mut reload_poll = None;
+
+    let registry = match &args.config {
+        Some(config) => {
+            let text = match std::fs::read_to_string(config) {
+                Ok(text) => text,
+                Err(error) => return usage(format!("cannot read {}: {error}", config.display())),
+            };
+            if ServerConfig::is_server_config(&text) {
+                let server_config = match ServerConfig::parse(config, &text) {
+                    Ok(server_config) => server_config,
+                    Err(error) => return usage(format!("invalid configuration:\n{error}")),
+                };
+                settings.max_running = args.max_running.unwrap_or(TENANTS_MAX_RUNNING);
+                engine.max_memory_bytes = server_config.ceilings.memory_bytes();
+                if listen.is_empty() {
+                    listen = server_config.listen.clone();
+                }
+                metrics_listen = server_config.metrics_listen;
+                reload_poll = server_config.reload_poll;
+                match Registry::load(server_config, Metrics::new()) {
+                    Ok(registry) => Some(registry),
+                    Err(error) => return usage(format!("invalid configuration:\n{error}")),
+                }
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let single_site = if registry.is_some() {
+        None
+    } else if let Some(config) = &args.config {
+        match SiteConfig::load(config) {
+            Ok(site) => {
+                listen.extend(site.listen.filter(|_| listen.is_empty()));
+                Some((Router::Locations(site.locations), site.limits))
+            }
+            Err(error) => return usage(format!("invalid configuration:\n{error}")),
+        }
+    } else {
+        let root = args.root.clone().expect("clap requires --root or --config");
+        match DocRoot::new(&root, !args.no_static) {
+            Ok(root) => Some((Router::DocRoot(root), args.limits.limits())),
+            Err(error) => return usage(format!("cannot serve {}: {error}", root.display())),
+        }
+    };
+    if listen.is_empty() {
+        listen.push(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    }
+    if let Some((_, limits)) = &single_site
+        && let Err(error) = limits.validate()
+    {
         return usage(error);
     }
-    let instances = u32::try_from(settings.max_running + 8).unwrap_or(u32::MAX);
-    let sandbox = match Sandbox::new(args.limits.engine_settings(instances)) {
+    engine.max_instances = u32::try_from(settings.max_running + 8).unwrap_or(u32::MAX);
+    let sandbox = match Sandbox::new(engine) {
         Ok(sandbox) => Arc::new(sandbox),
         Err(error) => {
             eprintln!("error: {error}");
             return exit::INTERNAL;
         }
+    };
+    let app = match (single_site, registry) {
+        (Some((router, limits)), _) => App::new(sandbox, router, limits, settings),
+        (None, Some(registry)) => App::with_registry(sandbox, Arc::new(registry), settings),
+        (None, None) => unreachable!("one of the two is set above"),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,25 +198,110 @@ pub fn run(args: ServeArgs) -> u8 {
             return exit::INTERNAL;
         }
     };
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(listener) => listener,
-            Err(error) => return usage(format!("cannot listen on {listen}: {error}")),
-        };
+    runtime.block_on(serve_all(app, listen, metrics_listen, reload_poll))
+}
+
+/// Listen on every address (and the metrics address), reload tenants on
+/// SIGHUP and when their policy files change, until SIGTERM or SIGINT.
+async fn serve_all(
+    app: Arc<App>,
+    listen: Vec<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+    reload_poll: Option<Duration>,
+) -> u8 {
+    let mut listeners = Vec::new();
+    for address in &listen {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => return usage(format!("cannot listen on {address}: {error}")),
+        }
+    }
+    let metrics_listener = match metrics_listen {
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => return usage(format!("cannot listen on {address} for metrics: {error}")),
+        },
+        None => None,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
         let address = listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!("moonwall listening on http://{address}");
-        let app = App::new(sandbox, router, limits, settings);
-        match server::serve(app, listener, shutdown_signal()).await {
-            Ok(()) => exit::OK,
-            Err(error) => {
-                eprintln!("error: {error}");
-                exit::INTERNAL
-            }
+        servers.spawn(server::serve(app.clone(), listener, until_stopped()));
+    }
+    if let Some(listener) = metrics_listener {
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!("metrics on http://{address}/metrics");
+        servers.spawn(metrics::serve(
+            app.registry.metrics.clone(),
+            listener,
+            until_stopped(),
+        ));
+    }
+    if app.registry.config().is_some() {
+        tokio::spawn(reload_loop(app.registry.clone(), reload_poll));
+    }
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let mut code = exit::OK;
+    while let Some(result) = servers.join_next().await {
+        if let Ok(Err(error)) = result {
+            eprintln!("error: {error}");
+            code = exit::INTERNAL;
         }
-    })
+    }
+    code
+}
+
+/// Reload the tenants on SIGHUP, and when a policy file changes (checked
+/// every `poll`).
+async fn reload_loop(registry: Arc<Registry>, poll: Option<Duration>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(error) => {
+            tracing::warn!("no reload on SIGHUP: {error}");
+            None
+        }
+    };
+    loop {
+        let poll_tick = async {
+            match poll {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        let signalled = async {
+            match &mut hangup {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let forced = tokio::select! {
+            _ = signalled => true,
+            () = poll_tick => false,
+        };
+        let registry = registry.clone();
+        // Reading and checking policy files is file I/O: off the workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            if forced || registry.changed() {
+                registry.reload();
+            }
+        })
+        .await;
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

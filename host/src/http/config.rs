@@ -50,7 +50,7 @@ struct LimitsFile {
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LocationFile {
+pub(crate) struct LocationFile {
     path: Spanned<String>,
     #[serde(rename = "match")]
     matching: Option<Match>,
@@ -78,7 +78,7 @@ pub struct ConfigError {
 }
 
 /// 1-based line and column of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before
@@ -88,49 +88,76 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-struct Problems<'a> {
-    file: &'a Path,
-    text: &'a str,
-    list: Vec<String>,
+/// The problems found in one file, each `file:line:col: message`.
+pub(crate) struct Problems<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) text: &'a str,
+    pub(crate) list: Vec<String>,
 }
 
-impl Problems<'_> {
-    fn at(&mut self, span: std::ops::Range<usize>, message: impl std::fmt::Display) {
+impl<'a> Problems<'a> {
+    pub(crate) fn new(file: &'a Path, text: &'a str) -> Self {
+        Problems {
+            file,
+            text,
+            list: Vec::new(),
+        }
+    }
+
+    pub(crate) fn at(&mut self, span: std::ops::Range<usize>, message: impl std::fmt::Display) {
         let (line, column) = line_col(self.text, span.start);
         self.list.push(format!(
             "{}:{line}:{column}: {message}",
             self.file.display()
         ));
     }
+
+    /// A problem of the whole file, with no place in it.
+    pub(crate) fn file(&mut self, message: impl std::fmt::Display) {
+        self.list
+            .push(format!("{}: {message}", self.file.display()));
+    }
+
+    /// Deserialize the file strictly; a syntax or schema error is the one
+    /// problem reported.
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        match toml::from_str(self.text) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                let message = error.message().to_string();
+                match error.span() {
+                    Some(span) => self.at(span, message),
+                    None => self.file(message),
+                }
+                None
+            }
+        }
+    }
+
+    pub(crate) fn into_error(self) -> ConfigError {
+        ConfigError {
+            problems: self.list,
+        }
+    }
+}
+
+/// Read `file` for parsing, or say why not.
+pub(crate) fn read_config(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| ConfigError {
+        problems: vec![format!("{}: cannot read: {e}", file.display())],
+    })
 }
 
 impl SiteConfig {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-            problems: vec![format!("{}: cannot read: {e}", file.display())],
-        })?;
-        Self::parse(file, &text)
+        Self::parse(file, &read_config(file)?)
     }
 
     /// Parse `text`, the contents of `file` (scripts are relative to its directory).
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let mut problems = Problems {
-            file,
-            text,
-            list: Vec::new(),
-        };
-        let site: SiteFile = match toml::from_str(text) {
-            Ok(site) => site,
-            Err(error) => {
-                let message = error.message().to_string();
-                match error.span() {
-                    Some(span) => problems.at(span, message),
-                    None => problems.list.push(format!("{}: {message}", file.display())),
-                }
-                return Err(ConfigError {
-                    problems: problems.list,
-                });
-            }
+        let mut problems = Problems::new(file, text);
+        let Some(site) = problems.parse::<SiteFile>() else {
+            return Err(problems.into_error());
         };
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
 
@@ -188,59 +215,7 @@ impl SiteConfig {
             }
         }
 
-        let mut locations: Vec<Location> = Vec::new();
-        for location in &site.locations {
-            let path = location.path.get_ref();
-            if !path.starts_with('/') {
-                problems.at(
-                    location.path.span(),
-                    format!("location path `{path}` must start with '/'"),
-                );
-                continue;
-            }
-            let matching = location.matching.unwrap_or(Match::Prefix);
-            if locations
-                .iter()
-                .any(|l| l.path == *path && l.matching == matching)
-            {
-                problems.at(
-                    location.path.span(),
-                    format!("location `{path}` is defined twice"),
-                );
-                continue;
-            }
-            let mut script = |field: &Option<Spanned<PathBuf>>| -> Option<PathBuf> {
-                let spanned = field.as_ref()?;
-                let resolved = base.join(spanned.get_ref());
-                if !resolved.is_file() {
-                    problems.at(
-                        spanned.span(),
-                        format!("script {} not found", resolved.display()),
-                    );
-                }
-                Some(resolved)
-            };
-            let scripts = PhaseScripts {
-                rewrite: script(&location.rewrite),
-                access: script(&location.access),
-                content: script(&location.content),
-                header_filter: script(&location.header_filter),
-                body_filter: script(&location.body_filter),
-                log: script(&location.log),
-            };
-            if scripts == PhaseScripts::default() {
-                problems.at(
-                    location.path.span(),
-                    format!("location `{path}` names no script for any phase"),
-                );
-                continue;
-            }
-            locations.push(Location {
-                path: path.clone(),
-                matching,
-                scripts,
-            });
-        }
+        let locations = parse_locations(&site.locations, &base, None, &mut problems);
         if site.locations.is_empty() {
             problems.list.push(format!(
                 "{}: no [[location]]: nothing would be served",
@@ -262,6 +237,79 @@ impl SiteConfig {
             },
         })
     }
+}
+
+/// Check `[[location]]` tables: paths, duplicates, and that each script
+/// exists (relative to `base`; inside `confine`, a real path, if given).
+pub(crate) fn parse_locations(
+    files: &[LocationFile],
+    base: &Path,
+    confine: Option<&Path>,
+    problems: &mut Problems,
+) -> Vec<Location> {
+    let mut locations: Vec<Location> = Vec::new();
+    for location in files {
+        let path = location.path.get_ref();
+        if !path.starts_with('/') {
+            problems.at(
+                location.path.span(),
+                format!("location path `{path}` must start with '/'"),
+            );
+            continue;
+        }
+        let matching = location.matching.unwrap_or(Match::Prefix);
+        if locations
+            .iter()
+            .any(|l| l.path == *path && l.matching == matching)
+        {
+            problems.at(
+                location.path.span(),
+                format!("location `{path}` is defined twice"),
+            );
+            continue;
+        }
+        let mut script = |field: &Option<Spanned<PathBuf>>| -> Option<PathBuf> {
+            let spanned = field.as_ref()?;
+            let resolved = base.join(spanned.get_ref());
+            if !resolved.is_file() {
+                problems.at(
+                    spanned.span(),
+                    format!("script {} not found", resolved.display()),
+                );
+            } else if let Some(root) = confine
+                && !resolved
+                    .canonicalize()
+                    .is_ok_and(|real| real.starts_with(root))
+            {
+                problems.at(
+                    spanned.span(),
+                    format!("script {} is outside the root", resolved.display()),
+                );
+            }
+            Some(resolved)
+        };
+        let scripts = PhaseScripts {
+            rewrite: script(&location.rewrite),
+            access: script(&location.access),
+            content: script(&location.content),
+            header_filter: script(&location.header_filter),
+            body_filter: script(&location.body_filter),
+            log: script(&location.log),
+        };
+        if scripts == PhaseScripts::default() {
+            problems.at(
+                location.path.span(),
+                format!("location `{path}` names no script for any phase"),
+            );
+            continue;
+        }
+        locations.push(Location {
+            path: path.clone(),
+            matching,
+            scripts,
+        });
+    }
+    locations
 }
 
 #[cfg(test)]

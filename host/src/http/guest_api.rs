@@ -146,6 +146,8 @@ pub struct RequestLog {
     pub target: String,
     written: usize,
     dropped: bool,
+    /// Lines more verbose than this are dropped (the tenant's `log_level`).
+    max_level: log::Level,
 }
 
 impl RequestLog {
@@ -155,10 +157,20 @@ impl RequestLog {
             target,
             written: 0,
             dropped: false,
+            max_level: log::Level::Debug,
         }
     }
 
+    /// Keep only lines at `level` or more severe.
+    pub fn with_max_level(mut self, level: log::Level) -> Self {
+        self.max_level = level;
+        self
+    }
+
     pub(crate) fn line(&mut self, level: log::Level, message: &[u8]) {
+        if severity(level) > severity(self.max_level) {
+            return;
+        }
         if self.written >= MAX_LOG_BYTES_PER_REQUEST {
             if !self.dropped {
                 self.dropped = true;
@@ -190,6 +202,11 @@ impl RequestLog {
             log::Level::Debug => tracing::debug!(request_id = id, path = script, "{text}"),
         }
     }
+}
+
+/// 0 for the most severe level, 8 for debug.
+fn severity(level: log::Level) -> u8 {
+    level as u8
 }
 
 /// nginx's name for a level.

@@ -29,11 +29,13 @@ pub enum Route {
     NotFound,
 }
 
-/// The router of a server: one of the two ways.
+/// The router of a site: one of the two ways, or both (a tenant's
+/// locations first, then its document root).
 #[derive(Debug, Clone)]
 pub enum Router {
     DocRoot(DocRoot),
     Locations(Locations),
+    Both(Locations, DocRoot),
 }
 
 impl Router {
@@ -41,6 +43,10 @@ impl Router {
         match self {
             Router::DocRoot(root) => root.route(uri),
             Router::Locations(locations) => locations.route(uri),
+            Router::Both(locations, root) => match locations.route(uri) {
+                Route::NotFound => root.route(uri),
+                route => route,
+            },
         }
     }
 }

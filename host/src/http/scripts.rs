@@ -1,8 +1,13 @@
-//! The Lua scripts that handle a request, one per phase, read from disk.
+//! The Lua scripts that handle a request, one per phase, read from disk
+//! and kept in memory ([`ScriptCache`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use super::{Handlers, Source};
+use crate::sandbox::{Limits, Sandbox};
 
 /// Which script handles each phase (`None`: the phase does nothing).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -57,5 +62,186 @@ impl PhaseScripts {
             body_filter: read(&self.body_filter)?,
             log: read(&self.log)?,
         })
+    }
+}
+
+/// The largest script file served.
+pub const MAX_SCRIPT_BYTES: u64 = 4 << 20;
+/// Scripts kept in memory; past this, the least recently used is dropped.
+pub const MAX_CACHED_SCRIPTS: usize = 100_000;
+
+/// A file's identity for change detection: modification time, size, inode.
+type Stamp = (SystemTime, u64, u64);
+
+fn stamp(meta: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        meta.len(),
+        meta.ino(),
+    )
+}
+
+struct Entry {
+    /// The version of the file `code` is.
+    stamp: Stamp,
+    code: std::sync::Arc<[u8]>,
+    /// A newer version that did not compile (kept out; not retried).
+    rejected: Option<Stamp>,
+    last_used: u64,
+}
+
+/// Scripts in memory, each checked against its file on every use (one
+/// `stat`) and re-read when it changed. A new version is compiled before it
+/// serves: if it has a syntax error while an older version compiled, the
+/// older one keeps serving and the error is logged, so a broken edit never
+/// takes a site down. A request gets every script of its phases at its
+/// start and runs with those to its end.
+pub struct ScriptCache {
+    entries: Mutex<HashMap<PathBuf, Entry>>,
+    uses: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ScriptCache {
+    fn default() -> Self {
+        ScriptCache {
+            entries: Mutex::new(HashMap::new()),
+            uses: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+/// What compiling a new version of a script may spend.
+fn compile_limits() -> Limits {
+    Limits {
+        fuel: 2_000_000_000,
+        timeout: Duration::from_secs(2),
+        ..Limits::default()
+    }
+}
+
+impl ScriptCache {
+    /// The handlers of `scripts`, from memory when their files are unchanged.
+    pub async fn load(
+        &self,
+        sandbox: &Sandbox,
+        scripts: &PhaseScripts,
+        shown_from: &Path,
+    ) -> Result<Handlers, ScriptError> {
+        let mut handlers = Handlers {
+            rewrite: None,
+            access: None,
+            content: None,
+            header_filter: None,
+            body_filter: None,
+            log: None,
+        };
+        for (path, slot) in [
+            (&scripts.rewrite, &mut handlers.rewrite),
+            (&scripts.access, &mut handlers.access),
+            (&scripts.content, &mut handlers.content),
+            (&scripts.header_filter, &mut handlers.header_filter),
+            (&scripts.body_filter, &mut handlers.body_filter),
+            (&scripts.log, &mut handlers.log),
+        ] {
+            if let Some(path) = path {
+                let shown = path.strip_prefix(shown_from).unwrap_or(path);
+                let code = self.script(sandbox, path, shown).await?;
+                *slot = Some(Source {
+                    name: format!("@{}", shown.display()),
+                    code: code.to_vec(),
+                });
+            }
+        }
+        Ok(handlers)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn script(
+        &self,
+        sandbox: &Sandbox,
+        path: &Path,
+        shown: &Path,
+    ) -> Result<std::sync::Arc<[u8]>, ScriptError> {
+        let error = |source| ScriptError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(error)?;
+        let now = stamp(&meta);
+        let use_number = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut entries = self.lock();
+            if let Some(entry) = entries.get_mut(path)
+                && (entry.stamp == now || entry.rejected == Some(now))
+            {
+                entry.last_used = use_number;
+                return Ok(entry.code.clone());
+            }
+        }
+        if meta.len() > MAX_SCRIPT_BYTES {
+            return Err(error(std::io::Error::other(format!(
+                "larger than {} MiB",
+                MAX_SCRIPT_BYTES >> 20
+            ))));
+        }
+        let code: std::sync::Arc<[u8]> = std::fs::read(path).map_err(error)?.into();
+        let syntax_error = match sandbox
+            .compile(&shown.display().to_string(), &code, &compile_limits())
+            .await
+        {
+            Ok(result) => result,
+            Err(failure) => return Err(error(std::io::Error::other(failure.to_string()))),
+        };
+        let mut entries = self.lock();
+        match (syntax_error, entries.get_mut(path)) {
+            (Some(message), Some(previous)) => {
+                if previous.rejected != Some(now) {
+                    tracing::error!(
+                        "{message}: keeping the previous version of {} serving",
+                        shown.display()
+                    );
+                }
+                previous.rejected = Some(now);
+                previous.last_used = use_number;
+                Ok(previous.code.clone())
+            }
+            // A script that never compiled serves as it is: its requests
+            // fail with the syntax error, in the log with the request.
+            (_, _) => {
+                if entries.len() >= MAX_CACHED_SCRIPTS
+                    && let Some(oldest) = entries
+                        .iter()
+                        .min_by_key(|(_, entry)| entry.last_used)
+                        .map(|(path, _)| path.clone())
+                {
+                    entries.remove(&oldest);
+                }
+                entries.insert(
+                    path.to_path_buf(),
+                    Entry {
+                        stamp: now,
+                        code: code.clone(),
+                        rejected: None,
+                        last_used: use_number,
+                    },
+                );
+                Ok(code)
+            }
+        }
+    }
+
+    /// Scripts in memory now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -27,10 +27,16 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::guest_api::{RequestLog, ResponseSink, SinkFuture};
+use super::phases::HttpOutcome;
 use super::request::RequestHead;
 use super::routing::{Route, Router};
+use super::scripts::ScriptCache;
 use super::static_files::{self, StaticFile};
 use crate::sandbox::{Limits, Sandbox};
+use crate::tenants::admission::{AdmissionLimits, Rejection};
+use crate::tenants::metrics::Metrics;
+use crate::tenants::policy::TenantLimits;
+use crate::tenants::{Registry, Tenant, TenantSet};
 
 /// Limits of the server itself (those of each script run are [`Limits`]).
 #[derive(Debug, Clone)]
@@ -74,26 +80,54 @@ pub fn default_max_running() -> usize {
 /// Everything a request needs, shared by all connections.
 pub struct App {
     pub sandbox: Arc<Sandbox>,
-    pub router: Router,
-    pub limits: Limits,
+    /// The tenants (one, `default`, for a single site), swapped by reloads.
+    pub registry: Arc<Registry>,
     pub settings: ServerSettings,
+    /// Scripts in memory, shared by all tenants (keyed by real path).
+    pub scripts: ScriptCache,
     running: Arc<Semaphore>,
     next_request_id: AtomicU64,
 }
 
 impl App {
+    /// A server of one site: `router` for every host, under `limits`.
     pub fn new(
         sandbox: Arc<Sandbox>,
         router: Router,
         limits: Limits,
         settings: ServerSettings,
     ) -> Arc<Self> {
+        let tenant_limits = TenantLimits {
+            sandbox: limits,
+            max_request_body_bytes: settings.max_request_body_bytes,
+            // One site: no rate limit and no queue bound of its own; the
+            // server's `max_running` is its concurrency.
+            admission: AdmissionLimits {
+                max_concurrency: settings.max_running,
+                max_queue: usize::MAX,
+                queue_timeout: Duration::from_secs(24 * 3600),
+                requests_per_second: None,
+                burst: 1,
+            },
+        };
+        let metrics = Metrics::new();
+        let tenant = Tenant::single_site(router, tenant_limits, &metrics);
+        let registry = Registry::single(TenantSet::single(tenant), metrics);
+        Self::with_registry(sandbox, Arc::new(registry), settings)
+    }
+
+    /// A server of the tenants in `registry`.
+    pub fn with_registry(
+        sandbox: Arc<Sandbox>,
+        registry: Arc<Registry>,
+        settings: ServerSettings,
+    ) -> Arc<Self> {
         let running = Arc::new(Semaphore::new(settings.max_running));
         Arc::new(App {
             sandbox,
-            router,
-            limits,
+            registry,
             settings,
+            scripts: ScriptCache::default(),
             running,
             next_request_id: AtomicU64::new(1),
         })
@@ -194,20 +228,28 @@ fn simple(status: StatusCode) -> Response<ResponseBody> {
     response
 }
 
-/// One access-log line per request.
-struct Access<'a> {
+/// One access-log line per request, and its count in the tenant's metrics.
+struct Access {
     id: u64,
-    method: &'a str,
-    path: &'a str,
+    tenant: Option<Arc<Tenant>>,
+    method: String,
+    path: String,
     remote: SocketAddr,
     started: Instant,
 }
 
-impl Access<'_> {
+impl Access {
     fn log(&self, status: u16, bytes: u64, fuel: u64, peak_memory: usize, outcome: &str) {
+        let tenant = self.tenant.as_deref().map_or("-", |t| t.name.as_str());
+        if let Some(tenant) = &self.tenant {
+            tenant
+                .metrics
+                .request(status, outcome, fuel, self.started.elapsed());
+        }
         tracing::info!(
             target: "access",
             request_id = self.id,
+            tenant,
             remote = %self.remote,
             method = self.method,
             path = self.path,
@@ -217,7 +259,7 @@ impl Access<'_> {
             fuel,
             peak_memory_kib = peak_memory / 1024,
             outcome,
-            "{} {} {status}",
+            "{tenant} {} {} {status}",
             self.method,
             self.path,
         );
@@ -239,14 +281,26 @@ async fn handle(
 ) -> Response<ResponseBody> {
     let id = app.next_request_id.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = request.into_parts();
-    let method = parts.method.to_string();
-    let path = parts.uri.path().to_string();
+    // The tenant set of this moment serves the request to its end, whatever
+    // reloads happen meanwhile.
+    let tenants = app.registry.current();
+    let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    let tenant = tenants.for_host(authority).cloned();
     let access = Access {
         id,
-        method: &method,
-        path: &path,
+        tenant: tenant.clone(),
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
         remote,
         started: Instant::now(),
+    };
+    let Some(tenant) = tenant else {
+        return access.host(simple(StatusCode::NOT_FOUND), "unknown-host");
     };
 
     let head = match RequestHead::from_parts(&parts) {
@@ -256,7 +310,7 @@ async fn handle(
             return access.host(simple(StatusCode::BAD_REQUEST), "bad-path");
         }
     };
-    match app.router.route(&head.uri) {
+    match tenant.router.route(&head.uri) {
         Route::NotFound => access.host(simple(StatusCode::NOT_FOUND), "not-found"),
         Route::Static(file) => {
             if parts.method != hyper::Method::GET && parts.method != hyper::Method::HEAD {
@@ -283,23 +337,37 @@ async fn handle(
             scripts,
             shown_from,
         } => {
-            let max_body = app.settings.max_request_body_bytes;
+            if let Err(rejection) = tenant.admission.check_rate() {
+                return access.host(rejected(rejection), rejection.label());
+            }
+            let max_body = tenant.limits.max_request_body_bytes;
             let declared = parts
                 .headers
                 .get(hyper::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|length| length > max_body as u64) {
+                tenant.metrics.limit_hit("body");
                 return access.host(simple(StatusCode::PAYLOAD_TOO_LARGE), "body-too-large");
             }
             let body = match Limited::new(body, max_body).collect().await {
                 Ok(collected) => collected.to_bytes().to_vec(),
                 Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                    tenant.metrics.limit_hit("body");
                     return access.host(simple(StatusCode::PAYLOAD_TOO_LARGE), "body-too-large");
                 }
                 Err(_) => return access.host(simple(StatusCode::BAD_REQUEST), "bad-body"),
             };
-            let handlers = match scripts.load(&shown_from) {
+            // The tenant's own cap first, then a slot of the server's.
+            let metrics = tenant.metrics.clone();
+            let admitted = match tenant.admission.admit(|delta| metrics.queued(delta)).await {
+                Ok(admitted) => admitted,
+                Err(rejection) => return access.host(rejected(rejection), rejection.label()),
+            };
+            let Ok(slot) = app.running.clone().acquire_owned().await else {
+                return access.host(simple(StatusCode::SERVICE_UNAVAILABLE), "shutting-down");
+            };
+            let handlers = match app.scripts.load(&app.sandbox, &scripts, &shown_from).await {
                 Ok(handlers) => handlers,
                 Err(error) => {
                     tracing::error!(request_id = id, "{error}");
@@ -310,61 +378,77 @@ async fn handle(
                 }
             };
             let request = head.into_request(body, "http", local, remote);
-            run_script(&app, id, request, handlers, &access).await
+            run_script(&app, request, handlers, access, (admitted, slot)).await
         }
     }
 }
 
+/// The answer to a request its tenant's admission refused.
+fn rejected(rejection: Rejection) -> Response<ResponseBody> {
+    let status =
+        StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = simple(status);
+    response.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        rejection.retry_after_secs().into(),
+    );
+    response
+}
+
 /// Run the scripts in a task of their own on the runtime's workers (guest
 /// code yields at every epoch tick, so it shares them fairly); the response
-/// streams back through a channel as the guest writes it.
+/// streams back through a channel as the guest writes it. `permits` are held
+/// until the run ends.
 async fn run_script(
     app: &Arc<App>,
-    id: u64,
     request: super::Request,
     handlers: super::Handlers,
-    access: &Access<'_>,
+    access: Access,
+    permits: impl Send + 'static,
 ) -> Response<ResponseBody> {
-    let Ok(permit) = app.running.clone().acquire_owned().await else {
-        return access.host(simple(StatusCode::SERVICE_UNAVAILABLE), "shutting-down");
-    };
     let (head_tx, head_rx) = oneshot::channel();
     let (body_tx, body_rx) = mpsc::channel(16);
     let sink = ChannelSink {
         head: Some(head_tx),
         body: body_tx,
     };
-    let log = RequestLog::new(id, access.path.to_string());
-    let (app_for_run, limits) = (app.clone(), app.limits.clone());
-    let (method, path, remote, started) = (
-        access.method.to_string(),
-        access.path.to_string(),
-        access.remote,
-        access.started,
-    );
+    let tenant = access
+        .tenant
+        .clone()
+        .expect("scripts run only for a tenant");
+    let log = RequestLog::new(access.id, access.path.clone())
+        .with_max_level(tenant.capabilities.log_level);
+    let app = app.clone();
     tokio::spawn(async move {
-        let _permit = permit;
-        let access = Access {
-            id,
-            method: &method,
-            path: &path,
-            remote,
-            started,
-        };
-        match app_for_run
+        let _permits = permits;
+        let running = &tenant.metrics;
+        running.running(1);
+        let served = app
             .sandbox
-            .serve_request_async(&request, &handlers, &limits, Box::new(sink), log)
-            .await
-        {
-            Ok((report, _sink)) => access.log(
-                report.status,
-                report.body_bytes,
-                report.fuel_used,
-                report.peak_memory_bytes,
-                &report.outcome.label(),
-            ),
+            .serve_request_async(
+                &request,
+                &handlers,
+                &tenant.limits.sandbox,
+                Box::new(sink),
+                log,
+            )
+            .await;
+        running.running(-1);
+        match served {
+            Ok((report, _sink)) => {
+                if let HttpOutcome::LimitExceeded(limit) = &report.outcome {
+                    tenant.metrics.limit_hit(limit.kind());
+                }
+                access.log(
+                    report.status,
+                    report.body_bytes,
+                    report.fuel_used,
+                    report.peak_memory_bytes,
+                    &report.outcome.label(),
+                )
+            }
             Err(error) => {
-                tracing::error!(request_id = id, "cannot run the scripts: {error}");
+                tracing::error!(request_id = access.id, "cannot run the scripts: {error}");
                 access.log(503, 0, 0, 0, "sandbox-unavailable");
             }
         }

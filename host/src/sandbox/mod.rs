@@ -159,6 +159,41 @@ impl Sandbox {
         Ok((report, sink))
     }
 
+    /// Compile `source` as the Lua script `name` in a fresh instance, running
+    /// nothing of it: `Ok(None)` if it compiles, `Ok(Some(message))` with its
+    /// syntax error (`name:line: text`) if not. A limit reached while
+    /// compiling is reported as the error.
+    pub async fn compile(
+        &self,
+        name: &str,
+        source: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<String>, SandboxError> {
+        limits.validate()?;
+        let output = Box::new(CapturedOutput::default());
+        let mut store = self.new_store(limits, output, Instant::now())?;
+        let chunk = script::Chunk {
+            name: format!("@{name}"),
+            source: source.to_vec(),
+        };
+        let result = match self.pre.instantiate_async(&mut store).await {
+            Ok(guest) => {
+                guest
+                    .moonwall_sandbox_script()
+                    .call_compile(&mut store, &chunk)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(error) => Ok(error.map(|message| lossy(&message))),
+            Err(error) => match classify_stop(&error, limits, &self.settings) {
+                Outcome::LimitExceeded(limit) => Ok(Some(format!("{name}: {limit}"))),
+                _ => Err(SandboxError::Instantiate(format!("{error:#}"))),
+            },
+        }
+    }
+
     /// Create a fresh instance under `limits` and drop it, running nothing:
     /// the fixed cost of isolation, for benchmarks.
     #[doc(hidden)]

@@ -1,0 +1,534 @@
+//! Tenants: many sites on one server, each confined by its own policy file.
+//!
+//! In the order a request meets them:
+//! - [`hosts`]: the `Host` (or `:authority`) picks the tenant.
+//! - [`admission`]: the tenant's request rate and concurrency cap, with a
+//!   bounded queue.
+//! - [`policy`]: what each tenant is allowed: limits under the server's
+//!   ceilings, capabilities denied unless granted.
+//! - [`metrics`]: per-tenant accounting for operators (Prometheus).
+//!
+//! The server config (`moonwall.toml`) names the listen addresses, the
+//! ceilings and the policies directory. The set of tenants is one immutable
+//! [`TenantSet`]; a reload builds a new set and swaps it in, and a request
+//! keeps the set (and so the tenant version) it started with to its end.
+
+pub mod admission;
+pub mod hosts;
+pub mod metrics;
+pub mod policy;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use toml::Spanned;
+
+use crate::http::config::{ConfigError, Problems, read_config};
+use crate::http::routing::{DocRoot, Router};
+use admission::Admission;
+use hosts::{HostPattern, HostTable, normalize_host};
+use policy::{Capabilities, Ceilings, LimitsFile, Policy, TenantLimits};
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    listen: Option<Listen>,
+    metrics_listen: Option<Spanned<String>>,
+    policies: Spanned<PathBuf>,
+    default_tenant: Option<Spanned<String>>,
+    allowed_roots: Option<Vec<Spanned<PathBuf>>>,
+    reload_poll_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum Listen {
+    One(Spanned<String>),
+    Many(Vec<Spanned<String>>),
+}
+
+/// The server config of a multi-tenant server (`moonwall.toml`), checked.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub file: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub policies_dir: PathBuf,
+    pub default_tenant: Option<String>,
+    /// Real paths; every tenant root and granted directory lies in one.
+    pub allowed_roots: Vec<PathBuf>,
+    /// How often policy files are checked for changes (`None`: only on SIGHUP).
+    pub reload_poll: Option<Duration>,
+    pub ceilings: Ceilings,
+}
+
+impl ServerConfig {
+    /// Whether `text` is a multi-tenant server config (it names a
+    /// `policies` directory) rather than a single site's config.
+    pub fn is_server_config(text: &str) -> bool {
+        toml::from_str::<toml::Table>(text).is_ok_and(|table| table.contains_key("policies"))
+    }
+
+    pub fn load(file: &Path) -> Result<ServerConfig, ConfigError> {
+        Self::parse(file, &read_config(file)?)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<ServerConfig, ConfigError> {
+        let mut problems = Problems::new(file, text);
+        let Some(server) = problems.parse::<ServerFile>() else {
+            return Err(problems.into_error());
+        };
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut address = |text: &Spanned<String>| match text.get_ref().parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                problems.at(
+                    text.span(),
+                    format!("`{}` is not an address like 127.0.0.1:8080", text.get_ref()),
+                );
+                None
+            }
+        };
+        let listen: Vec<SocketAddr> = match &server.listen {
+            None => Vec::new(),
+            Some(Listen::One(one)) => address(one).into_iter().collect(),
+            Some(Listen::Many(many)) => many.iter().filter_map(&mut address).collect(),
+        };
+        let metrics_listen = server.metrics_listen.as_ref().and_then(&mut address);
+
+        let real_dir = |dir: &Spanned<PathBuf>, what: &str, problems: &mut Problems| match base
+            .join(dir.get_ref())
+            .canonicalize()
+        {
+            Ok(real) if real.is_dir() => Some(real),
+            _ => {
+                problems.at(
+                    dir.span(),
+                    format!("{what} {} is not a directory", dir.get_ref().display()),
+                );
+                None
+            }
+        };
+        let policies_dir = real_dir(&server.policies, "policies", &mut problems);
+        let allowed_roots = match &server.allowed_roots {
+            Some(roots) => roots
+                .iter()
+                .filter_map(|root| real_dir(root, "allowed root", &mut problems))
+                .collect(),
+            // By default, tenants' files must lie beside the server config.
+            None => base.canonicalize().into_iter().collect(),
+        };
+        let reload_poll = match &server.reload_poll_ms {
+            None => Some(Duration::from_secs(1)),
+            Some(ms) if *ms.get_ref() == 0 => None,
+            Some(ms) if *ms.get_ref() <= 3_600_000 => Some(Duration::from_millis(*ms.get_ref())),
+            Some(ms) => {
+                problems.at(
+                    ms.span(),
+                    "reload_poll_ms must be at most 3600000 (0: only on SIGHUP)",
+                );
+                None
+            }
+        };
+        let ceilings = Ceilings::parse(&server.limits, &mut problems);
+        let default_tenant = server.default_tenant.as_ref().map(|t| t.get_ref().clone());
+        let Some(policies_dir) = policies_dir else {
+            return Err(problems.into_error());
+        };
+        if !problems.list.is_empty() {
+            return Err(problems.into_error());
+        }
+        Ok(ServerConfig {
+            file: file.to_path_buf(),
+            listen,
+            metrics_listen,
+            policies_dir,
+            default_tenant,
+            allowed_roots,
+            reload_poll,
+            ceilings,
+        })
+    }
+
+    /// The policy files, in name order.
+    pub fn policy_files(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.policies_dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| {
+                path.extension().is_some_and(|ext| ext == "toml")
+                    && !path
+                        .file_name()
+                        .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Where `default_tenant` is written, for messages.
+    fn default_tenant_problem(&self, message: &str) -> String {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let place = text
+            .find("default_tenant")
+            .map(|offset| {
+                let (line, column) = crate::http::config::line_col(&text, offset);
+                format!("{}:{line}:{column}", self.file.display())
+            })
+            .unwrap_or_else(|| self.file.display().to_string());
+        format!("{place}: {message}")
+    }
+}
+
+/// One tenant, as a request sees it: immutable; a reload makes a new one.
+pub struct Tenant {
+    pub name: String,
+    /// The policy file it came from (`None`: the single site of `--root` or
+    /// a site config).
+    pub policy_file: Option<PathBuf>,
+    pub router: Router,
+    pub limits: TenantLimits,
+    pub capabilities: Capabilities,
+    pub admission: Arc<Admission>,
+    pub metrics: metrics::TenantMetrics,
+    /// Its host patterns, each with its place in the policy (for messages).
+    hosts: Vec<(HostPattern, String)>,
+    /// When the policy file was last modified, to notice changes.
+    stamp: Option<(SystemTime, u64)>,
+}
+
+impl Tenant {
+    /// The one tenant of a single-site server: every host, the given
+    /// router and limits, the log at every level.
+    pub fn single_site(router: Router, limits: TenantLimits, metrics: &metrics::Metrics) -> Tenant {
+        Tenant {
+            name: "default".into(),
+            policy_file: None,
+            router,
+            admission: Arc::new(Admission::new(limits.admission.clone())),
+            limits,
+            capabilities: Capabilities {
+                log_level: crate::sandbox::host_api::moonwall::sandbox::log::Level::Debug,
+                ..Capabilities::default()
+            },
+            metrics: metrics.tenant("default"),
+            hosts: Vec::new(),
+            stamp: None,
+        }
+    }
+
+    fn from_policy(
+        policy: Policy,
+        stamp: Option<(SystemTime, u64)>,
+        previous: Option<&Tenant>,
+        metrics: &metrics::Metrics,
+    ) -> std::io::Result<Tenant> {
+        let root = DocRoot::new(&policy.root, policy.serve_static)?;
+        let router = if policy.locations.locations.is_empty() {
+            Router::DocRoot(root)
+        } else {
+            Router::Both(policy.locations, root)
+        };
+        // Requests in flight keep counting against the same admission state
+        // unless the limits changed.
+        let admission = match previous {
+            Some(previous) if *previous.admission.limits() == policy.limits.admission => {
+                previous.admission.clone()
+            }
+            _ => Arc::new(Admission::new(policy.limits.admission.clone())),
+        };
+        Ok(Tenant {
+            metrics: metrics.tenant(&policy.tenant),
+            name: policy.tenant,
+            policy_file: Some(policy.file),
+            router,
+            limits: policy.limits,
+            capabilities: policy.capabilities,
+            admission,
+            hosts: policy.hosts,
+            stamp,
+        })
+    }
+}
+
+/// All tenants and which host goes to which.
+pub struct TenantSet {
+    pub tenants: Vec<Arc<Tenant>>,
+    hosts: HostTable,
+    default: Option<usize>,
+}
+
+impl TenantSet {
+    /// A server of one site, answering every host.
+    pub fn single(tenant: Tenant) -> TenantSet {
+        TenantSet {
+            tenants: vec![Arc::new(tenant)],
+            hosts: HostTable::default(),
+            default: Some(0),
+        }
+    }
+
+    /// The tenant for a request's `Host`/authority, or the default tenant.
+    pub fn for_host(&self, authority: Option<&str>) -> Option<&Arc<Tenant>> {
+        let index = authority
+            .and_then(normalize_host)
+            .and_then(|host| self.hosts.lookup(&host))
+            .or(self.default)?;
+        self.tenants.get(index)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.iter().find(|t| t.name == name)
+    }
+}
+
+/// The current tenant set, swapped whole by reloads.
+pub struct Registry {
+    current: RwLock<Arc<TenantSet>>,
+    config: Option<ServerConfig>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// Problems found loading the tenants; the set is still usable if some
+/// tenants loaded.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub problems: Vec<String>,
+    /// Tenants whose new policy was refused and whose previous version
+    /// keeps serving.
+    pub kept: Vec<String>,
+}
+
+fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl Registry {
+    pub fn single(set: TenantSet, metrics: Arc<metrics::Metrics>) -> Registry {
+        Registry {
+            current: RwLock::new(Arc::new(set)),
+            config: None,
+            metrics,
+        }
+    }
+
+    /// Load every policy of `config`. Any problem is an error here: a
+    /// server does not start on a half-valid configuration.
+    pub fn load(
+        config: ServerConfig,
+        metrics: Arc<metrics::Metrics>,
+    ) -> Result<Registry, ConfigError> {
+        let (set, report) = build(&config, None, &metrics);
+        if !report.problems.is_empty() {
+            return Err(ConfigError {
+                problems: report.problems,
+            });
+        }
+        Ok(Registry {
+            current: RwLock::new(Arc::new(set)),
+            config: Some(config),
+            metrics,
+        })
+    }
+
+    /// The tenant set now; a request holds on to it until it ends.
+    pub fn current(&self) -> Arc<TenantSet> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn config(&self) -> Option<&ServerConfig> {
+        self.config.as_ref()
+    }
+
+    /// Whether any policy file was added, removed or changed since the
+    /// current set was built.
+    pub fn changed(&self) -> bool {
+        let Some(config) = &self.config else {
+            return false;
+        };
+        let Ok(files) = config.policy_files() else {
+            return false;
+        };
+        let current = self.current();
+        let known = current
+            .tenants
+            .iter()
+            .filter(|t| t.policy_file.is_some())
+            .count();
+        files.len() != known
+            || files.iter().any(|file| {
+                current
+                    .tenants
+                    .iter()
+                    .find(|t| t.policy_file.as_deref() == Some(file.as_path()))
+                    .is_none_or(|t| t.stamp != stamp_of(file))
+            })
+    }
+
+    /// Re-read the policies; tenants whose new policy is broken keep their
+    /// previous version. Logs what changed and what was refused.
+    pub fn reload(&self) -> LoadReport {
+        let Some(config) = &self.config else {
+            return LoadReport::default();
+        };
+        let previous = self.current();
+        let (set, report) = build(config, Some(&previous), &self.metrics);
+        for problem in &report.problems {
+            tracing::error!("reload: {problem}");
+        }
+        for name in &report.kept {
+            tracing::warn!("reload: tenant {name} keeps its previous policy");
+        }
+        let names: Vec<&str> = set.tenants.iter().map(|t| t.name.as_str()).collect();
+        tracing::info!("reloaded: {} tenant(s): {}", names.len(), names.join(", "));
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
+        report
+    }
+}
+
+/// Load every policy of `config`, reporting every problem, with the
+/// tenants that loaded (what `moonwall check` inspects).
+pub fn load_all(config: &ServerConfig, metrics: &metrics::Metrics) -> (TenantSet, LoadReport) {
+    build(config, None, metrics)
+}
+
+/// Build a tenant set from the policy files; with `previous`, a tenant
+/// whose file is broken (or conflicts) keeps its previous version.
+fn build(
+    config: &ServerConfig,
+    previous: Option<&TenantSet>,
+    metrics: &metrics::Metrics,
+) -> (TenantSet, LoadReport) {
+    let mut report = LoadReport::default();
+    let files = match config.policy_files() {
+        Ok(files) => files,
+        Err(error) => {
+            report.problems.push(format!(
+                "{}: cannot list policies: {error}",
+                config.policies_dir.display()
+            ));
+            Vec::new()
+        }
+    };
+    let previous_of = |file: &Path| {
+        previous.and_then(|set| {
+            set.tenants
+                .iter()
+                .find(|t| t.policy_file.as_deref() == Some(file))
+        })
+    };
+    let mut tenants: Vec<Arc<Tenant>> = Vec::new();
+    for file in &files {
+        let stamp = stamp_of(file);
+        let old = previous_of(file);
+        let candidate = match old.filter(|t| t.stamp.is_some() && t.stamp == stamp) {
+            Some(unchanged) => Ok(unchanged.clone()),
+            None => Policy::load(file, &config.ceilings, &config.allowed_roots)
+                .map_err(|e| e.problems)
+                .and_then(|policy| {
+                    Tenant::from_policy(policy, stamp, old.map(|t| &**t), metrics)
+                        .map(Arc::new)
+                        .map_err(|e| vec![format!("{}: {e}", file.display())])
+                }),
+        };
+        match candidate.and_then(|tenant| conflicts(&tenant, &tenants).map(|()| tenant)) {
+            Ok(tenant) => tenants.push(tenant),
+            Err(problems) => {
+                report.problems.extend(problems);
+                // The previous version keeps serving, if it still fits.
+                if let Some(old) = old {
+                    metrics.reload(&old.name, false);
+                    report.kept.push(old.name.clone());
+                    if conflicts(old, &tenants).is_ok() {
+                        tenants.push(old.clone());
+                    }
+                }
+            }
+        }
+    }
+    if previous.is_some() {
+        for tenant in &tenants {
+            if previous_of(tenant.policy_file.as_deref().unwrap_or(Path::new("")))
+                .is_none_or(|old| !Arc::ptr_eq(old, tenant))
+            {
+                metrics.reload(&tenant.name, true);
+            }
+        }
+    }
+    let mut table = HostTable::default();
+    for (index, tenant) in tenants.iter().enumerate() {
+        for (pattern, _) in &tenant.hosts {
+            table.insert(pattern, index);
+        }
+    }
+    let default = match &config.default_tenant {
+        Some(name) => match tenants.iter().position(|t| &t.name == name) {
+            Some(index) => Some(index),
+            None => {
+                report.problems.push(config.default_tenant_problem(&format!(
+                    "default_tenant `{name}` is not a tenant in {}",
+                    config.policies_dir.display()
+                )));
+                None
+            }
+        },
+        None => None,
+    };
+    (
+        TenantSet {
+            tenants,
+            hosts: table,
+            default,
+        },
+        report,
+    )
+}
+
+/// Why `tenant` cannot join `accepted`: a name taken, or a host another
+/// tenant already answers.
+fn conflicts(tenant: &Tenant, accepted: &[Arc<Tenant>]) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let file = |t: &Tenant| {
+        t.policy_file
+            .as_deref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_default()
+    };
+    if let Some(other) = accepted.iter().find(|t| t.name == tenant.name) {
+        problems.push(format!(
+            "{}: tenant `{}` is already defined by {}",
+            file(tenant),
+            tenant.name,
+            file(other)
+        ));
+    }
+    for (pattern, place) in &tenant.hosts {
+        for other in accepted {
+            if let Some((theirs, their_place)) = other
+                .hosts
+                .iter()
+                .find(|(theirs, _)| theirs.overlaps(pattern))
+            {
+                problems.push(format!(
+                    "{place}: host `{pattern}` overlaps `{theirs}` of tenant {} ({their_place})",
+                    other.name
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}

@@ -1,0 +1,642 @@
+//! Tenant policy files (`policies/NAME.toml`) and the server's ceilings.
+//!
+//! A policy names the tenant, the hosts it answers, its script root and
+//! optional phase locations, its `[limits]` and its `[capabilities]`. Every
+//! key is checked strictly and every problem is reported as
+//! `file:line:col: message`. The server's own `[limits]` (in moonwall.toml)
+//! are ceilings: a policy cannot grant its tenant more. The reference of
+//! every key is docs/policies.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::admission::AdmissionLimits;
+use super::hosts::HostPattern;
+use crate::http::config::{ConfigError, LocationFile, Problems, line_col, parse_locations};
+use crate::http::routing::Locations;
+use crate::sandbox::Limits;
+use crate::sandbox::host_api::moonwall::sandbox::log::Level;
+
+/// `[limits]` as written, in a policy or (as ceilings) in moonwall.toml.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    fuel: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    memory_mib: Option<Spanned<u64>>,
+    max_request_body_kib: Option<Spanned<u64>>,
+    max_response_body_kib: Option<Spanned<u64>>,
+    max_concurrency: Option<Spanned<u64>>,
+    max_queue: Option<Spanned<u64>>,
+    queue_timeout_ms: Option<Spanned<u64>>,
+    requests_per_second: Option<Spanned<u64>>,
+    burst: Option<Spanned<u64>>,
+}
+
+/// One limit: its key, the range any value must be in, and the value a
+/// tenant gets when its policy does not set it (before the ceiling).
+struct Key {
+    name: &'static str,
+    min: u64,
+    max: u64,
+    tenant_default: u64,
+}
+
+const KIB_PER_GIB: u64 = 1 << 20;
+/// No rate limit.
+const UNLIMITED: u64 = u64::MAX;
+
+fn keys() -> [Key; 10] {
+    // By default a tenant may hold as many runs as there are cores.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
+    [
+        Key {
+            name: "fuel",
+            min: 1,
+            max: u64::MAX - 1,
+            tenant_default: Limits::DEFAULT_FUEL,
+        },
+        Key {
+            name: "timeout_ms",
+            min: 1,
+            max: 3_600_000,
+            tenant_default: Limits::DEFAULT_TIMEOUT_MS,
+        },
+        Key {
+            name: "memory_mib",
+            min: Limits::MIN_MEMORY_MIB as u64,
+            max: Limits::MAX_MEMORY_MIB as u64,
+            tenant_default: Limits::DEFAULT_MEMORY_MIB as u64,
+        },
+        Key {
+            name: "max_request_body_kib",
+            min: 0,
+            max: KIB_PER_GIB,
+            tenant_default: 1024,
+        },
+        Key {
+            name: "max_response_body_kib",
+            min: 0,
+            max: KIB_PER_GIB,
+            tenant_default: Limits::DEFAULT_OUTPUT_KIB as u64,
+        },
+        Key {
+            name: "max_concurrency",
+            min: 1,
+            max: 10_000,
+            tenant_default: cores,
+        },
+        Key {
+            name: "max_queue",
+            min: 0,
+            max: 100_000,
+            tenant_default: 64,
+        },
+        Key {
+            name: "queue_timeout_ms",
+            min: 1,
+            max: 3_600_000,
+            tenant_default: 1000,
+        },
+        Key {
+            name: "requests_per_second",
+            min: 1,
+            max: 1_000_000,
+            tenant_default: UNLIMITED,
+        },
+        Key {
+            name: "burst",
+            min: 1,
+            max: 1_000_000,
+            tenant_default: UNLIMITED,
+        },
+    ]
+}
+
+impl LimitsFile {
+    fn values(&self) -> [&Option<Spanned<u64>>; 10] {
+        [
+            &self.fuel,
+            &self.timeout_ms,
+            &self.memory_mib,
+            &self.max_request_body_kib,
+            &self.max_response_body_kib,
+            &self.max_concurrency,
+            &self.max_queue,
+            &self.queue_timeout_ms,
+            &self.requests_per_second,
+            &self.burst,
+        ]
+    }
+}
+
+/// The server's ceilings: the most any policy may grant, each with where it
+/// was set (for messages).
+#[derive(Debug, Clone)]
+pub struct Ceilings {
+    values: [u64; 10],
+    origins: [String; 10],
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        let keys = keys();
+        Ceilings {
+            values: keys.each_ref().map(|key| key.max),
+            origins: keys.each_ref().map(|_| "moonwall's maximum".to_string()),
+        }
+    }
+}
+
+impl Ceilings {
+    /// Check the `[limits]` of moonwall.toml.
+    pub(crate) fn parse(file: &LimitsFile, problems: &mut Problems) -> Ceilings {
+        let mut ceilings = Ceilings::default();
+        for (i, (key, value)) in keys().iter().zip(file.values()).enumerate() {
+            let Some(value) = value else { continue };
+            if let Some(checked) = in_range(key, value, problems) {
+                let (line, column) = line_col(problems.text, value.span().start);
+                ceilings.values[i] = checked;
+                ceilings.origins[i] = format!("{}:{line}:{column}", problems.file.display());
+            }
+        }
+        ceilings
+    }
+
+    /// The memory ceiling in bytes: the size of a pooled memory slot.
+    pub fn memory_bytes(&self) -> usize {
+        (self.values[2] as usize) << 20
+    }
+
+    /// The concurrency ceiling: how many runs any one tenant may hold.
+    pub fn max_concurrency(&self) -> usize {
+        self.values[5] as usize
+    }
+}
+
+fn in_range(key: &Key, value: &Spanned<u64>, problems: &mut Problems) -> Option<u64> {
+    let v = *value.get_ref();
+    if v < key.min || v > key.max {
+        problems.at(
+            value.span(),
+            format!("{} must be between {} and {}", key.name, key.min, key.max),
+        );
+        return None;
+    }
+    Some(v)
+}
+
+/// Everything a tenant's requests are held to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantLimits {
+    /// Fuel, time, memory, and the response body (`output_bytes`).
+    pub sandbox: Limits,
+    pub max_request_body_bytes: usize,
+    pub admission: AdmissionLimits,
+}
+
+impl TenantLimits {
+    fn parse(file: &LimitsFile, ceilings: &Ceilings, problems: &mut Problems) -> TenantLimits {
+        let keys = keys();
+        let mut v = [0u64; 10];
+        for (i, (key, value)) in keys.iter().zip(file.values()).enumerate() {
+            v[i] = key.tenant_default.min(ceilings.values[i]);
+            let Some(value) = value else { continue };
+            let Some(checked) = in_range(key, value, problems) else {
+                continue;
+            };
+            if checked > ceilings.values[i] {
+                problems.at(
+                    value.span(),
+                    format!(
+                        "{} = {checked} is above the server's ceiling of {} ({})",
+                        key.name, ceilings.values[i], ceilings.origins[i]
+                    ),
+                );
+                continue;
+            }
+            v[i] = checked;
+        }
+        let [
+            fuel,
+            timeout,
+            memory,
+            request,
+            response,
+            concurrency,
+            queue,
+            queue_timeout,
+            rate,
+            burst,
+        ] = v;
+        let rate = (rate != UNLIMITED).then_some(rate as f64);
+        TenantLimits {
+            sandbox: Limits {
+                fuel,
+                timeout: Duration::from_millis(timeout),
+                memory_bytes: (memory as usize) << 20,
+                output_bytes: (response as usize) << 10,
+            },
+            max_request_body_bytes: (request as usize) << 10,
+            admission: AdmissionLimits {
+                max_concurrency: concurrency as usize,
+                max_queue: queue as usize,
+                queue_timeout: Duration::from_millis(queue_timeout),
+                requests_per_second: rate,
+                // The burst defaults to one second of requests.
+                burst: u32::try_from(if file.burst.is_some() {
+                    burst
+                } else {
+                    burst.min(v[8])
+                })
+                .unwrap_or(u32::MAX)
+                .max(1),
+            },
+        }
+    }
+}
+
+/// `[capabilities]` as written. Each is denied unless granted here.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapabilitiesFile {
+    shared_dicts: Option<BTreeMap<String, Spanned<String>>>,
+    outbound: Option<Vec<Spanned<String>>>,
+    read_dirs: Option<Vec<Spanned<PathBuf>>>,
+    lib_dirs: Option<Vec<Spanned<PathBuf>>>,
+    env: Option<Vec<Spanned<String>>>,
+    log_level: Option<Spanned<String>>,
+}
+
+/// What a tenant may use beyond computation. The capabilities themselves
+/// plug in here; until one is granted, it is denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Shared dicts by name, with their size in bytes.
+    pub shared_dicts: Vec<(String, u64)>,
+    /// Outbound destinations, `scheme://host[:port]` (host may be `*.name`).
+    pub outbound: Vec<String>,
+    /// Directories scripts may read (real paths, inside the allowed roots).
+    pub read_dirs: Vec<PathBuf>,
+    /// Directories `require` loads Lua modules from.
+    pub lib_dirs: Vec<PathBuf>,
+    /// Environment variables `os.getenv` may see.
+    pub env: Vec<String>,
+    /// The most verbose `ngx.log` level that reaches the server's log.
+    pub log_level: Level,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            shared_dicts: Vec::new(),
+            outbound: Vec::new(),
+            read_dirs: Vec::new(),
+            lib_dirs: Vec::new(),
+            env: Vec::new(),
+            log_level: Level::Warn,
+        }
+    }
+}
+
+/// nginx's level names, most severe first.
+pub const LOG_LEVELS: [(&str, Level); 9] = [
+    ("stderr", Level::Stderr),
+    ("emerg", Level::Emerg),
+    ("alert", Level::Alert),
+    ("crit", Level::Crit),
+    ("error", Level::Err),
+    ("warn", Level::Warn),
+    ("notice", Level::Notice),
+    ("info", Level::Info),
+    ("debug", Level::Debug),
+];
+
+/// Parse a size like nginx's: `512k`, `10m`, `1g`, or bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match text.strip_suffix(['k', 'm', 'g']) {
+        Some(digits) => (digits, text.as_bytes()[text.len() - 1]),
+        None => (text.as_str(), b'b'),
+    };
+    let number: u64 = digits.parse().ok()?;
+    let shift = match unit {
+        b'k' => 10,
+        b'm' => 20,
+        b'g' => 30,
+        _ => 0,
+    };
+    number.checked_mul(1 << shift)
+}
+
+fn valid_name(name: &str, extra: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || extra.contains(&b))
+}
+
+/// The largest shared dict one tenant may declare.
+const MAX_DICT_BYTES: u64 = 1 << 30;
+
+impl Capabilities {
+    fn parse(
+        file: &CapabilitiesFile,
+        base: &Path,
+        allowed_roots: &[PathBuf],
+        problems: &mut Problems,
+    ) -> Capabilities {
+        let mut capabilities = Capabilities::default();
+        for (name, size) in file.shared_dicts.iter().flatten() {
+            if !valid_name(name, b"-") {
+                problems.at(
+                    size.span(),
+                    format!("shared dict name `{name}`: use letters, digits, '_' and '-'"),
+                );
+                continue;
+            }
+            match parse_size(size.get_ref()) {
+                Some(bytes) if (1..=MAX_DICT_BYTES).contains(&bytes) => {
+                    capabilities.shared_dicts.push((name.clone(), bytes))
+                }
+                _ => problems.at(
+                    size.span(),
+                    format!(
+                        "shared dict `{name}`: `{}` is not a size between 1 and 1g (like \"10m\")",
+                        size.get_ref()
+                    ),
+                ),
+            }
+        }
+        for destination in file.outbound.iter().flatten() {
+            match check_outbound(destination.get_ref()) {
+                Ok(()) => capabilities.outbound.push(destination.get_ref().clone()),
+                Err(message) => problems.at(destination.span(), message),
+            }
+        }
+        for (list, into) in [
+            (&file.read_dirs, &mut capabilities.read_dirs),
+            (&file.lib_dirs, &mut capabilities.lib_dirs),
+        ] {
+            for dir in list.iter().flatten() {
+                if let Some(real) = allowed_dir(dir, base, allowed_roots, problems) {
+                    into.push(real);
+                }
+            }
+        }
+        for name in file.env.iter().flatten() {
+            if valid_name(name.get_ref(), b"")
+                && !name.get_ref().starts_with(|c: char| c.is_ascii_digit())
+            {
+                capabilities.env.push(name.get_ref().clone());
+            } else {
+                problems.at(
+                    name.span(),
+                    format!("`{}` is not an environment variable name", name.get_ref()),
+                );
+            }
+        }
+        if let Some(level) = &file.log_level {
+            match LOG_LEVELS.iter().find(|(name, _)| name == level.get_ref()) {
+                Some(&(_, level)) => capabilities.log_level = level,
+                None => problems.at(
+                    level.span(),
+                    format!(
+                        "log_level `{}` is not one of {}",
+                        level.get_ref(),
+                        LOG_LEVELS.map(|(name, _)| name).join(", ")
+                    ),
+                ),
+            }
+        }
+        capabilities
+    }
+}
+
+/// `scheme://host[:port]`, host a name, a `*.` wildcard or an IP literal.
+fn check_outbound(text: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "outbound `{text}` is not scheme://host[:port] (scheme http, https or tcp; host a name, *.name or an address)"
+        )
+    };
+    let (scheme, rest) = text.split_once("://").ok_or_else(bad)?;
+    if !["http", "https", "tcp"].contains(&scheme) {
+        return Err(bad());
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    if let Some(port) = port
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(bad());
+    }
+    if scheme == "tcp" && port.is_none() {
+        return Err(format!("outbound `{text}`: a tcp destination needs a port"));
+    }
+    let is_ip = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok();
+    if !is_ip && HostPattern::parse(host).is_err() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// A directory from a policy: it must exist, and its real path must lie in
+/// one of the allowed roots.
+fn allowed_dir(
+    dir: &Spanned<PathBuf>,
+    base: &Path,
+    allowed_roots: &[PathBuf],
+    problems: &mut Problems,
+) -> Option<PathBuf> {
+    let joined = base.join(dir.get_ref());
+    let real = match joined.canonicalize() {
+        Ok(real) if real.is_dir() => real,
+        _ => {
+            problems.at(
+                dir.span(),
+                format!("{} is not a directory", dir.get_ref().display()),
+            );
+            return None;
+        }
+    };
+    if !allowed_roots.iter().any(|root| real.starts_with(root)) {
+        problems.at(
+            dir.span(),
+            format!(
+                "{} is outside the allowed roots ({})",
+                dir.get_ref().display(),
+                allowed_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        return None;
+    }
+    Some(real)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    tenant: Spanned<String>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+    root: Spanned<PathBuf>,
+    serve_static: Option<bool>,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    capabilities: CapabilitiesFile,
+    #[serde(default, rename = "location")]
+    locations: Vec<LocationFile>,
+}
+
+/// A tenant's policy, checked.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub tenant: String,
+    /// Where the policy came from.
+    pub file: PathBuf,
+    /// Each host pattern with its place (`file:line:col`) for messages.
+    pub hosts: Vec<(HostPattern, String)>,
+    /// The script root, a real path inside the allowed roots.
+    pub root: PathBuf,
+    pub serve_static: bool,
+    /// Locations, matched before the root (script paths inside the root).
+    pub locations: Locations,
+    pub limits: TenantLimits,
+    pub capabilities: Capabilities,
+}
+
+impl Policy {
+    /// Read and check one policy file.
+    pub fn load(
+        file: &Path,
+        ceilings: &Ceilings,
+        allowed_roots: &[PathBuf],
+    ) -> Result<Policy, ConfigError> {
+        let text = crate::http::config::read_config(file)?;
+        Self::parse(file, &text, ceilings, allowed_roots)
+    }
+
+    pub fn parse(
+        file: &Path,
+        text: &str,
+        ceilings: &Ceilings,
+        allowed_roots: &[PathBuf],
+    ) -> Result<Policy, ConfigError> {
+        let mut problems = Problems::new(file, text);
+        let Some(policy) = problems.parse::<PolicyFile>() else {
+            return Err(problems.into_error());
+        };
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+
+        let tenant = policy.tenant.get_ref().clone();
+        if !valid_name(&tenant, b"-") {
+            problems.at(
+                policy.tenant.span(),
+                format!("tenant name `{tenant}`: use 1 to 64 letters, digits, '_' and '-'"),
+            );
+        }
+        let mut hosts: Vec<(HostPattern, String)> = Vec::new();
+        for host in &policy.hosts {
+            match HostPattern::parse(host.get_ref()) {
+                Ok(pattern) => {
+                    if let Some((_, place)) = hosts.iter().find(|(p, _)| p.overlaps(&pattern)) {
+                        problems.at(
+                            host.span(),
+                            format!(
+                                "host `{}` overlaps `{place}` of the same tenant",
+                                host.get_ref()
+                            ),
+                        );
+                        continue;
+                    }
+                    let (line, column) = line_col(text, host.span().start);
+                    hosts.push((pattern, format!("{}:{line}:{column}", file.display())));
+                }
+                Err(message) => problems.at(host.span(), message),
+            }
+        }
+
+        let root = allowed_dir(&policy.root, &base, allowed_roots, &mut problems);
+        let locations = match &root {
+            Some(root) => parse_locations(&policy.locations, root, Some(root), &mut problems),
+            None => Vec::new(),
+        };
+        let limits = TenantLimits::parse(&policy.limits, ceilings, &mut problems);
+        let capabilities =
+            Capabilities::parse(&policy.capabilities, &base, allowed_roots, &mut problems);
+
+        let Some(root) = root else {
+            return Err(problems.into_error());
+        };
+        if !problems.list.is_empty() {
+            return Err(problems.into_error());
+        }
+        Ok(Policy {
+            tenant,
+            file: file.to_path_buf(),
+            hosts,
+            locations: Locations {
+                locations,
+                shown_from: root.clone(),
+            },
+            root,
+            serve_static: policy.serve_static.unwrap_or(true),
+            limits,
+            capabilities,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_nginx() {
+        assert_eq!(parse_size("10m"), Some(10 << 20));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("m"), None);
+        assert_eq!(parse_size("-1k"), None);
+        assert_eq!(parse_size("99999999999999999g"), None);
+    }
+
+    #[test]
+    fn outbound_destinations() {
+        for good in [
+            "https://api.example.com",
+            "http://*.example.com:8080",
+            "tcp://10.0.0.1:6379",
+            "http://[::1]:80",
+        ] {
+            assert!(check_outbound(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "api.example.com",
+            "ftp://a.com",
+            "http://a.com:0",
+            "http://a.com:x",
+            "tcp://a.com",
+            "http://",
+        ] {
+            assert!(check_outbound(bad).is_err(), "{bad}");
+        }
+    }
+}
