@@ -240,11 +240,12 @@ impl SiteConfig {
 }
 
 /// Check `[[location]]` tables: paths, duplicates, and that each script
-/// exists (relative to `base`; inside `confine`, a real path, if given).
+/// exists (relative to `base`; with `confine`, its real path inside one of
+/// those directories).
 pub(crate) fn parse_locations(
     files: &[LocationFile],
     base: &Path,
-    confine: Option<&Path>,
+    confine: Option<&[PathBuf]>,
     problems: &mut Problems,
 ) -> Vec<Location> {
     let mut locations: Vec<Location> = Vec::new();
@@ -276,14 +277,14 @@ pub(crate) fn parse_locations(
                     spanned.span(),
                     format!("script {} not found", resolved.display()),
                 );
-            } else if let Some(root) = confine
+            } else if let Some(roots) = confine
                 && !resolved
                     .canonicalize()
-                    .is_ok_and(|real| real.starts_with(root))
+                    .is_ok_and(|real| roots.iter().any(|root| real.starts_with(root)))
             {
                 problems.at(
                     spanned.span(),
-                    format!("script {} is outside the root", resolved.display()),
+                    format!("script {} is outside the allowed roots", resolved.display()),
                 );
             }
             Some(resolved)

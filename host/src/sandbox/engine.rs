@@ -245,7 +245,12 @@ pub(crate) fn arm_deadline<T: 'static>(store: &mut wasmtime::Store<T>, deadline:
         if Instant::now() >= deadline {
             Ok(UpdateDeadline::Interrupt)
         } else {
-            Ok(UpdateDeadline::Yield(1))
+            // tokio's yield puts the run behind every task already waiting
+            // (a plain self-wake would be polled again first).
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         }
     });
 }

@@ -34,7 +34,8 @@ use policy::{Capabilities, Ceilings, LimitsFile, Policy, TenantLimits};
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerFile {
-    listen: Option<Listen>,
+    /// One address or a list of them.
+    listen: Option<Spanned<toml::Value>>,
     metrics_listen: Option<Spanned<String>>,
     policies: Spanned<PathBuf>,
     default_tenant: Option<Spanned<String>>,
@@ -42,13 +43,6 @@ struct ServerFile {
     reload_poll_ms: Option<Spanned<u64>>,
     #[serde(default)]
     limits: LimitsFile,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(untagged)]
-enum Listen {
-    One(Spanned<String>),
-    Many(Vec<Spanned<String>>),
 }
 
 /// The server config of a multi-tenant server (`moonwall.toml`), checked.
@@ -82,7 +76,34 @@ impl ServerConfig {
         let Some(server) = problems.parse::<ServerFile>() else {
             return Err(problems.into_error());
         };
-        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut listen: Vec<SocketAddr> = Vec::new();
+        if let Some(value) = &server.listen {
+            let texts: Vec<Option<&str>> = match value.get_ref() {
+                toml::Value::String(one) => vec![Some(one.as_str())],
+                toml::Value::Array(many) => many.iter().map(|v| v.as_str()).collect(),
+                _ => vec![None],
+            };
+            for text in texts {
+                match text.map(str::parse::<SocketAddr>) {
+                    Some(Ok(address)) => listen.push(address),
+                    Some(Err(_)) => problems.at(
+                        value.span(),
+                        format!(
+                            "`{}` is not an address like 127.0.0.1:8080",
+                            text.unwrap_or("")
+                        ),
+                    ),
+                    None => problems.at(
+                        value.span(),
+                        "listen must be an address like \"127.0.0.1:8080\" or a list of them",
+                    ),
+                }
+            }
+        }
         let mut address = |text: &Spanned<String>| match text.get_ref().parse::<SocketAddr>() {
             Ok(address) => Some(address),
             Err(_) => {
@@ -92,11 +113,6 @@ impl ServerConfig {
                 );
                 None
             }
-        };
-        let listen: Vec<SocketAddr> = match &server.listen {
-            None => Vec::new(),
-            Some(Listen::One(one)) => address(one).into_iter().collect(),
-            Some(Listen::Many(many)) => many.iter().filter_map(&mut address).collect(),
         };
         let metrics_listen = server.metrics_listen.as_ref().and_then(&mut address);
 
@@ -113,7 +129,9 @@ impl ServerConfig {
                 None
             }
         };
-        let policies_dir = real_dir(&server.policies, "policies", &mut problems);
+        // Policy files are named as the config names them, in messages.
+        let policies_dir = real_dir(&server.policies, "policies", &mut problems)
+            .map(|_| base.join(server.policies.get_ref()));
         let allowed_roots = match &server.allowed_roots {
             Some(roots) => roots
                 .iter()

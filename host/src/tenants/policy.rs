@@ -574,7 +574,9 @@ impl Policy {
 
         let root = allowed_dir(&policy.root, &base, allowed_roots, &mut problems);
         let locations = match &root {
-            Some(root) => parse_locations(&policy.locations, root, Some(root), &mut problems),
+            Some(root) => {
+                parse_locations(&policy.locations, root, Some(allowed_roots), &mut problems)
+            }
             None => Vec::new(),
         };
         let limits = TenantLimits::parse(&policy.limits, ceilings, &mut problems);
