@@ -13,6 +13,10 @@
 //!   source in each request: what script size costs.
 //! - `http/allocating/MODE`: a handler allocating about 1 MB under each mode
 //!   of Lua's collector.
+//! - `http/cold_script/N`: the first request of a script never seen before
+//!   (N lines): the server's script cache reads it, compiles it in an
+//!   instance of its own to vet it, then the request runs it. The server's
+//!   cold start of a new script, short of the network.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use moonwall::http::request::RequestHead;
@@ -80,6 +84,7 @@ fn bench(c: &mut Criterion) {
     let serve = || serve_once(&sandbox, &request, &handlers, &limits);
     assert_eq!(serve().outcome, HttpOutcome::Served);
     c.bench_function("http/hello", |b| b.iter(serve));
+    cold_scripts(c, &sandbox, &request, &limits);
 
     // The many-scripts question: what a script's size costs per request when
     // it is compiled from source in every request's instance.
@@ -137,6 +142,35 @@ fn content_handler(code: &str) -> Handlers {
         body_filter: None,
         log: None,
     }
+}
+
+/// The first request of a new script through the server's script cache.
+fn cold_scripts(c: &mut Criterion, sandbox: &Sandbox, request: &Request, limits: &Limits) {
+    use moonwall::http::scripts::{PhaseScripts, ScriptCache};
+    let dir = std::env::temp_dir().join(format!("moonwall-bench-cold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut group = c.benchmark_group("http/cold_script");
+    for lines in [10, 1000] {
+        let body = generated_script(lines);
+        let mut n = 0u64;
+        group.bench_function(lines.to_string(), |b| {
+            b.iter(|| {
+                // A fresh cache and a script of new content, each time.
+                n += 1;
+                let path = dir.join(format!("s{n}.lua"));
+                std::fs::write(&path, format!("-- {n}\n{body}")).unwrap();
+                let cache = ScriptCache::default();
+                let scripts = PhaseScripts::content(path.clone());
+                let handlers =
+                    moonwall::sandbox::block_on(cache.load(sandbox, &scripts, &dir)).unwrap();
+                let report = serve_once(sandbox, request, &handlers, limits);
+                assert_eq!(report.outcome, HttpOutcome::Served);
+                let _ = std::fs::remove_file(&path);
+            })
+        });
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A script of about `lines` lines of ordinary code: small functions and

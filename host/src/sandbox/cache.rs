@@ -5,6 +5,9 @@
 //! content hash and the engine's compatibility hash (wasmtime version and
 //! every setting that affects code), so a stale entry is never used.
 //!
+//! The cache is bounded: past [`MAX_ENTRIES`] entries (older moonwall or
+//! engine versions), the least recently used are deleted.
+//!
 //! Loading compiled code means trusting it as native code, so the cache
 //! directory must be private to this user: it is created with mode 0700, and
 //! a directory that others can write to is not used.
@@ -46,6 +49,10 @@ pub(crate) fn load_or_compile(
         // same engine configuration (its name carries the compatibility hash)
         // into a directory only this user can write.
         if let Ok(component) = unsafe { Component::deserialize_file(engine, path) } {
+            // Mark it used, for the LRU bound.
+            if let Ok(file) = std::fs::File::options().append(true).open(path) {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
             return Ok(component);
         }
     }
@@ -60,8 +67,69 @@ pub(crate) fn load_or_compile(
         if std::fs::write(&temporary, bytes).is_ok() && std::fs::rename(&temporary, path).is_err() {
             let _ = std::fs::remove_file(&temporary);
         }
+        if let Some(dir) = path.parent() {
+            prune(dir, MAX_ENTRIES);
+        }
     }
     Ok(component)
+}
+
+/// Entries kept in the cache directory; the least recently used beyond
+/// this are deleted when a new one is written.
+pub const MAX_ENTRIES: usize = 8;
+
+/// Delete all but the `keep` most recently used entries of `dir`.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("prepared-guest-") && name.ends_with(".cwasm")
+        })
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in found.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_most_recently_used() {
+        let dir = std::env::temp_dir().join(format!("moonwall-cache-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for i in 0..5u64 {
+            let path = dir.join(format!("prepared-guest-{i}-0.cwasm"));
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_modified(base + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        std::fs::write(dir.join("unrelated.txt"), b"x").unwrap();
+        prune(&dir, 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "prepared-guest-3-0.cwasm",
+                "prepared-guest-4-0.cwasm",
+                "unrelated.txt"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 fn entry_name(engine: &Engine) -> String {
