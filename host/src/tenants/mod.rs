@@ -307,6 +307,9 @@ impl TenantSet {
 pub struct Registry {
     current: RwLock<Arc<TenantSet>>,
     config: Option<ServerConfig>,
+    /// The policy files and their stamps as of the last (re)load, broken
+    /// ones included, so that a file is re-read only when it changes.
+    seen: std::sync::Mutex<Vec<(PathBuf, Option<(SystemTime, u64)>)>>,
     pub metrics: Arc<metrics::Metrics>,
 }
 
@@ -320,6 +323,19 @@ pub struct LoadReport {
     pub kept: Vec<String>,
 }
 
+/// Every policy file with its stamp, in name order.
+fn policy_stamps(config: &ServerConfig) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+    config
+        .policy_files()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|file| {
+            let stamp = stamp_of(&file);
+            (file, stamp)
+        })
+        .collect()
+}
+
 fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
@@ -330,6 +346,7 @@ impl Registry {
         Registry {
             current: RwLock::new(Arc::new(set)),
             config: None,
+            seen: Default::default(),
             metrics,
         }
     }
@@ -346,9 +363,11 @@ impl Registry {
                 problems: report.problems,
             });
         }
+        let seen = std::sync::Mutex::new(policy_stamps(&config));
         Ok(Registry {
             current: RwLock::new(Arc::new(set)),
             config: Some(config),
+            seen,
             metrics,
         })
     }
@@ -366,28 +385,13 @@ impl Registry {
     }
 
     /// Whether any policy file was added, removed or changed since the
-    /// current set was built.
+    /// last (re)load.
     pub fn changed(&self) -> bool {
         let Some(config) = &self.config else {
             return false;
         };
-        let Ok(files) = config.policy_files() else {
-            return false;
-        };
-        let current = self.current();
-        let known = current
-            .tenants
-            .iter()
-            .filter(|t| t.policy_file.is_some())
-            .count();
-        files.len() != known
-            || files.iter().any(|file| {
-                current
-                    .tenants
-                    .iter()
-                    .find(|t| t.policy_file.as_deref() == Some(file.as_path()))
-                    .is_none_or(|t| t.stamp != stamp_of(file))
-            })
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        *seen != policy_stamps(config)
     }
 
     /// Re-read the policies; tenants whose new policy is broken keep their
@@ -397,6 +401,7 @@ impl Registry {
             return LoadReport::default();
         };
         let previous = self.current();
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = policy_stamps(config);
         let (set, report) = build(config, Some(&previous), &self.metrics);
         for problem in &report.problems {
             tracing::error!("reload: {problem}");
