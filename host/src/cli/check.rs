@@ -81,9 +81,14 @@ pub fn run(args: CheckArgs) -> u8 {
                     continue;
                 }
             };
-            match block_on(sandbox.compile(&shown, &code, &limits)) {
+            // Lua cuts chunk names longer than 59 bytes in its messages:
+            // compile under a short name, then put the whole path back.
+            match block_on(sandbox.compile("script", &code, &limits)) {
                 Ok(None) => {}
-                Ok(Some(message)) => problems.push(message),
+                Ok(Some(message)) => problems.push(match message.strip_prefix("script:") {
+                    Some(rest) => format!("{shown}:{rest}"),
+                    None => message,
+                }),
                 Err(error) => problems.push(format!("{shown}: cannot compile: {error}")),
             }
         }

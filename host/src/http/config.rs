@@ -134,10 +134,24 @@ impl<'a> Problems<'a> {
         }
     }
 
+    /// The problems, in the order of the file (those of the whole file
+    /// first), whatever order they were found in.
     pub(crate) fn into_error(self) -> ConfigError {
-        ConfigError {
-            problems: self.list,
-        }
+        let prefix = format!("{}:", self.file.display());
+        let position = |problem: &String| -> (usize, usize) {
+            let mut numbers = problem
+                .strip_prefix(&prefix)
+                .unwrap_or("")
+                .splitn(3, ':')
+                .map(|n| n.parse::<usize>().ok());
+            match (numbers.next().flatten(), numbers.next().flatten()) {
+                (Some(line), Some(column)) => (line, column),
+                _ => (0, 0),
+            }
+        };
+        let mut problems = self.list;
+        problems.sort_by_cached_key(position);
+        ConfigError { problems }
     }
 }
 
@@ -224,9 +238,7 @@ impl SiteConfig {
         }
 
         if !problems.list.is_empty() {
-            return Err(ConfigError {
-                problems: problems.list,
-            });
+            return Err(problems.into_error());
         }
         Ok(SiteConfig {
             listen,

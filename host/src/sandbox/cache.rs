@@ -92,10 +92,37 @@ fn prune(dir: &Path, keep: usize) {
         })
         .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
     for (_, path) in found.into_iter().skip(keep) {
         let _ = std::fs::remove_file(path);
     }
+}
+
+fn entry_name(engine: &Engine) -> String {
+    let mut hasher = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!(
+        "prepared-guest-{}-{:016x}.cwasm",
+        moonwall_guest::COMPONENT_HASH,
+        hasher.finish()
+    )
+}
+
+/// `dir`, created if needed, if only this user can write to it.
+fn private_dir(dir: &Path) -> Option<&Path> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .ok()?;
+    }
+    let meta = std::fs::metadata(dir).ok()?;
+    // This process's own uid, without unsafe code: /proc/self belongs to it.
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let others_can_write = meta.mode() & 0o022 != 0;
+    (meta.is_dir() && meta.uid() == uid && !others_can_write).then_some(dir)
 }
 
 #[cfg(test)]
@@ -130,31 +157,4 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-fn entry_name(engine: &Engine) -> String {
-    let mut hasher = DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    format!(
-        "prepared-guest-{}-{:016x}.cwasm",
-        moonwall_guest::COMPONENT_HASH,
-        hasher.finish()
-    )
-}
-
-/// `dir`, created if needed, if only this user can write to it.
-fn private_dir(dir: &Path) -> Option<&Path> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .ok()?;
-    }
-    let meta = std::fs::metadata(dir).ok()?;
-    // This process's own uid, without unsafe code: /proc/self belongs to it.
-    let uid = std::fs::metadata("/proc/self").ok()?.uid();
-    let others_can_write = meta.mode() & 0o022 != 0;
-    (meta.is_dir() && meta.uid() == uid && !others_can_write).then_some(dir)
 }

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub policies_dir: PathBuf,
     pub default_tenant: Option<String>,
+    /// Where `default_tenant` is written (`file:line:col`).
+    default_tenant_place: String,
     /// Real paths; every tenant root and granted directory lies in one.
     pub allowed_roots: Vec<PathBuf>,
     /// How often policy files are checked for changes (`None`: only on SIGHUP).
@@ -76,9 +78,12 @@ impl ServerConfig {
         let Some(server) = problems.parse::<ServerFile>() else {
             return Err(problems.into_error());
         };
-        let base = match file.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
+        // Paths are relative to the config's directory, and shown so.
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let real_base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base.clone()
         };
         let mut listen: Vec<SocketAddr> = Vec::new();
         if let Some(value) = &server.listen {
@@ -90,13 +95,18 @@ impl ServerConfig {
             for text in texts {
                 match text.map(str::parse::<SocketAddr>) {
                     Some(Ok(address)) => listen.push(address),
-                    Some(Err(_)) => problems.at(
-                        value.span(),
-                        format!(
-                            "`{}` is not an address like 127.0.0.1:8080",
-                            text.unwrap_or("")
-                        ),
-                    ),
+                    Some(Err(_)) => {
+                        // Point at the entry itself inside a list.
+                        let bad = text.unwrap_or("");
+                        let span = value.span();
+                        let start = problems.text[span.clone()]
+                            .find(&format!("\"{bad}\""))
+                            .map_or(span.start, |offset| span.start + offset);
+                        problems.at(
+                            start..span.end,
+                            format!("`{bad}` is not an address like 127.0.0.1:8080"),
+                        )
+                    }
                     None => problems.at(
                         value.span(),
                         "listen must be an address like \"127.0.0.1:8080\" or a list of them",
@@ -116,7 +126,7 @@ impl ServerConfig {
         };
         let metrics_listen = server.metrics_listen.as_ref().and_then(&mut address);
 
-        let real_dir = |dir: &Spanned<PathBuf>, what: &str, problems: &mut Problems| match base
+        let real_dir = |dir: &Spanned<PathBuf>, what: &str, problems: &mut Problems| match real_base
             .join(dir.get_ref())
             .canonicalize()
         {
@@ -133,12 +143,16 @@ impl ServerConfig {
         let policies_dir = real_dir(&server.policies, "policies", &mut problems)
             .map(|_| base.join(server.policies.get_ref()));
         let allowed_roots = match &server.allowed_roots {
+            Some(roots) if roots.is_empty() => {
+                problems.file("allowed_roots is empty: no tenant root could be allowed");
+                Vec::new()
+            }
             Some(roots) => roots
                 .iter()
                 .filter_map(|root| real_dir(root, "allowed root", &mut problems))
                 .collect(),
             // By default, tenants' files must lie beside the server config.
-            None => base.canonicalize().into_iter().collect(),
+            None => real_base.canonicalize().into_iter().collect(),
         };
         let reload_poll = match &server.reload_poll_ms {
             None => Some(Duration::from_secs(1)),
@@ -154,6 +168,14 @@ impl ServerConfig {
         };
         let ceilings = Ceilings::parse(&server.limits, &mut problems);
         let default_tenant = server.default_tenant.as_ref().map(|t| t.get_ref().clone());
+        let default_tenant_place = server
+            .default_tenant
+            .as_ref()
+            .map(|t| {
+                let (line, column) = crate::http::config::line_col(text, t.span().start);
+                format!("{}:{line}:{column}", file.display())
+            })
+            .unwrap_or_default();
         let Some(policies_dir) = policies_dir else {
             return Err(problems.into_error());
         };
@@ -166,6 +188,7 @@ impl ServerConfig {
             metrics_listen,
             policies_dir,
             default_tenant,
+            default_tenant_place,
             allowed_roots,
             reload_poll,
             ceilings,
@@ -186,19 +209,6 @@ impl ServerConfig {
         files.sort();
         Ok(files)
     }
-
-    /// Where `default_tenant` is written, for messages.
-    fn default_tenant_problem(&self, message: &str) -> String {
-        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
-        let place = text
-            .find("default_tenant")
-            .map(|offset| {
-                let (line, column) = crate::http::config::line_col(&text, offset);
-                format!("{}:{line}:{column}", self.file.display())
-            })
-            .unwrap_or_else(|| self.file.display().to_string());
-        format!("{place}: {message}")
-    }
 }
 
 /// One tenant, as a request sees it: immutable; a reload makes a new one.
@@ -214,6 +224,8 @@ pub struct Tenant {
     pub metrics: metrics::TenantMetrics,
     /// Its host patterns, each with its place in the policy (for messages).
     hosts: Vec<(HostPattern, String)>,
+    /// Where its name is written (`file:line:col`), for messages.
+    name_place: String,
     /// When the policy file was last modified, to notice changes.
     stamp: Option<(SystemTime, u64)>,
 }
@@ -234,6 +246,7 @@ impl Tenant {
             },
             metrics: metrics.tenant("default"),
             hosts: Vec::new(),
+            name_place: String::new(),
             stamp: None,
         }
     }
@@ -267,6 +280,7 @@ impl Tenant {
             capabilities: policy.capabilities,
             admission,
             hosts: policy.hosts,
+            name_place: policy.tenant_place,
             stamp,
         })
     }
@@ -309,7 +323,7 @@ pub struct Registry {
     config: Option<ServerConfig>,
     /// The policy files and their stamps as of the last (re)load, broken
     /// ones included, so that a file is re-read only when it changes.
-    seen: std::sync::Mutex<Vec<(PathBuf, Option<(SystemTime, u64)>)>>,
+    seen: std::sync::Mutex<Vec<(PathBuf, Option<Stamp>)>>,
     pub metrics: Arc<metrics::Metrics>,
 }
 
@@ -323,8 +337,11 @@ pub struct LoadReport {
     pub kept: Vec<String>,
 }
 
+/// A file's modification time and size, to notice changes.
+type Stamp = (SystemTime, u64);
+
 /// Every policy file with its stamp, in name order.
-fn policy_stamps(config: &ServerConfig) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+fn policy_stamps(config: &ServerConfig) -> Vec<(PathBuf, Option<Stamp>)> {
     config
         .policy_files()
         .unwrap_or_default()
@@ -336,7 +353,7 @@ fn policy_stamps(config: &ServerConfig) -> Vec<(PathBuf, Option<(SystemTime, u64
         .collect()
 }
 
-fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
+fn stamp_of(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
@@ -498,10 +515,11 @@ fn build(
         Some(name) => match tenants.iter().position(|t| &t.name == name) {
             Some(index) => Some(index),
             None => {
-                report.problems.push(config.default_tenant_problem(&format!(
-                    "default_tenant `{name}` is not a tenant in {}",
+                report.problems.push(format!(
+                    "{}: default_tenant `{name}` is not a tenant in {}",
+                    config.default_tenant_place,
                     config.policies_dir.display()
-                )));
+                ));
                 None
             }
         },
@@ -521,18 +539,10 @@ fn build(
 /// tenant already answers.
 fn conflicts(tenant: &Tenant, accepted: &[Arc<Tenant>]) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
-    let file = |t: &Tenant| {
-        t.policy_file
-            .as_deref()
-            .map(|f| f.display().to_string())
-            .unwrap_or_default()
-    };
     if let Some(other) = accepted.iter().find(|t| t.name == tenant.name) {
         problems.push(format!(
-            "{}: tenant `{}` is already defined by {}",
-            file(tenant),
-            tenant.name,
-            file(other)
+            "{}: tenant `{}` is already defined at {}",
+            tenant.name_place, tenant.name, other.name_place
         ));
     }
     for (pattern, place) in &tenant.hosts {

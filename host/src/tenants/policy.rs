@@ -145,7 +145,14 @@ impl Default for Ceilings {
     fn default() -> Self {
         let keys = keys();
         Ceilings {
-            values: keys.each_ref().map(|key| key.max),
+            // No ceiling on the rate unless the server sets one.
+            values: keys.each_ref().map(|key| {
+                if key.tenant_default == UNLIMITED {
+                    UNLIMITED
+                } else {
+                    key.max
+                }
+            }),
             origins: keys.each_ref().map(|_| "moonwall's maximum".to_string()),
         }
     }
@@ -428,9 +435,19 @@ fn check_outbound(text: &str) -> Result<(), String> {
     if !["http", "https", "tcp"].contains(&scheme) {
         return Err(bad());
     }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => (host, Some(port)),
-        _ => (rest, None),
+    let (host, port) = if let Some(close) = rest.strip_prefix('[').and_then(|r| r.find(']')) {
+        // `[address]` or `[address]:port`
+        let (host, after) = rest.split_at(close + 2);
+        match after.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if after.is_empty() => (host, None),
+            None => return Err(bad()),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
     };
     if let Some(port) = port
         && port.parse::<u16>().map_or(true, |p| p == 0)
@@ -508,6 +525,8 @@ struct PolicyFile {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub tenant: String,
+    /// Where the tenant's name is written (`file:line:col`), for messages.
+    pub tenant_place: String,
     /// Where the policy came from.
     pub file: PathBuf,
     /// Each host pattern with its place (`file:line:col`) for messages.
@@ -555,11 +574,11 @@ impl Policy {
         for host in &policy.hosts {
             match HostPattern::parse(host.get_ref()) {
                 Ok(pattern) => {
-                    if let Some((_, place)) = hosts.iter().find(|(p, _)| p.overlaps(&pattern)) {
+                    if let Some((other, place)) = hosts.iter().find(|(p, _)| p.overlaps(&pattern)) {
                         problems.at(
                             host.span(),
                             format!(
-                                "host `{}` overlaps `{place}` of the same tenant",
+                                "host `{}` overlaps `{other}` of the same tenant ({place})",
                                 host.get_ref()
                             ),
                         );
@@ -589,7 +608,9 @@ impl Policy {
         if !problems.list.is_empty() {
             return Err(problems.into_error());
         }
+        let (line, column) = line_col(text, policy.tenant.span().start);
         Ok(Policy {
+            tenant_place: format!("{}:{line}:{column}", file.display()),
             tenant,
             file: file.to_path_buf(),
             hosts,
