@@ -467,20 +467,23 @@ fn build(
                 .find(|t| t.policy_file.as_deref() == Some(file))
         })
     };
-    let mut tenants: Vec<Arc<Tenant>> = Vec::new();
-    for file in &files {
-        let stamp = stamp_of(file);
+    // Tenants whose policy did not change come first: an edited or new
+    // policy cannot take their hosts away (it is refused instead).
+    let unchanged = |file: &PathBuf| {
+        previous_of(file)
+            .filter(|t| t.stamp.is_some() && t.stamp == stamp_of(file))
+            .cloned()
+    };
+    let mut tenants: Vec<Arc<Tenant>> = files.iter().filter_map(unchanged).collect();
+    for file in files.iter().filter(|file| unchanged(file).is_none()) {
         let old = previous_of(file);
-        let candidate = match old.filter(|t| t.stamp.is_some() && t.stamp == stamp) {
-            Some(unchanged) => Ok(unchanged.clone()),
-            None => Policy::load(file, &config.ceilings, &config.allowed_roots)
-                .map_err(|e| e.problems)
-                .and_then(|policy| {
-                    Tenant::from_policy(policy, stamp, old.map(|t| &**t), metrics)
-                        .map(Arc::new)
-                        .map_err(|e| vec![format!("{}: {e}", file.display())])
-                }),
-        };
+        let candidate = Policy::load(file, &config.ceilings, &config.allowed_roots)
+            .map_err(|e| e.problems)
+            .and_then(|policy| {
+                Tenant::from_policy(policy, stamp_of(file), old.map(|t| &**t), metrics)
+                    .map(Arc::new)
+                    .map_err(|e| vec![format!("{}: {e}", file.display())])
+            });
         match candidate.and_then(|tenant| conflicts(&tenant, &tenants).map(|()| tenant)) {
             Ok(tenant) => tenants.push(tenant),
             Err(problems) => {
