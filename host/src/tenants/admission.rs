@@ -128,15 +128,30 @@ impl Admission {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Rejection::QueueFull { retry_after_secs });
         }
+        // Leaves the queue however the wait ends, also when the request is
+        // dropped while waiting (its client went away).
+        struct InQueue<'a, F: Fn(i64)> {
+            waiting: &'a AtomicUsize,
+            on_queue: F,
+        }
+        impl<F: Fn(i64)> Drop for InQueue<'_, F> {
+            fn drop(&mut self) {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                (self.on_queue)(-1);
+            }
+        }
         on_queue(1);
+        let in_queue = InQueue {
+            waiting: &self.waiting,
+            on_queue,
+        };
         let started = Instant::now();
         let acquired = tokio::time::timeout(
             self.limits.queue_timeout,
             self.running.clone().acquire_owned(),
         )
         .await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        on_queue(-1);
+        drop(in_queue);
         match acquired {
             Ok(Ok(permit)) => Ok(Admitted {
                 _permit: permit,
@@ -257,6 +272,38 @@ mod tests {
             );
             drop(first);
             assert!(admission.admit(|_| {}).await.is_ok());
+
+            // A request dropped while it waits leaves the queue.
+            let _first = admission.admit(|_| {}).await.unwrap();
+            let gauge = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+            let waiting = {
+                let gauge = gauge.clone();
+                let wait = admission.clone();
+                tokio::spawn(async move {
+                    let _ = wait
+                        .admit(move |delta| {
+                            gauge.fetch_add(delta, std::sync::atomic::Ordering::SeqCst);
+                        })
+                        .await;
+                })
+            };
+            tokio::task::yield_now().await;
+            assert_eq!(
+                (
+                    admission.waiting(),
+                    gauge.load(std::sync::atomic::Ordering::SeqCst)
+                ),
+                (1, 1)
+            );
+            waiting.abort();
+            let _ = waiting.await;
+            assert_eq!(
+                (
+                    admission.waiting(),
+                    gauge.load(std::sync::atomic::Ordering::SeqCst)
+                ),
+                (0, 0)
+            );
         });
     }
 }
