@@ -1175,7 +1175,8 @@ fn built_in_defaults_without_ceilings() {
     assert_eq!(limits.sandbox.memory_bytes, 64 << 20);
     assert_eq!(limits.sandbox.output_bytes, 4096 << 10);
     assert_eq!(limits.max_request_body_bytes, 1024 << 10);
-    assert_eq!(limits.admission.max_concurrency, cores());
+    // All cores but one, at least one.
+    assert_eq!(limits.admission.max_concurrency, (cores() - 1).max(1));
     assert_eq!(limits.admission.max_queue, 64);
     assert_eq!(limits.admission.queue_timeout, Duration::from_millis(1000));
 }

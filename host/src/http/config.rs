@@ -365,9 +365,13 @@ mod tests {
             errors("[[location]]\npath = \"/\"\n")[0],
             "site.toml:2:8: location `/` names no script for any phase"
         );
+        // Problems of the whole file come first, then in the file's order.
         assert_eq!(
-            errors("listen = \"x\"\n")[0],
-            "site.toml:1:10: `x` is not an address like 127.0.0.1:8080"
+            errors("listen = \"x\"\n"),
+            [
+                "site.toml: no [[location]]: nothing would be served",
+                "site.toml:1:10: `x` is not an address like 127.0.0.1:8080"
+            ]
         );
     }
 }

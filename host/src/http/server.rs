@@ -410,6 +410,9 @@ async fn run_script(
     let (body_tx, body_rx) = mpsc::channel(16);
     let sink = ChannelSink {
         head: Some(head_tx),
+        pending: None,
+        first: None,
+        coalesce: request.method != "HEAD",
         body: body_tx,
     };
     let tenant = access
@@ -435,7 +438,7 @@ async fn run_script(
             .await;
         running.running(-1);
         match served {
-            Ok((report, _sink)) => {
+            Ok((report, _)) => {
                 if let HttpOutcome::LimitExceeded(limit) = &report.outcome {
                     tenant.metrics.limit_hit(limit.kind());
                 }
@@ -454,8 +457,12 @@ async fn run_script(
         }
     });
     match head_rx.await {
-        Ok((status, headers)) => {
-            let mut response = Response::new(ChannelBody(body_rx).boxed());
+        Ok(((status, headers), whole)) => {
+            let body = match whole {
+                Some(body) => full(body),
+                None => ChannelBody(body_rx).boxed(),
+            };
+            let mut response = Response::new(body);
             *response.status_mut() =
                 StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let map = response.headers_mut();
@@ -473,27 +480,68 @@ async fn run_script(
 type Head = (u16, Vec<(HeaderName, HeaderValue)>);
 
 /// The guest's response, from its run to the connection.
+///
+/// The head waits for the first chunk of the body: if the run ends with the
+/// body in that one chunk (the common case: the guest buffers up to 16 KiB
+/// unless the script flushes), the response goes out whole, with a
+/// `Content-Length`, in one write; otherwise it streams, chunk by chunk.
 struct ChannelSink {
-    head: Option<oneshot::Sender<Head>>,
+    head: Option<oneshot::Sender<(Head, Option<Bytes>)>>,
+    /// The head, not yet passed on.
+    pending: Option<Head>,
+    /// The first chunk of the body, not yet passed on.
+    first: Option<Bytes>,
+    /// Whether a whole response may be sent with a length (not for HEAD).
+    coalesce: bool,
     body: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+}
+
+impl ChannelSink {
+    /// Pass the head on, and the held chunk into the stream.
+    fn start_streaming(&mut self) -> bool {
+        if let (Some(head), Some(sender)) = (self.pending.take(), self.head.take()) {
+            let _ = sender.send((head, None));
+        }
+        match self.first.take() {
+            // The channel is empty here (nothing was streamed yet), so the
+            // first chunk always fits.
+            Some(chunk) => self.body.try_send(Ok(Frame::data(chunk))).is_ok(),
+            None => true,
+        }
+    }
 }
 
 impl ResponseSink for ChannelSink {
     fn send_head(&mut self, status: u16, headers: Vec<(HeaderName, HeaderValue)>) {
-        if let Some(head) = self.head.take() {
-            let _ = head.send((status, headers));
+        // A status without a body is not held back.
+        let bodiless = matches!(status, 100..=199 | 204 | 304);
+        self.pending = Some((status, headers));
+        if !self.coalesce || bodiless {
+            self.start_streaming();
         }
     }
 
     fn write(&mut self, chunk: Bytes) -> SinkFuture<'_, bool> {
-        // Waits while the client is slow to read: backpressure on the script.
-        Box::pin(async move { self.body.send(Ok(Frame::data(chunk))).await.is_ok() })
+        Box::pin(async move {
+            if self.pending.is_some() && self.first.is_none() {
+                self.first = Some(chunk);
+                return true;
+            }
+            if !self.start_streaming() {
+                return false;
+            }
+            // Waits while the client is slow to read: backpressure on the script.
+            self.body.send(Ok(Frame::data(chunk))).await.is_ok()
+        })
     }
 
-    fn flush(&mut self) {}
+    fn flush(&mut self) {
+        self.start_streaming();
+    }
 
     fn abort(&mut self) -> SinkFuture<'_, ()> {
         Box::pin(async move {
+            self.start_streaming();
             // hyper drops what it has not yet flushed when a body fails: let
             // it take (and send) what was written before the error reaches it.
             let deadline = Instant::now() + Duration::from_millis(200);
@@ -504,6 +552,16 @@ impl ResponseSink for ChannelSink {
             let cut = std::io::Error::other("the response was cut short");
             let _ = self.body.send(Err(cut)).await;
         })
+    }
+}
+
+impl Drop for ChannelSink {
+    /// The run is over: a response still held goes out whole.
+    fn drop(&mut self) {
+        if let (Some(head), Some(sender)) = (self.pending.take(), self.head.take()) {
+            let body = self.first.take().unwrap_or_default();
+            let _ = sender.send((head, Some(body)));
+        }
     }
 }
 
