@@ -1581,3 +1581,38 @@ fn a_tenants_log_level_filters_its_script_log_lines() {
     let log = server.log();
     assert!(!log.contains("quiet-hidden-marker"), "{log}");
 }
+
+#[test]
+fn sighup_reloads_the_policies_at_once() {
+    let _serial = serial();
+    // No polling: only SIGHUP reloads.
+    let dir = layout(
+        "binary-sighup",
+        "reload_poll_ms = 0",
+        &[
+            ("policies/app.toml", &policy("app", &["app.test"], "", "")),
+            ("roots/app/page.lua", "ngx.say('page')"),
+        ],
+    );
+    let server = Binary::start(&dir.join("moonwall.toml"), &[]);
+    assert_eq!(server.get("app2.test", "/page").status, 404);
+    replace(
+        &dir.join("policies/app.toml"),
+        &policy("app", &["app.test", "app2.test"], "", ""),
+    );
+    // Without a signal nothing changes, however long one waits.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.get("app2.test", "/page").status, 404);
+    let sent = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            server.get("app2.test", "/page").is_ok_with("page\n")
+        }),
+        "SIGHUP did not reload:\n{}",
+        server.log()
+    );
+}
