@@ -16,6 +16,7 @@ use moonwall::{EngineSettings, Limits, Sandbox};
 
 struct TestServer {
     addr: SocketAddr,
+    metrics: Arc<moonwall::tenants::metrics::Metrics>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -40,8 +41,10 @@ impl TestServer {
                 .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 let app = App::new(sandbox, router, limits, settings);
+                addr_tx
+                    .send((listener.local_addr().unwrap(), app.registry.metrics.clone()))
+                    .unwrap();
                 serve(app, listener, async {
                     let _ = shutdown_rx.await;
                 })
@@ -49,8 +52,10 @@ impl TestServer {
                 .unwrap();
             });
         });
+        let (addr, metrics) = addr_rx.recv().unwrap();
         TestServer {
-            addr: addr_rx.recv().unwrap(),
+            addr,
+            metrics,
             shutdown: Some(shutdown_tx),
             thread: Some(thread),
         }
@@ -711,4 +716,41 @@ fn connections_beyond_the_cap_wait_their_turn() {
     let mut response = Vec::new();
     let _ = second.read_to_end(&mut response);
     assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200 OK"));
+}
+
+/// A client that goes away while a script streams its response: the run
+/// stops on its next write, and the request is the client's doing
+/// (`client-closed`), not a Lua error of the script.
+#[test]
+fn a_client_that_leaves_mid_response_is_not_a_script_error() {
+    let dir = site(
+        "client-leaves",
+        &[(
+            "stream.lua",
+            "for i = 1, 100000 do ngx.say(string.rep('x', 1000)) ngx.flush(true) end",
+        )],
+    );
+    let server = TestServer::start(docroot(&dir), limits(), ServerSettings::default());
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 4096];
+    let read = stream.read(&mut first).unwrap();
+    assert!(first[..read].starts_with(b"HTTP/1.1 200"));
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let text = server.metrics.render();
+        if text.contains("outcome=\"client-closed\"") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = server.metrics.render();
+    assert!(counted, "{text}");
+    assert!(!text.contains("outcome=\"lua-error\""), "{text}");
 }

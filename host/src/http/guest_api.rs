@@ -84,6 +84,8 @@ pub struct HttpState {
     sink: Box<dyn ResponseSink>,
     pub(crate) status_sent: Option<u16>,
     pub(crate) body_bytes: u64,
+    /// A write found the client gone.
+    pub(crate) client_gone: bool,
     /// HEAD requests get headers only.
     discard_body: bool,
     log: RequestLog,
@@ -95,6 +97,7 @@ impl HttpState {
             sink,
             status_sent: None,
             body_bytes: 0,
+            client_gone: false,
             discard_body,
             log,
         }
@@ -329,6 +332,7 @@ impl response::Host for RunState {
         }
         http.body_bytes = total;
         if !http.sink.write(Bytes::from(bytes)).await {
+            http.client_gone = true;
             return Ok(Err("client closed the connection".into()));
         }
         Ok(Ok(()))

@@ -38,6 +38,9 @@ pub enum HttpOutcome {
     },
     /// A limit stopped the request.
     LimitExceeded(Limit),
+    /// The client went away while the response was being written, and the
+    /// script stopped on the write that failed.
+    ClientClosed { phase: &'static str },
     /// The guest faulted (a moonwall bug).
     Fault(String),
 }
@@ -49,6 +52,7 @@ impl HttpOutcome {
             HttpOutcome::Served => "ok".into(),
             HttpOutcome::LuaError { .. } => "lua-error".into(),
             HttpOutcome::LimitExceeded(limit) => format!("limit-{}", limit.kind()),
+            HttpOutcome::ClientClosed { .. } => "client-closed".into(),
             HttpOutcome::Fault(_) => "fault".into(),
         }
     }
@@ -154,6 +158,14 @@ impl Sandbox {
         let state = store.into_data();
         let peak_memory_bytes = state.limiter.peak_memory;
         let mut http = state.http.expect("the HTTP state set above");
+        // An error raised by a write to a client that had gone is the
+        // client's doing, not the script's.
+        let outcome = match outcome {
+            HttpOutcome::LuaError { phase, .. } if http.client_gone => {
+                HttpOutcome::ClientClosed { phase }
+            }
+            other => other,
+        };
 
         match &outcome {
             HttpOutcome::Served => {}
@@ -165,6 +177,12 @@ impl Sandbox {
                 tracing::error!(request_id, "{phase} phase: {message}\n{traceback}");
             }
             HttpOutcome::LimitExceeded(limit) => tracing::error!(request_id, "stopped: {limit}"),
+            HttpOutcome::ClientClosed { phase } => {
+                tracing::info!(
+                    request_id,
+                    "{phase} phase: the client closed the connection"
+                )
+            }
             HttpOutcome::Fault(trap) => {
                 tracing::error!(request_id, "the sandbox faulted: {trap} (a moonwall bug)")
             }
