@@ -730,7 +730,13 @@ fn a_client_that_leaves_mid_response_is_not_a_script_error() {
             "for i = 1, 100000 do ngx.say(string.rep('x', 1000)) ngx.flush(true) end",
         )],
     );
-    let server = TestServer::start(docroot(&dir), limits(), ServerSettings::default());
+    // Room to write far more than the socket buffers hold, so that the run
+    // meets the closed connection before any limit.
+    let roomy = Limits {
+        output_bytes: 1 << 30,
+        ..limits()
+    };
+    let server = TestServer::start(docroot(&dir), roomy, ServerSettings::default());
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
         .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
