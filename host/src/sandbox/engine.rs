@@ -14,7 +14,7 @@
 //!   a fresh instance per run costs microseconds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -256,19 +256,40 @@ pub(crate) fn arm_deadline<T: 'static>(store: &mut wasmtime::Store<T>, deadline:
 }
 
 /// The one thread that advances an engine's epoch, for all runs at once.
+/// It sleeps while no run is alive, so an idle server spends nothing on it.
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
+    /// Runs alive now (stores holding an [`Awake`]).
+    alive: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Keeps the ticker ticking while a run's store holds it.
+pub(crate) struct Awake {
+    alive: Arc<AtomicUsize>,
+}
+
+impl Drop for Awake {
+    fn drop(&mut self) {
+        self.alive.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl EpochTicker {
     pub(crate) fn start(engine: Engine, tick: Duration) -> Result<Self, SandboxError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let (stop_flag, runs) = (stop.clone(), alive.clone());
         let thread = std::thread::Builder::new()
             .name("moonwall-epoch".into())
             .spawn(move || {
                 while !stop_flag.load(Ordering::Relaxed) {
+                    if runs.load(Ordering::Acquire) == 0 {
+                        // Woken by the next run (an unpark that comes first
+                        // makes this return at once).
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::park_timeout(tick);
                     engine.increment_epoch();
                 }
@@ -276,8 +297,21 @@ impl EpochTicker {
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch thread: {e}")))?;
         Ok(EpochTicker {
             stop,
+            alive,
             thread: Some(thread),
         })
+    }
+
+    /// A run starts: tick until it (and every other) has ended.
+    pub(crate) fn awake(&self) -> Awake {
+        if self.alive.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(thread) = &self.thread
+        {
+            thread.thread().unpark();
+        }
+        Awake {
+            alive: self.alive.clone(),
+        }
     }
 }
 

@@ -79,6 +79,8 @@ pub(crate) struct RunState {
     started: Instant,
     /// The request being served, when the run is an HTTP request.
     pub(crate) http: Option<crate::http::guest_api::HttpState>,
+    /// Keeps the epoch ticker running while this run's store lives.
+    pub(crate) awake: Option<super::engine::Awake>,
 }
 
 impl RunState {
@@ -90,6 +92,7 @@ impl RunState {
             output_cap,
             started: Instant::now(),
             http: None,
+            awake: None,
         }
     }
 

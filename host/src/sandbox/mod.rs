@@ -92,7 +92,7 @@ pub struct Sandbox {
     pub(crate) pre: host_api::SandboxPre<RunState>,
     pub(crate) settings: EngineSettings,
     // Last: stops the ticker thread when the sandbox is dropped.
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl Sandbox {
@@ -114,7 +114,7 @@ impl Sandbox {
             engine,
             pre,
             settings,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -213,7 +213,8 @@ impl Sandbox {
         output: Box<dyn OutputSink>,
         started: Instant,
     ) -> Result<Store<RunState>, SandboxError> {
-        let state = RunState::new(limits.memory_bytes, limits.output_bytes, output);
+        let mut state = RunState::new(limits.memory_bytes, limits.output_bytes, output);
+        state.awake = Some(self.ticker.awake());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store
