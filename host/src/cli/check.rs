@@ -122,20 +122,7 @@ pub fn run(args: CheckArgs) -> u8 {
 
 fn collect_locations(locations: &Locations, into: &mut Vec<PathBuf>) {
     for location in &locations.locations {
-        let s = &location.scripts;
-        for script in [
-            &s.rewrite,
-            &s.access,
-            &s.content,
-            &s.header_filter,
-            &s.body_filter,
-            &s.log,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            into.push(script.clone());
-        }
+        into.extend(location.scripts.phases().into_iter().flatten().cloned());
     }
 }
 

@@ -38,30 +38,55 @@ impl PhaseScripts {
         }
     }
 
+    /// The script of each phase, in the order of [`Handlers`]' fields.
+    pub fn phases(&self) -> [&Option<PathBuf>; 6] {
+        [
+            &self.rewrite,
+            &self.access,
+            &self.content,
+            &self.header_filter,
+            &self.body_filter,
+            &self.log,
+        ]
+    }
+
     /// Read every script. Each is reported in messages under its path
     /// relative to `shown_from` (so logs and errors never show where on the
     /// host the scripts live).
     pub fn load(&self, shown_from: &Path) -> Result<Handlers, ScriptError> {
-        let read = |path: &Option<PathBuf>| -> Result<Option<Source>, ScriptError> {
-            let Some(path) = path else { return Ok(None) };
+        let mut sources: [Option<Source>; 6] = Default::default();
+        for (path, source) in self.phases().into_iter().zip(&mut sources) {
+            let Some(path) = path else { continue };
             let code = std::fs::read(path).map_err(|source| ScriptError {
                 path: path.clone(),
                 source,
             })?;
-            let shown = path.strip_prefix(shown_from).unwrap_or(path);
-            Ok(Some(Source {
-                name: format!("@{}", shown.display()),
-                code,
-            }))
-        };
-        Ok(Handlers {
-            rewrite: read(&self.rewrite)?,
-            access: read(&self.access)?,
-            content: read(&self.content)?,
-            header_filter: read(&self.header_filter)?,
-            body_filter: read(&self.body_filter)?,
-            log: read(&self.log)?,
-        })
+            *source = Some(named_source(path, shown_from, code));
+        }
+        Ok(handlers(sources))
+    }
+}
+
+/// A script's source as the guest gets it: named by its path relative to
+/// `shown_from`, as Lua names a file (`@path`).
+fn named_source(path: &Path, shown_from: &Path, code: Vec<u8>) -> Source {
+    let shown = path.strip_prefix(shown_from).unwrap_or(path);
+    Source {
+        name: format!("@{}", shown.display()),
+        code,
+    }
+}
+
+/// The handlers of the sources given in [`PhaseScripts::phases`]' order.
+fn handlers(sources: [Option<Source>; 6]) -> Handlers {
+    let [rewrite, access, content, header_filter, body_filter, log] = sources;
+    Handlers {
+        rewrite,
+        access,
+        content,
+        header_filter,
+        body_filter,
+        log,
     }
 }
 
@@ -128,32 +153,14 @@ impl ScriptCache {
         scripts: &PhaseScripts,
         shown_from: &Path,
     ) -> Result<Handlers, ScriptError> {
-        let mut handlers = Handlers {
-            rewrite: None,
-            access: None,
-            content: None,
-            header_filter: None,
-            body_filter: None,
-            log: None,
-        };
-        for (path, slot) in [
-            (&scripts.rewrite, &mut handlers.rewrite),
-            (&scripts.access, &mut handlers.access),
-            (&scripts.content, &mut handlers.content),
-            (&scripts.header_filter, &mut handlers.header_filter),
-            (&scripts.body_filter, &mut handlers.body_filter),
-            (&scripts.log, &mut handlers.log),
-        ] {
-            if let Some(path) = path {
-                let shown = path.strip_prefix(shown_from).unwrap_or(path);
-                let code = self.script(sandbox, path, shown).await?;
-                *slot = Some(Source {
-                    name: format!("@{}", shown.display()),
-                    code: code.to_vec(),
-                });
-            }
+        let mut sources: [Option<Source>; 6] = Default::default();
+        for (path, source) in scripts.phases().into_iter().zip(&mut sources) {
+            let Some(path) = path else { continue };
+            let shown = path.strip_prefix(shown_from).unwrap_or(path);
+            let code = self.script(sandbox, path, shown).await?;
+            *source = Some(named_source(path, shown_from, code.to_vec()));
         }
-        Ok(handlers)
+        Ok(handlers(sources))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
@@ -234,14 +241,5 @@ impl ScriptCache {
                 Ok(code)
             }
         }
-    }
-
-    /// Scripts in memory now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
