@@ -165,6 +165,7 @@ fn via_library(case: &Case) -> Observed {
             &common::test_limits(),
             Box::new(CollectedResponse::default()),
             RequestLog::new(0, case.name.clone()),
+            moonwall::caps::RequestCaps::none(),
         )
         .expect("the sandbox serves the request");
     let sink: Box<dyn std::any::Any> = sink;

@@ -19,4 +19,21 @@ _Noreturn void moonwall_memory_exhausted(void);
 void moonwall_copy_out(sandbox_list_u8_t *out, const char *bytes, size_t len);
 void moonwall_copy_value(sandbox_list_u8_t *out, lua_State *L, int index);
 
+/* `require` and the `package` table (modules.c). */
+void moonwall_open_require(lua_State *L);
+
+/* The C side of each built-in module (see modules.c): the module itself, or
+ * the table of primitives its Lua side wraps. */
+int moonwall_open_cjson(lua_State *L);      /* cjson.c */
+int moonwall_open_cjson_safe(lua_State *L); /* cjson.c */
+int moonwall_open_regex(lua_State *L);      /* regex.c */
+int moonwall_open_shared_dict(lua_State *L); /* dict.c */
+int moonwall_open_tcp(lua_State *L);        /* tcp.c */
+int moonwall_open_tasks(lua_State *L);      /* tasks.c */
+/* The io library and os.getenv, on the host's files and env (files.c). */
+void moonwall_open_io(lua_State *L);
+/* Find module `name` in the tenant's lib directories: push its loaded chunk
+ * and file name and return 1, or push the reason and return 0 (files.c). */
+int moonwall_find_lib_module(lua_State *L, const char *name);
+
 #endif

@@ -10,13 +10,16 @@
  *   os         time, clock, date, difftime only
  *   debug      traceback only
  *   print      to the run's output, one host write per call
- *   not here   io, package/require, the rest of debug, collectgarbage stays
+ *   require    built-in modules, and the tenant's lib_dirs (modules.c)
+ *   io         read-only, in the tenant's read_dirs (files.c)
+ *   not here   the rest of debug; collectgarbage stays
  */
 #include <string.h>
 
 #include "lauxlib.h"
 #include "lua.h"
 #include "lualib.h"
+#include "glue.h"
 #include "sandbox.h"
 
 void moonwall_write_stdout(const char *bytes, size_t len);
@@ -170,5 +173,7 @@ void moonwall_open_stdlib(lua_State *L) {
   lua_setfield(L, -2, LUA_DBLIBNAME);
 
   lua_pop(L, 1); /* the global table */
+  moonwall_open_require(L);
+  moonwall_open_io(L);
   moonwall_reseed_random(L);
 }

@@ -19,13 +19,19 @@ local type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getm
       load
 local byte, find, sub, lower, gsub, format = string.byte, string.find, string.sub, string.lower,
       string.gsub, string.format
-local concat, remove = table.concat, table.remove
+local concat, remove, unpack = table.concat, table.remove, table.unpack
 local floor, mtype = math.floor, math.type
 local raw_pcall, raw_xpcall = pcall, xpcall
 local raw_resume = coroutine.resume
 local traceback = debug.traceback
 
 local ngx = {}
+-- Capabilities, each its own module (guest-lua/lua/, glue/modules.c). The
+-- host checks every use against the tenant's policy.
+local tasks = require("moonwall.tasks")
+ngx.shared = require("ngx.shared")
+ngx.re = require("ngx.re")
+ngx.socket = require("ngx.socket")
 
 ---------------------------------------------------------------------------
 -- constants
@@ -114,6 +120,7 @@ local resp = {
 }
 
 local EXIT = setmetatable({}, { __tostring = function() return "ngx.exit" end })
+tasks.EXIT = EXIT
 local exit_status        -- the argument of the last ngx.exit (outside the header filter)
 local filter_exit        -- the argument of ngx.exit in the running header filter
 local filter_failure     -- a Lua error in a filter, carried out of the phase it ran in
@@ -161,6 +168,9 @@ local function run_handler(name, fn)
   local previous = phase
   phase = name
   local ok, err = raw_xpcall(fn, message_handler)
+  -- light threads spawned in the phase finish within it
+  if ok then ok, err = raw_xpcall(tasks.drain, message_handler) end
+  if not ok then tasks.kill_all() end
   phase = previous
   if ok then return nil end
   if err == EXIT then
@@ -954,6 +964,84 @@ end
 function ngx.decode_base64(s)
   if type(s) ~= "string" then error("string argument only", 2) end
   return prim.b64dec(s)
+end
+
+---------------------------------------------------------------------------
+-- waiting: ngx.sleep, light threads, subrequests (lua/tasks.lua)
+---------------------------------------------------------------------------
+
+tasks.log_error = function(message) prim.log(ERR, message) end
+ngx.sleep = tasks.sleep
+ngx.thread = tasks.thread
+
+local function capture_request(uri, options, fname)
+  if type(uri) ~= "string" then
+    error(format("bad argument #1 to '%s' (string expected, got %s)", fname, type(uri)), 3)
+  end
+  if sub(uri, 1, 1) ~= "/" then error(format("%s: uri must start with '/': %s", fname, uri), 3) end
+  options = options or {}
+  if type(options) ~= "table" then error(fname .. ": options must be a table", 3) end
+  local path, args = uri, ""
+  local q = find(uri, "?", 1, true)
+  if q then path, args = sub(uri, 1, q - 1), sub(uri, q + 1) end
+  if options.args ~= nil then
+    local extra = options.args
+    if type(extra) == "table" then extra = util.encode_args(extra) end
+    if type(extra) ~= "string" then error(fname .. ": args must be a string or a table", 3) end
+    args = args ~= "" and extra ~= "" and (args .. "&" .. extra) or (args .. extra)
+  end
+  local code = options.method or ngx.HTTP_GET
+  local name = method_names[code]
+  if not name then error(format("%s: unsupported method %s", fname, tostring(code)), 3) end
+  local body = options.body
+  if body == nil and (name == "POST" or name == "PUT") then body = request.body end
+  if type(body) ~= "string" then body = body == nil and "" or error(fname .. ": body must be a string", 3) end
+  -- nginx subrequests inherit the parent request's headers
+  local headers = {}
+  for _, h in ipairs(req_headers) do
+    headers[#headers + 1] = h.name
+    headers[#headers + 1] = h.value
+  end
+  return { method = name, uri = path, args = args, headers = headers, body = body }
+end
+
+local function capture_response(r)
+  local header = {}
+  local h = r.headers
+  for i = 1, #h, 2 do
+    local name, value = h[i], h[i + 1]
+    local old = header[name]
+    if old == nil then
+      header[name] = value
+    elseif type(old) == "table" then
+      old[#old + 1] = value
+    else
+      header[name] = { old, value }
+    end
+  end
+  return { status = r.status, header = header, body = r.body, truncated = r.truncated }
+end
+
+ngx.location = {}
+function ngx.location.capture(uri, options)
+  local results, err = tasks.capture_all({ capture_request(uri, options, "capture") })
+  if not results then error("ngx.location.capture: " .. err, 2) end
+  return capture_response(results[1])
+end
+
+function ngx.location.capture_multi(list)
+  if type(list) ~= "table" or #list == 0 then
+    error("bad argument #1 to 'capture_multi' (a non-empty table of requests expected)", 2)
+  end
+  local requests = {}
+  for i, item in ipairs(list) do
+    if type(item) ~= "table" then error("capture_multi: request " .. i .. " is not a table", 2) end
+    requests[i] = capture_request(item[1], item[2], "capture_multi")
+  end
+  local results, err = tasks.capture_all(requests)
+  if not results then error("ngx.location.capture_multi: " .. err, 2) end
+  for i = 1, #results do results[i] = capture_response(results[i]) end
+  return unpack(results, 1, #results)
 end
 
 ---------------------------------------------------------------------------

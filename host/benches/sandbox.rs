@@ -19,6 +19,7 @@
 //!   cold start of a new script, short of the network.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use moonwall::caps::RequestCaps;
 use moonwall::http::request::RequestHead;
 use moonwall::http::{
     CollectedResponse, Handlers, HttpOutcome, HttpReport, Request, RequestLog, Source,
@@ -125,7 +126,7 @@ fn serve_once(
     let sink = Box::new(CollectedResponse::default());
     let log = RequestLog::new(0, String::new());
     sandbox
-        .serve_request(request, handlers, limits, sink, log)
+        .serve_request(request, handlers, limits, sink, log, RequestCaps::none())
         .unwrap()
         .0
 }

@@ -15,6 +15,7 @@
 //!   run ([`sandbox::outcome`]) and the cache of compiled guest code
 //!   ([`sandbox::cache`]).
 
+pub mod caps;
 pub mod cli;
 pub mod http;
 pub mod sandbox;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod site;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -127,14 +127,20 @@ pub fn run(args: RequestArgs) -> u8 {
     };
     let log = RequestLog::new(1, args.path.clone());
     let sink = Box::new(CollectedResponse::default());
-    let (_report, sink) =
-        match sandbox.serve_request(&request, &handlers, &args.limits.limits(), sink, log) {
-            Ok(result) => result,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return exit::INTERNAL;
-            }
-        };
+    let (_report, sink) = match sandbox.serve_request(
+        &request,
+        &handlers,
+        &args.limits.limits(),
+        sink,
+        log,
+        crate::caps::RequestCaps::none(),
+    ) {
+        Ok(result) => result,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return exit::INTERNAL;
+        }
+    };
     let sink: Box<dyn std::any::Any> = sink;
     let Ok(response) = sink.downcast::<CollectedResponse>() else {
         unreachable!("serve_request returns the sink it was given")

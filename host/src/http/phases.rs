@@ -23,6 +23,8 @@ use crate::sandbox::{
     Limit, Limits, Outcome, Sandbox, SandboxError, block_on, classify_stop, lossy,
 };
 
+use crate::caps::{RequestCaps, RunCaps};
+
 use super::guest_api::{HttpState, RequestLog, ResponseSink};
 
 /// How a request ended.
@@ -111,8 +113,9 @@ impl Sandbox {
         limits: &Limits,
         sink: Box<dyn ResponseSink>,
         log: RequestLog,
+        caps: RequestCaps,
     ) -> Result<(HttpReport, Box<dyn ResponseSink>), SandboxError> {
-        block_on(self.serve_request_async(request, handlers, limits, sink, log))
+        block_on(self.serve_request_async(request, handlers, limits, sink, log, caps))
     }
 
     /// [`Sandbox::serve_request`] as a future, which yields at every epoch
@@ -124,6 +127,7 @@ impl Sandbox {
         limits: &Limits,
         sink: Box<dyn ResponseSink>,
         log: RequestLog,
+        caps: RequestCaps,
     ) -> Result<(HttpReport, Box<dyn ResponseSink>), SandboxError> {
         limits.validate()?;
         let started = Instant::now();
@@ -131,6 +135,8 @@ impl Sandbox {
         let discard_body = request.method == "HEAD";
         let mut store = self.new_store(limits, Box::new(LogOutput { request_id }), started)?;
         store.data_mut().http = Some(HttpState::new(sink, discard_body, log));
+        store.data_mut().caps =
+            RunCaps::new(caps.clone(), started + limits.timeout, limits.timeout);
 
         let outcome = match self.pre.instantiate_async(&mut store).await {
             Ok(guest) => match guest
@@ -202,7 +208,7 @@ impl Sandbox {
         let status = http.status_sent.unwrap_or(0);
         let body_bytes = http.body_bytes;
         let sink = if trapped && let Some(log_handler) = &handlers.log {
-            self.log_only(request, log_handler, status, limits, http)
+            self.log_only(request, log_handler, status, limits, http, caps)
                 .await
         } else {
             http.into_sink()
@@ -226,6 +232,7 @@ impl Sandbox {
         status: u16,
         limits: &Limits,
         http: HttpState,
+        caps: RequestCaps,
     ) -> Box<dyn ResponseSink> {
         let limits = log_only_limits(limits);
         let request_id = http.request_id();
@@ -235,6 +242,8 @@ impl Sandbox {
             return http.into_sink();
         };
         store.data_mut().http = Some(http);
+        let started = Instant::now();
+        store.data_mut().caps = RunCaps::new(caps, started + limits.timeout, limits.timeout);
         let result = match self.pre.instantiate_async(&mut store).await {
             Ok(guest) => {
                 guest

@@ -7,6 +7,7 @@
 //! running at once (requests beyond wait for one), and the grace period of a
 //! graceful shutdown, which drains in-flight requests.
 
+use crate::caps::RequestCaps;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -434,6 +435,7 @@ async fn run_script(
                 &tenant.limits.sandbox,
                 Box::new(sink),
                 log,
+                RequestCaps::of(tenant.grants.clone()),
             )
             .await;
         running.running(-1);

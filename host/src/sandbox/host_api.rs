@@ -19,6 +19,8 @@ wasmtime::component::bindgen!({
     // every export is called as a future, so that runs can yield.
     imports: {
         "moonwall:sandbox/response.write": async | trappable,
+        // Capabilities that wait (timers, I/O, subrequests, Redis).
+        "moonwall:sandbox/tasks": async | trappable,
         default: trappable,
     },
     exports: { default: async },
@@ -81,6 +83,8 @@ pub(crate) struct RunState {
     pub(crate) http: Option<crate::http::guest_api::HttpState>,
     /// Keeps the epoch ticker running while this run's store lives.
     pub(crate) awake: Option<super::engine::Awake>,
+    /// The capabilities' grants and per-run state.
+    pub(crate) caps: crate::caps::RunCaps,
 }
 
 impl RunState {
@@ -93,6 +97,11 @@ impl RunState {
             started: Instant::now(),
             http: None,
             awake: None,
+            caps: crate::caps::RunCaps::new(
+                crate::caps::RequestCaps::none(),
+                Instant::now(),
+                std::time::Duration::ZERO,
+            ),
         }
     }
 

@@ -102,8 +102,7 @@ impl Sandbox {
         let engine = engine::build_engine(&settings)?;
         let component = cache::load_or_compile(&engine, settings.cache_dir.as_deref())?;
         let mut linker = Linker::new(&engine);
-        host_api::Sandbox::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| SandboxError::Engine(format!("linking the guest: {e}")))?;
@@ -215,6 +214,8 @@ impl Sandbox {
     ) -> Result<Store<RunState>, SandboxError> {
         let mut state = RunState::new(limits.memory_bytes, limits.output_bytes, output);
         state.awake = Some(self.ticker.awake());
+        state.caps.deadline = started + limits.timeout;
+        state.caps.time_limit = limits.timeout;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store
@@ -282,6 +283,19 @@ impl Sandbox {
     }
 }
 
+/// Register every host function the guest may import: the core interfaces,
+/// then each capability's (`crate::caps`).
+pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+    use host_api::moonwall::sandbox::{clock, codec, guard, log, output, response};
+    output::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
+    clock::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
+    guard::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
+    log::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
+    codec::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
+    response::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
+    crate::caps::add_to_linker(linker)
+}
+
 /// Drive `future` to completion on this thread. Guest runs are futures only
 /// so that they can yield; they wait on nothing but themselves (and, in a
 /// server, the response channel), so parking the thread between polls is
@@ -293,6 +307,9 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
             self.0.unpark();
         }
     }
+    // Capabilities wait on tokio's timers and sockets: their drivers run on
+    // a background runtime's thread, whatever thread this is.
+    let _runtime = background_runtime().enter();
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut context = Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);
@@ -302,6 +319,20 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         }
         std::thread::park();
     }
+}
+
+/// A small tokio runtime for runs driven by [`block_on`] (outside a server):
+/// one worker thread drives the timers and sockets of their capabilities.
+fn background_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("moonwall-io")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts")
+    })
 }
 
 fn downcast_sink<S: OutputSink + 'static>(sink: Box<dyn OutputSink>) -> S {

@@ -12,11 +12,11 @@
 //! - `math.random` is reseeded from host entropy at the start of every request.
 //! - Nothing of a request is in the snapshot: `prepare` runs no script.
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, Store};
 
 use super::SandboxError;
-use super::host_api::{self, CapturedOutput, RunState};
+use super::host_api::{CapturedOutput, RunState};
 
 /// The guest component after `prepare`, as component bytes.
 pub(crate) fn prepared_guest(guest: &[u8]) -> Result<Vec<u8>, SandboxError> {
@@ -29,8 +29,7 @@ pub(crate) fn prepared_guest(guest: &[u8]) -> Result<Vec<u8>, SandboxError> {
     config.wasm_exceptions(true);
     let engine = Engine::new(&config).map_err(|e| failed("engine", e))?;
     let mut linker = Linker::new(&engine);
-    host_api::Sandbox::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
-        .map_err(|e| failed("linker", e))?;
+    super::add_to_linker(&mut linker).map_err(|e| failed("linker", e))?;
     let state = RunState::new(usize::MAX, 0, Box::new(CapturedOutput::default()));
     let mut store = Store::new(&engine, state);
 

@@ -60,6 +60,8 @@ pub struct ServerConfig {
     /// How often policy files are checked for changes (`None`: only on SIGHUP).
     pub reload_poll: Option<Duration>,
     pub ceilings: Ceilings,
+    /// Server-wide settings of the capabilities (where shared dicts live).
+    pub caps: crate::caps::CapsSettings,
 }
 
 impl ServerConfig {
@@ -192,6 +194,7 @@ impl ServerConfig {
             allowed_roots,
             reload_poll,
             ceilings,
+            caps: crate::caps::CapsSettings::default(),
         })
     }
 
@@ -220,6 +223,9 @@ pub struct Tenant {
     pub router: Router,
     pub limits: TenantLimits,
     pub capabilities: Capabilities,
+    /// What the capabilities grant, built from `capabilities` (shared
+    /// dicts live here, across reloads).
+    pub grants: Arc<crate::caps::Grants>,
     pub admission: Arc<Admission>,
     pub metrics: metrics::TenantMetrics,
     /// Its host patterns, each with its place in the policy (for messages).
@@ -244,6 +250,7 @@ impl Tenant {
                 log_level: crate::sandbox::host_api::moonwall::sandbox::log::Level::Debug,
                 ..Capabilities::default()
             },
+            grants: crate::caps::Grants::none(),
             metrics: metrics.tenant("default"),
             hosts: Vec::new(),
             name_place: String::new(),
@@ -256,7 +263,15 @@ impl Tenant {
         stamp: Option<(SystemTime, u64)>,
         previous: Option<&Tenant>,
         metrics: &metrics::Metrics,
+        caps: &crate::caps::CapsSettings,
     ) -> std::io::Result<Tenant> {
+        let grants = crate::caps::Grants::from_policy(
+            &policy.tenant,
+            &policy.capabilities,
+            previous.map(|p| &*p.grants),
+            caps,
+        )
+        .map_err(std::io::Error::other)?;
         let root = DocRoot::new(&policy.root, policy.serve_static)?;
         let router = if policy.locations.locations.is_empty() {
             Router::DocRoot(root)
@@ -278,6 +293,7 @@ impl Tenant {
             router,
             limits: policy.limits,
             capabilities: policy.capabilities,
+            grants: Arc::new(grants),
             admission,
             hosts: policy.hosts,
             name_place: policy.tenant_place,
@@ -480,9 +496,15 @@ fn build(
         let candidate = Policy::load(file, &config.ceilings, &config.allowed_roots)
             .map_err(|e| e.problems)
             .and_then(|policy| {
-                Tenant::from_policy(policy, stamp_of(file), old.map(|t| &**t), metrics)
-                    .map(Arc::new)
-                    .map_err(|e| vec![format!("{}: {e}", file.display())])
+                Tenant::from_policy(
+                    policy,
+                    stamp_of(file),
+                    old.map(|t| &**t),
+                    metrics,
+                    &config.caps,
+                )
+                .map(Arc::new)
+                .map_err(|e| vec![format!("{}: {e}", file.display())])
             });
         match candidate.and_then(|tenant| conflicts(&tenant, &tenants).map(|()| tenant)) {
             Ok(tenant) => tenants.push(tenant),

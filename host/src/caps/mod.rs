@@ -1,0 +1,165 @@
+//! Capabilities: what a script may use beyond computation, each granted by
+//! the tenant's policy (`[capabilities]`) and denied otherwise.
+//!
+//! Every capability is a module of its own that owns three things, so that
+//! adding one touches nothing else (the shape of Spin's "factors"):
+//! - its WIT interface (`wit/<name>.wit`) and the host functions behind it,
+//!   registered by its `add_to_linker`;
+//! - its grant: what the policy allows, built once per tenant ([`Grants`]);
+//! - its per-run state, kept in [`RunCaps`] and dropped with the instance.
+//!
+//! The checks happen here, on the host side of the WIT boundary: the guest's
+//! Lua wrappers only give scripts OpenResty's shapes and clear errors.
+//!
+//! | module | WIT | Lua |
+//! |---|---|---|
+//! | [`tasks`] | `tasks` | `ngx.sleep`, `ngx.thread.*`, `ngx.location.capture*` |
+//! | [`dict`] | `shared-dict` | `ngx.shared.DICT` |
+//! | [`regex`] | `regex` | `ngx.re.*` |
+//! | [`tcp`] | `tcp` | `ngx.socket.tcp`, `resty.http` |
+//! | [`files`] | `files`, `env` | `io.open`, `io.lines`, `require`, `os.getenv` |
+//!
+//! JSON (`cjson`) needs nothing from the host: it is pure computation inside
+//! the guest.
+
+pub mod dict;
+pub mod files;
+pub mod regex;
+pub mod tasks;
+pub mod tcp;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Linker;
+
+use crate::sandbox::host_api::RunState;
+use crate::tenants::policy::Capabilities;
+
+/// Server-wide settings the capabilities need (from the server config, not
+/// from tenants' policies).
+#[derive(Debug, Clone, Default)]
+pub struct CapsSettings {
+    /// Where shared dicts live.
+    pub dict_backend: dict::BackendConfig,
+}
+
+/// What one tenant's policy grants, built once per tenant (and kept across
+/// reloads where unchanged, so that shared dicts keep their contents).
+#[derive(Default)]
+pub struct Grants {
+    pub tenant: String,
+    pub dicts: dict::Grant,
+    pub regex: regex::Grant,
+    pub tcp: tcp::Grant,
+    pub files: files::Grant,
+}
+
+impl Grants {
+    /// Nothing granted: every capability answers with its "not granted"
+    /// error.
+    pub fn none() -> Arc<Grants> {
+        static NONE: std::sync::OnceLock<Arc<Grants>> = std::sync::OnceLock::new();
+        NONE.get_or_init(|| Arc::new(Grants::default())).clone()
+    }
+
+    /// The grants of `capabilities` for `tenant`. `previous` is the tenant's
+    /// grants before a reload: what did not change is kept (a shared dict
+    /// keeps its contents).
+    pub fn from_policy(
+        tenant: &str,
+        capabilities: &Capabilities,
+        previous: Option<&Grants>,
+        settings: &CapsSettings,
+    ) -> Result<Grants, String> {
+        Ok(Grants {
+            tenant: tenant.to_string(),
+            dicts: dict::Grant::from_policy(
+                tenant,
+                capabilities,
+                previous.map(|p| &p.dicts),
+                &settings.dict_backend,
+            )?,
+            regex: regex::Grant::from_policy(capabilities),
+            tcp: tcp::Grant::from_policy(capabilities)?,
+            files: files::Grant::from_policy(capabilities),
+        })
+    }
+}
+
+/// What a request's run may use: its tenant's grants, and for a request of
+/// a server, how to run its subrequests.
+#[derive(Clone)]
+pub struct RequestCaps {
+    pub grants: Arc<Grants>,
+    pub subrequests: Option<Arc<dyn tasks::Subrequests>>,
+    /// How deep in subrequests the request is (0: a client's request).
+    pub depth: u32,
+}
+
+impl RequestCaps {
+    /// Nothing granted, no subrequests.
+    pub fn none() -> RequestCaps {
+        RequestCaps::of(Grants::none())
+    }
+
+    pub fn of(grants: Arc<Grants>) -> RequestCaps {
+        RequestCaps {
+            grants,
+            subrequests: None,
+            depth: 0,
+        }
+    }
+}
+
+/// The capabilities' state for one run.
+pub struct RunCaps {
+    pub grants: Arc<Grants>,
+    /// When the run's time is up: waits end there.
+    pub deadline: Instant,
+    /// The run's time limit, for the error that names it.
+    pub time_limit: Duration,
+    pub tasks: tasks::State,
+    pub dict: dict::State,
+    pub regex: regex::State,
+    pub tcp: tcp::State,
+    pub files: files::State,
+}
+
+impl RunCaps {
+    pub fn new(request: RequestCaps, deadline: Instant, time_limit: Duration) -> RunCaps {
+        RunCaps {
+            grants: request.grants,
+            deadline,
+            time_limit,
+            tasks: tasks::State {
+                depth: request.depth,
+                subrequests: request.subrequests,
+                ..tasks::State::default()
+            },
+            dict: dict::State::default(),
+            regex: regex::State::default(),
+            tcp: tcp::State::default(),
+            files: files::State::default(),
+        }
+    }
+
+    /// The error that stops a run whose deadline passed while it waited.
+    pub fn deadline_passed(&self) -> wasmtime::Error {
+        wasmtime::Error::new(crate::sandbox::host_api::HostStop::Limit(
+            crate::sandbox::Limit::Time {
+                limit: self.time_limit,
+            },
+        ))
+    }
+}
+
+/// Register every capability's host functions.
+pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+    tasks::add_to_linker(linker)?;
+    dict::add_to_linker(linker)?;
+    regex::add_to_linker(linker)?;
+    tcp::add_to_linker(linker)?;
+    files::add_to_linker(linker)?;
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! Waiting without blocking: the table of a run's operations in progress
+//! (timers, outbound I/O, subrequests), `ngx.sleep`, and subrequests.
+//!
+//! A capability starts an operation with [`Ops::start`], which keeps its
+//! future here and gives the guest an id. The guest waits for any of its ids
+//! with `wait-any` (its light threads are coroutines scheduled on that
+//! wait), then collects the result with the capability's `finish-*`
+//! function ([`Ops::finish`]). Futures make progress only while the guest
+//! waits; the instance is suspended then, its deadline still running.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use super::RunCaps;
+use crate::sandbox::host_api::RunState;
+use crate::sandbox::host_api::moonwall::sandbox::tasks as wit;
+
+/// Most operations one run may have in progress at once.
+pub const MAX_PENDING_OPS: usize = 1024;
+
+/// Longest `ngx.sleep` (the run's deadline usually comes first).
+pub const MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
+
+type OpFuture = Pin<Box<dyn Future<Output = Box<dyn Any + Send>> + Send>>;
+
+enum Op {
+    Running(OpFuture),
+    Done(Box<dyn Any + Send>),
+}
+
+/// A run's operations in progress, by id.
+#[derive(Default)]
+pub struct Ops {
+    last_id: u32,
+    ops: HashMap<u32, Op>,
+}
+
+impl Ops {
+    /// Keep `future` as a new operation; its id, or the error for a run with
+    /// too many in progress.
+    pub fn start<T: Send + 'static>(
+        &mut self,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> Result<u32, String> {
+        if self.ops.len() >= MAX_PENDING_OPS {
+            return Err(format!(
+                "too many operations in progress (at most {MAX_PENDING_OPS})"
+            ));
+        }
+        let mut id = self.last_id.wrapping_add(1).max(1);
+        while self.ops.contains_key(&id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        self.last_id = id;
+        let boxed: OpFuture =
+            Box::pin(async move { Box::new(future.await) as Box<dyn Any + Send> });
+        self.ops.insert(id, Op::Running(boxed));
+        Ok(id)
+    }
+
+    /// Take the result of the finished operation `id`, which must have been
+    /// started with a future whose output is `T`.
+    pub fn finish<T: 'static>(&mut self, id: u32) -> Result<T, String> {
+        match self.ops.get(&id) {
+            None => return Err(format!("no operation {id}")),
+            Some(Op::Running(_)) => return Err(format!("operation {id} has not finished")),
+            Some(Op::Done(output)) if !output.is::<T>() => {
+                return Err(format!("operation {id} is of another kind"));
+            }
+            Some(Op::Done(_)) => {}
+        }
+        match self.ops.remove(&id) {
+            Some(Op::Done(output)) => Ok(*output.downcast::<T>().expect("checked above")),
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    /// Drop operation `id` and whatever its future holds.
+    pub fn cancel(&mut self, id: u32) {
+        self.ops.remove(&id);
+    }
+
+    /// How many operations are kept (running or finished, not collected).
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Wait until one of `ids` has finished; `None` once `wait` (if any) is
+    /// over first. Every id must be known.
+    pub async fn wait_any(
+        &mut self,
+        ids: &[u32],
+        wait: Option<Duration>,
+    ) -> Result<Option<u32>, String> {
+        if let Some(unknown) = ids.iter().find(|id| !self.ops.contains_key(id)) {
+            return Err(format!("no operation {unknown}"));
+        }
+        let mut timer = wait.map(|wait| Box::pin(tokio::time::sleep(wait)));
+        std::future::poll_fn(|cx| {
+            for id in ids {
+                let Some(op) = self.ops.get_mut(id) else {
+                    continue;
+                };
+                match op {
+                    Op::Done(_) => return Poll::Ready(Ok(Some(*id))),
+                    Op::Running(future) => {
+                        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+                            *op = Op::Done(output);
+                            return Poll::Ready(Ok(Some(*id)));
+                        }
+                    }
+                }
+            }
+            match timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Ok(None)),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// Runs a subrequest for `ngx.location.capture`: the server routes it inside
+/// the same tenant and runs it in an instance of its own.
+pub trait Subrequests: Send + Sync {
+    fn run(
+        &self,
+        request: wit::Subrequest,
+        depth: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<wit::Subresponse, String>> + Send>>;
+}
+
+/// Most subrequests one request may start (all levels together are bounded
+/// by the depth too).
+pub const MAX_SUBREQUESTS: u32 = 50;
+/// Most levels of subrequests inside subrequests.
+pub const MAX_SUBREQUEST_DEPTH: u32 = 4;
+
+/// Per-run state: the operations, and what subrequests were started.
+#[derive(Default)]
+pub struct State {
+    pub ops: Ops,
+    pub subrequests_started: u32,
+    /// How deep this run is in subrequests (0: a client's request).
+    pub depth: u32,
+    /// The subrequest runner of this run (a server's request), if any.
+    pub subrequests: Option<Arc<dyn Subrequests>>,
+}
+
+impl wit::Host for RunCaps {
+    async fn wait_any(
+        &mut self,
+        ops: Vec<u32>,
+        timeout_ms: Option<u32>,
+    ) -> wasmtime::Result<Result<Option<u32>, String>> {
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        let wait = timeout_ms.map(|ms| Duration::from_millis(ms.into()));
+        // The run's deadline ends any wait: the run is stopped there.
+        let (wait, capped) = match wait {
+            Some(wait) if wait < left => (wait, false),
+            _ => (left, true),
+        };
+        match self.tasks.ops.wait_any(&ops, Some(wait)).await {
+            Ok(None) if capped => Err(self.deadline_passed()),
+            result => Ok(result),
+        }
+    }
+
+    async fn cancel(&mut self, op: u32) -> wasmtime::Result<()> {
+        self.tasks.ops.cancel(op);
+        Ok(())
+    }
+
+    async fn sleep(&mut self, ms: u32) -> wasmtime::Result<Result<u32, String>> {
+        let wait = Duration::from_millis(ms.into()).min(MAX_SLEEP);
+        Ok(self.tasks.ops.start(tokio::time::sleep(wait)))
+    }
+
+    async fn finish_sleep(&mut self, op: u32) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.tasks.ops.finish::<()>(op))
+    }
+
+    async fn capture(&mut self, request: wit::Subrequest) -> wasmtime::Result<Result<u32, String>> {
+        let Some(runner) = self.tasks.subrequests.clone() else {
+            return Ok(Err(
+                "subrequests are only available to requests served by moonwall serve".into(),
+            ));
+        };
+        if self.tasks.depth >= MAX_SUBREQUEST_DEPTH {
+            return Ok(Err(format!(
+                "subrequests nested too deep (at most {MAX_SUBREQUEST_DEPTH} levels)"
+            )));
+        }
+        if self.tasks.subrequests_started >= MAX_SUBREQUESTS {
+            return Ok(Err(format!(
+                "too many subrequests (at most {MAX_SUBREQUESTS} per request)"
+            )));
+        }
+        self.tasks.subrequests_started += 1;
+        let future = runner.run(request, self.tasks.depth + 1);
+        Ok(self.tasks.ops.start(future))
+    }
+
+    async fn finish_capture(
+        &mut self,
+        op: u32,
+    ) -> wasmtime::Result<Result<wit::Subresponse, String>> {
+        Ok(
+            match self
+                .tasks
+                .ops
+                .finish::<Result<wit::Subresponse, String>>(op)
+            {
+                Ok(result) => result,
+                Err(error) => Err(error),
+            },
+        )
+    }
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<RunState, HasSelf<RunCaps>>(linker, |state| &mut state.caps)
+}
