@@ -31,3 +31,289 @@ ngx.say(ngx.now() - t0 < 0.55)
     let reply = site.get("/t.lua");
     assert!(reply.is_ok_with("truea\ntrueb\ntrue\n"), "{reply:?}");
 }
+
+#[test]
+fn thread_results_errors_and_kill() {
+    let site = Site::start(
+        "thread_semantics",
+        "",
+        "",
+        "",
+        &[(
+            "root/t.lua",
+            r#"
+-- results of a thread that never waits
+local t = ngx.thread.spawn(function(a, b) return a + b, "sum" end, 2, 3)
+ngx.say(ngx.thread.wait(t))
+-- waiting twice
+ngx.say(ngx.thread.wait(t))
+-- an error inside a thread: false and the message; the request goes on
+local bad = ngx.thread.spawn(function() ngx.sleep(0.01) error("thread-boom") end)
+local ok, err = ngx.thread.wait(bad)
+ngx.say(ok, " ", err:match("thread%-boom") ~= nil)
+-- killing a sleeping thread
+local sleeper = ngx.thread.spawn(function() ngx.sleep(30) ngx.say("never") end)
+ngx.say(ngx.thread.kill(sleeper))
+ngx.say(ngx.thread.kill(sleeper))
+-- wait for the first of several
+local slow = ngx.thread.spawn(function() ngx.sleep(0.3) return "slow" end)
+local fast = ngx.thread.spawn(function() ngx.sleep(0.01) return "fast" end)
+ngx.say(ngx.thread.wait(slow, fast))
+ngx.say(type(slow), " ", coroutine.status(slow))
+"#,
+        )],
+    );
+    let reply = site.get("/t.lua");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body,
+        "true5sum\nnilalready waited or killed\nfalse true\ntrue\nnilalready waited or killed\ntruefast\nthread suspended\n"
+    );
+}
+
+#[test]
+fn a_phase_waits_for_its_threads_and_exit_in_a_thread_ends_the_request() {
+    let site = Site::start(
+        "thread_drain",
+        "",
+        "",
+        "",
+        &[
+            (
+                "root/drain.lua",
+                r#"
+ngx.thread.spawn(function() ngx.sleep(0.05) ngx.say("from the thread") end)
+ngx.say("entry done")
+"#,
+            ),
+            (
+                "root/exit.lua",
+                r#"
+ngx.thread.spawn(function() ngx.sleep(0.02) ngx.status = 201 ngx.say("thread exits") ngx.exit(201) end)
+ngx.sleep(5)
+ngx.say("never")
+"#,
+            ),
+        ],
+    );
+    let reply = site.get("/drain.lua");
+    assert!(
+        reply.is_ok_with("entry done\nfrom the thread\n"),
+        "{reply:?}"
+    );
+    let reply = site.get("/exit.lua");
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.body, "thread exits\n");
+}
+
+#[test]
+fn sleeping_past_the_deadline_is_the_time_limit() {
+    let site = Site::start(
+        "sleep_deadline",
+        "",
+        "timeout_ms = 300",
+        "",
+        &[("root/t.lua", "ngx.sleep(30) ngx.say('never')")],
+    );
+    let started = std::time::Instant::now();
+    let reply = site.get("/t.lua");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    // stopped at its deadline, not after the sleep
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(common::site::logged().contains("limit-time"));
+}
+
+#[test]
+fn sleep_arguments_are_checked() {
+    let site = Site::start(
+        "sleep_arguments",
+        "",
+        "",
+        "",
+        &[(
+            "root/t.lua",
+            r#"
+ngx.say(pcall(ngx.sleep, -1))
+ngx.say(pcall(ngx.sleep, "x"))
+ngx.say(pcall(ngx.thread.spawn, 42))
+ngx.sleep(0)
+ngx.say("ok")
+"#,
+        )],
+    );
+    let reply = site.get("/t.lua");
+    assert!(
+        reply.is_ok_with(
+            "falseinvalid sleep duration \"-1\"\n\
+             falsebad argument #1 to 'sleep' (number expected, got string)\n\
+             falsebad argument #1 to 'spawn' (function expected, got number)\n\
+             ok\n"
+        ),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn many_threads_and_waits_are_bounded() {
+    // 2000 sleeping threads: more operations than a run may hold at once.
+    let site = Site::start(
+        "thread_bomb",
+        "",
+        "",
+        "",
+        &[(
+            "root/t.lua",
+            r#"
+local failed, message = 0, nil
+local threads = {}
+for i = 1, 2000 do
+  threads[i] = ngx.thread.spawn(function()
+    local ok, err = pcall(ngx.sleep, 0.05)
+    if not ok then failed = failed + 1 message = err end
+  end)
+end
+for i = 1, 2000 do ngx.thread.wait(threads[i]) end
+ngx.say(failed > 0, " ", failed < 2000, " ", tostring(message):match("too many operations in progress") ~= nil)
+"#,
+        )],
+    );
+    let reply = site.get("/t.lua");
+    assert!(reply.is_ok_with("true true true\n"), "{reply:?}");
+}
+
+#[test]
+fn capture_runs_another_location_of_the_tenant() {
+    let site = Site::start(
+        "capture",
+        "",
+        "",
+        "",
+        &[
+            (
+                "root/main.lua",
+                r#"
+local res = ngx.location.capture("/sub.lua?a=1", { args = { b = "2" } })
+ngx.say(res.status, " ", res.header["X-Sub"], " ", res.truncated)
+ngx.print(res.body)
+local res = ngx.location.capture("/sub.lua", { method = ngx.HTTP_POST, body = "posted" })
+ngx.print(res.body)
+local res = ngx.location.capture("/missing.lua")
+ngx.say(res.status)
+local res = ngx.location.capture("/static.txt")
+ngx.say(res.status, " ", res.body)
+"#,
+            ),
+            (
+                "root/sub.lua",
+                r#"
+ngx.header["X-Sub"] = "yes"
+ngx.req.read_body()
+ngx.say(ngx.req.get_method(), " ", ngx.var.args or "", " ", ngx.req.get_body_data() or "",
+        " ", ngx.req.get_headers()["x-parent"] or "")
+"#,
+            ),
+            ("root/static.txt", "plain"),
+        ],
+    );
+    let reply = site.get_with("/main.lua", &["X-Parent: p1"]);
+    assert!(
+        reply.is_ok_with("200 yes false\nGET a=1&b=2  p1\nPOST  posted p1\n404\n200 plain\n"),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn capture_multi_runs_subrequests_at_once() {
+    let site = Site::start(
+        "capture_multi",
+        "",
+        "",
+        "",
+        &[
+            (
+                "root/main.lua",
+                r#"
+ngx.update_time()
+local t0 = ngx.now()
+local a, b, c = ngx.location.capture_multi({ { "/slow.lua?n=1" }, { "/slow.lua?n=2" }, { "/slow.lua?n=3" } })
+ngx.update_time()
+ngx.print(a.body, b.body, c.body)
+ngx.say(ngx.now() - t0 < 0.8)
+"#,
+            ),
+            ("root/slow.lua", "ngx.sleep(0.3) ngx.say(ngx.var.arg_n)"),
+        ],
+    );
+    let reply = site.get("/main.lua");
+    assert!(reply.is_ok_with("1\n2\n3\ntrue\n"), "{reply:?}");
+}
+
+#[test]
+fn subrequests_are_bounded_in_depth_and_number() {
+    let site = Site::start(
+        "capture_bombs",
+        "",
+        "",
+        "",
+        &[
+            (
+                "root/self.lua",
+                r#"
+local depth = tonumber(ngx.var.arg_d or "0")
+local ok, res = pcall(ngx.location.capture, "/self.lua?d=" .. (depth + 1))
+if not ok then ngx.say("depth ", depth, ": ", res) return end
+ngx.print(res.body)
+"#,
+            ),
+            (
+                "root/fan.lua",
+                r#"
+local list = {}
+for i = 1, 60 do list[i] = { "/leaf.lua" } end
+ngx.say(pcall(ngx.location.capture_multi, list))
+"#,
+            ),
+            ("root/leaf.lua", "ngx.say('leaf')"),
+        ],
+    );
+    let reply = site.get("/self.lua");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.body.contains(
+            "depth 4: ngx.location.capture: subrequests nested too deep (at most 4 levels)"
+        ),
+        "{reply:?}"
+    );
+    let reply = site.get("/fan.lua");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.body.starts_with("false")
+            && reply
+                .body
+                .contains("too many subrequests (at most 50 per request"),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn capture_needs_a_server() {
+    // `moonwall request` runs one request without a server: no subrequests.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capture_cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("t.lua");
+    std::fs::write(&script, "ngx.say(pcall(ngx.location.capture, '/x'))").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_moonwall"))
+        .args(["request", "--content"])
+        .arg(&script)
+        .arg("/")
+        .env("MOONWALL_CACHE_DIR", common::cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(
+            "falsengx.location.capture: subrequests are only available to requests served by moonwall serve"
+        ),
+        "{stdout}"
+    );
+}

@@ -1418,6 +1418,32 @@ fn check_compiles_every_script_under_a_root() {
 }
 
 #[test]
+fn check_compiles_the_modules_of_lib_dirs() {
+    let site = Site::new("ck-lib");
+    site.write("moonwall.toml", PLAIN_SERVER);
+    site.write(
+        "policies/a.toml",
+        &format!(
+            "{}\n[capabilities]\nlib_dirs = [\"../lib\"]\n",
+            tenant("a", "\"a.example\"")
+        ),
+    );
+    site.write("www/ok.lua", "ngx.say(require('util').x)\n");
+    site.write("lib/util.lua", "return { x = 1 }\n");
+    site.write("lib/deep/broken.lua", "return {\n");
+    let (code, stdout, stderr) = check(&site.config());
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{}:2: '}' expected (to close '{{' at line 1) near <eof>\n",
+            site.shown("lib/deep/broken.lua")
+        )
+    );
+    assert!(stderr.contains("3 script(s) checked"), "{stderr}");
+}
+
+#[test]
 fn check_compiles_location_scripts() {
     let site = Site::new("ck-loc");
     site.write("moonwall.toml", PLAIN_SERVER);

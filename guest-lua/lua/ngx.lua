@@ -169,8 +169,8 @@ local function run_handler(name, fn)
   phase = name
   local ok, err = raw_xpcall(fn, message_handler)
   -- light threads spawned in the phase finish within it
-  if ok then ok, err = raw_xpcall(tasks.drain, message_handler) end
-  if not ok then tasks.kill_all() end
+  if ok and tasks.busy() then ok, err = raw_xpcall(tasks.drain, message_handler) end
+  if not ok and tasks.busy() then tasks.kill_all() end
   phase = previous
   if ok then return nil end
   if err == EXIT then
@@ -1005,8 +1005,15 @@ local function capture_request(uri, options, fname)
   return { method = name, uri = path, args = args, headers = headers, body = body }
 end
 
+-- Subrequest response headers arrive lowercase: look them up in any case.
+local capture_header_mt = {
+  __index = function(t, name)
+    if type(name) == "string" then return rawget(t, lower(name)) end
+  end,
+}
+
 local function capture_response(r)
-  local header = {}
+  local header = setmetatable({}, capture_header_mt)
   local h = r.headers
   for i = 1, #h, 2 do
     local name, value = h[i], h[i + 1]

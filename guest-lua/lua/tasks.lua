@@ -128,6 +128,9 @@ function M.await(op)
   if exiting then error(M.EXIT, 0) end
 end
 
+-- Whether light threads are alive (or one called ngx.exit).
+function M.busy() return live > 0 or exiting end
+
 -- Wait for every light thread (the end of a phase); ngx.exit in one ends
 -- the request.
 function M.drain()
@@ -166,8 +169,11 @@ function thread.spawn(fn, ...)
   return co
 end
 
+-- Threads already waited for or killed (weak: they may be collected).
+local gone = setmetatable({}, { __mode = "k" })
+
 local function record_of(co, fname)
-  local t = type(co) == "thread" and threads[co]
+  local t = type(co) == "thread" and (threads[co] or gone[co])
   if not t then error(format("bad argument to '%s' (not a user thread)", fname), 3) end
   return t
 end
@@ -200,15 +206,17 @@ function thread.wait(...)
   local t = first_done()
   t.collected = true
   threads[t.co] = nil
+  gone[t.co] = t
   if t.killed then return nil, "killed" end
   return unpack(t.results, 1, t.results.n)
 end
 
 function thread.kill(co)
-  local t = type(co) == "thread" and threads[co]
+  if type(co) ~= "thread" then error("bad argument #1 to 'kill' (thread expected)", 2) end
+  local t = threads[co]
   if not t then
-    if type(co) ~= "thread" then error("bad argument #1 to 'kill' (thread expected)", 2) end
-    return nil, "already waited or killed"
+    if gone[co] then return nil, "already waited or killed" end
+    return nil, "not user thread"
   end
   if t.parent ~= co_running() then return nil, "not user thread's parent" end
   if t.done then return nil, "already terminated" end
@@ -223,6 +231,7 @@ function thread.kill(co)
   end
   t.done, t.killed, t.collected = true, true, true
   threads[co] = nil
+  gone[co] = t
   live = live - 1
   wake_joiners(t)
   return true

@@ -97,7 +97,7 @@ impl Ops {
     }
 
     /// Wait until one of `ids` has finished; `None` once `wait` (if any) is
-    /// over first. Every id must be known.
+    /// over first. Every id must be known. All operations progress meanwhile.
     pub async fn wait_any(
         &mut self,
         ids: &[u32],
@@ -108,19 +108,21 @@ impl Ops {
         }
         let mut timer = wait.map(|wait| Box::pin(tokio::time::sleep(wait)));
         std::future::poll_fn(|cx| {
-            for id in ids {
-                let Some(op) = self.ops.get_mut(id) else {
-                    continue;
-                };
-                match op {
-                    Op::Done(_) => return Poll::Ready(Ok(Some(*id))),
-                    Op::Running(future) => {
-                        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-                            *op = Op::Done(output);
-                            return Poll::Ready(Ok(Some(*id)));
-                        }
-                    }
+            // Every operation makes progress while the guest waits, not
+            // only those it waits for: a second subrequest or a thread's
+            // read runs meanwhile.
+            for op in self.ops.values_mut() {
+                if let Op::Running(future) = op
+                    && let Poll::Ready(output) = future.as_mut().poll(cx)
+                {
+                    *op = Op::Done(output);
                 }
+            }
+            if let Some(id) = ids
+                .iter()
+                .find(|id| matches!(self.ops.get(id), Some(Op::Done(_))))
+            {
+                return Poll::Ready(Ok(Some(*id)));
             }
             match timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
                 Some(Poll::Ready(())) => Poll::Ready(Ok(None)),
@@ -131,27 +133,24 @@ impl Ops {
     }
 }
 
-/// Runs a subrequest for `ngx.location.capture`: the server routes it inside
-/// the same tenant and runs it in an instance of its own.
+/// Runs subrequests for `ngx.location.capture`: the server routes each
+/// inside the same tenant and runs it in an instance of its own, within
+/// bounds on their number and depth (host/src/http/subrequests.rs).
 pub trait Subrequests: Send + Sync {
-    fn run(
-        &self,
+    /// Start `request` at `depth` (1: a subrequest of a client's request),
+    /// or refuse it.
+    #[allow(clippy::type_complexity)]
+    fn start(
+        self: Arc<Self>,
         request: wit::Subrequest,
         depth: u32,
-    ) -> Pin<Box<dyn Future<Output = Result<wit::Subresponse, String>> + Send>>;
+    ) -> Result<Pin<Box<dyn Future<Output = Result<wit::Subresponse, String>> + Send>>, String>;
 }
 
-/// Most subrequests one request may start (all levels together are bounded
-/// by the depth too).
-pub const MAX_SUBREQUESTS: u32 = 50;
-/// Most levels of subrequests inside subrequests.
-pub const MAX_SUBREQUEST_DEPTH: u32 = 4;
-
-/// Per-run state: the operations, and what subrequests were started.
+/// Per-run state: the operations, and how to start subrequests.
 #[derive(Default)]
 pub struct State {
     pub ops: Ops,
-    pub subrequests_started: u32,
     /// How deep this run is in subrequests (0: a client's request).
     pub depth: u32,
     /// The subrequest runner of this run (a server's request), if any.
@@ -199,19 +198,9 @@ impl wit::Host for RunCaps {
                 "subrequests are only available to requests served by moonwall serve".into(),
             ));
         };
-        if self.tasks.depth >= MAX_SUBREQUEST_DEPTH {
-            return Ok(Err(format!(
-                "subrequests nested too deep (at most {MAX_SUBREQUEST_DEPTH} levels)"
-            )));
-        }
-        if self.tasks.subrequests_started >= MAX_SUBREQUESTS {
-            return Ok(Err(format!(
-                "too many subrequests (at most {MAX_SUBREQUESTS} per request)"
-            )));
-        }
-        self.tasks.subrequests_started += 1;
-        let future = runner.run(request, self.tasks.depth + 1);
-        Ok(self.tasks.ops.start(future))
+        Ok(runner
+            .start(request, self.tasks.depth + 1)
+            .and_then(|future| self.tasks.ops.start(future)))
     }
 
     async fn finish_capture(

@@ -1,5 +1,6 @@
 //! `moonwall check --config FILE`: validate a server configuration, every
-//! tenant policy, and compile every script a request could reach, listing
+//! tenant policy, and compile every script a request could reach (and every
+//! module in the tenants' `lib_dirs`), listing
 //! every problem (`file:line:col: message`, syntax errors as
 //! `script:line: message`). Exit 0 if there are none, 1 if there are, 2 if
 //! the configuration cannot be read at all.
@@ -43,6 +44,10 @@ pub fn run(args: CheckArgs) -> u8 {
                 tenants = set.tenants.len();
                 for tenant in &set.tenants {
                     collect_router(&tenant.router, &mut scripts);
+                    // The Lua modules `require` can load.
+                    for dir in &tenant.capabilities.lib_dirs {
+                        collect_lua_files(dir, dir, &mut scripts);
+                    }
                 }
             }
             Err(error) => problems.extend(error.problems),

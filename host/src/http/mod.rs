@@ -11,6 +11,8 @@
 //!   and log, in one instance; how it ended; the fallback response.
 //! - [`guest_api`]: the host side of the guest's HTTP imports: the response
 //!   (validated and bounded), log lines, digests.
+//! - [`subrequests`]: `ngx.location.capture`, routed inside the tenant, each
+//!   in an instance of its own.
 
 pub mod config;
 pub mod guest_api;
@@ -20,6 +22,7 @@ pub mod routing;
 pub mod scripts;
 pub mod server;
 pub mod static_files;
+pub mod subrequests;
 
 pub use crate::sandbox::host_api::moonwall::sandbox::http_types::{
     Handlers, Header, Request, Source,

@@ -423,6 +423,12 @@ async fn run_script(
     let log = RequestLog::new(access.id, access.path.clone())
         .with_max_level(tenant.capabilities.log_level);
     let app = app.clone();
+    let subrequests = super::subrequests::TenantSubrequests::new(
+        app.clone(),
+        tenant.clone(),
+        &request,
+        access.id,
+    );
     tokio::spawn(async move {
         let _permits = permits;
         let running = &tenant.metrics;
@@ -435,7 +441,11 @@ async fn run_script(
                 &tenant.limits.sandbox,
                 Box::new(sink),
                 log,
-                RequestCaps::of(tenant.grants.clone()),
+                RequestCaps {
+                    grants: tenant.grants.clone(),
+                    subrequests: Some(subrequests),
+                    depth: 0,
+                },
             )
             .await;
         running.running(-1);
