@@ -62,7 +62,10 @@ static int builtin_loader(lua_State *L, const char *name) {
 
 /* require(name): as Lua's, with the searchers described above. */
 static int sandbox_require(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  if (strlen(name) != len)
+    return luaL_error(L, "module name contains a zero byte");
   lua_settop(L, 1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* 2 */
   if (lua_getfield(L, 2, name) != LUA_TNIL && lua_toboolean(L, -1))

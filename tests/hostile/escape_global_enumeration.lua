@@ -1,7 +1,7 @@
 -- expect: completed
 -- why: walk everything reachable from _G (and the string metatable) and assert only the expected names exist
 local allowed = {}
-for name in ("_G _VERSION arg assert collectgarbage coroutine debug error getmetatable ipairs load math next os pairs pcall print rawequal rawget rawlen rawset select setmetatable string table tonumber tostring type utf8 warn xpcall"):gmatch("%S+") do allowed[name] = true end
+for name in ("_G _VERSION arg assert collectgarbage coroutine debug error getmetatable io ipairs load math next os package pairs pcall print rawequal rawget rawlen rawset require select setmetatable string table tonumber tostring type utf8 warn xpcall"):gmatch("%S+") do allowed[name] = true end
 for k, v in pairs(_G) do assert(allowed[k], "unexpected global: " .. tostring(k)) end
 local seen, count = {}, 0
 local function walk(t, path)

@@ -1,4 +1,4 @@
--- expect: error=no such global: io
+-- expect: error=no such global: socket
 -- why: a strict-mode metatable on _G, plus rawset on _ENV: nothing the host owns appears behind the tables
 setmetatable(_G, {
   __index = function(_, k) error("no such global: " .. tostring(k), 2) end,
@@ -9,4 +9,4 @@ rawset(_ENV, "print", nil)
 assert(rawget(_G, "os") == nil)
 x = 1
 assert(rawget(_G, "x") == 1)
-local _ = io
+local _ = socket

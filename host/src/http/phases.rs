@@ -150,7 +150,15 @@ impl Sandbox {
                     message: lossy(&error.message),
                     traceback: lossy(&error.traceback),
                 },
-                Err(trap) => stopped(classify_stop(&trap, limits, &self.settings)),
+                Err(trap) => match classify_stop(&trap, limits, &self.settings) {
+                    // Aborted after the memory limiter refused to grow.
+                    Outcome::Fault { .. } if store.data().limiter.refused => {
+                        HttpOutcome::LimitExceeded(Limit::Memory {
+                            limit_bytes: limits.memory_bytes,
+                        })
+                    }
+                    outcome => stopped(outcome),
+                },
             },
             Err(_) if store.data().limiter.refused => HttpOutcome::LimitExceeded(Limit::Memory {
                 limit_bytes: limits.memory_bytes,

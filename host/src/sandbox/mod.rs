@@ -257,7 +257,17 @@ impl Sandbox {
                 .await
             {
                 Ok(outcome) => from_guest(outcome),
-                Err(error) => classify_stop(&error, limits, &self.settings),
+                // A guest that aborts after the memory limiter refused it
+                // (an allocation for a host result that did not fit) hit
+                // the memory limit.
+                Err(error) => match classify_stop(&error, limits, &self.settings) {
+                    Outcome::Fault { .. } if store.data().limiter.refused => {
+                        Outcome::LimitExceeded(Limit::Memory {
+                            limit_bytes: limits.memory_bytes,
+                        })
+                    }
+                    outcome => outcome,
+                },
             },
             // A memory cap below what the guest needs to start is the memory
             // limit; anything else means the host could not run the guest.
