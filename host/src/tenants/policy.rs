@@ -277,6 +277,15 @@ impl TenantLimits {
 struct CapabilitiesFile {
     shared_dicts: Option<BTreeMap<String, Spanned<String>>>,
     outbound: Option<Vec<Spanned<String>>>,
+    outbound_private: Option<Vec<Spanned<String>>>,
+    outbound_max_connections: Option<Spanned<u64>>,
+    outbound_max_sockets: Option<Spanned<u64>>,
+    outbound_max_receive_kib: Option<Spanned<u64>>,
+    outbound_connect_timeout_ms: Option<Spanned<u64>>,
+    outbound_send_timeout_ms: Option<Spanned<u64>>,
+    outbound_read_timeout_ms: Option<Spanned<u64>>,
+    outbound_keepalive_pool: Option<Spanned<u64>>,
+    outbound_keepalive_timeout_ms: Option<Spanned<u64>>,
     read_dirs: Option<Vec<Spanned<PathBuf>>>,
     lib_dirs: Option<Vec<Spanned<PathBuf>>>,
     env: Option<Vec<Spanned<String>>>,
@@ -291,6 +300,10 @@ pub struct Capabilities {
     pub shared_dicts: Vec<(String, u64)>,
     /// Outbound destinations, `scheme://host[:port]` (host may be `*.name`).
     pub outbound: Vec<String>,
+    /// Non-public addresses outbound connections may reach (`addr[/bits]`).
+    pub outbound_private: Vec<String>,
+    /// Per-request bounds on outbound connections, and the keepalive pool's.
+    pub outbound_limits: crate::caps::tcp::rules::OutboundLimits,
     /// Directories scripts may read (real paths, inside the allowed roots).
     pub read_dirs: Vec<PathBuf>,
     /// Directories `require` loads Lua modules from.
@@ -306,6 +319,8 @@ impl Default for Capabilities {
         Capabilities {
             shared_dicts: Vec::new(),
             outbound: Vec::new(),
+            outbound_private: Vec::new(),
+            outbound_limits: Default::default(),
             read_dirs: Vec::new(),
             lib_dirs: Vec::new(),
             env: Vec::new(),
@@ -390,6 +405,33 @@ impl Capabilities {
                 Err(message) => problems.at(destination.span(), message),
             }
         }
+        for range in file.outbound_private.iter().flatten() {
+            match crate::caps::tcp::rules::AddressRange::parse(range.get_ref()) {
+                Ok(_) => capabilities.outbound_private.push(range.get_ref().clone()),
+                Err(message) => problems.at(range.span(), message),
+            }
+        }
+        let outbound_limits = [
+            &file.outbound_max_connections,
+            &file.outbound_max_sockets,
+            &file.outbound_max_receive_kib,
+            &file.outbound_connect_timeout_ms,
+            &file.outbound_send_timeout_ms,
+            &file.outbound_read_timeout_ms,
+            &file.outbound_keepalive_pool,
+            &file.outbound_keepalive_timeout_ms,
+        ];
+        for ((key, value), slot) in crate::caps::tcp::rules::LIMIT_KEYS
+            .iter()
+            .zip(outbound_limits)
+            .zip(capabilities.outbound_limits.slots())
+        {
+            let Some(value) = value else { continue };
+            match key.check(*value.get_ref()) {
+                Ok(checked) => *slot = checked,
+                Err(message) => problems.at(value.span(), message),
+            }
+        }
         for (list, into) in [
             (&file.read_dirs, &mut capabilities.read_dirs),
             (&file.lib_dirs, &mut capabilities.lib_dirs),
@@ -429,48 +471,10 @@ impl Capabilities {
     }
 }
 
-/// `scheme://host[:port]`, host a name, a `*.` wildcard or an IP literal.
+/// `scheme://host[:port]`, host a name, a `*.` wildcard or an IP literal
+/// (caps/tcp/rules.rs, which also says what it grants).
 fn check_outbound(text: &str) -> Result<(), String> {
-    let bad = || {
-        format!(
-            "outbound `{text}` is not scheme://host[:port] (scheme http, https or tcp; host a name, *.name or an address)"
-        )
-    };
-    let (scheme, rest) = text.split_once("://").ok_or_else(bad)?;
-    if !["http", "https", "tcp"].contains(&scheme) {
-        return Err(bad());
-    }
-    let (host, port) = if let Some(close) = rest.strip_prefix('[').and_then(|r| r.find(']')) {
-        // `[address]` or `[address]:port`
-        let (host, after) = rest.split_at(close + 2);
-        match after.strip_prefix(':') {
-            Some(port) => (host, Some(port)),
-            None if after.is_empty() => (host, None),
-            None => return Err(bad()),
-        }
-    } else {
-        match rest.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (rest, None),
-        }
-    };
-    if let Some(port) = port
-        && port.parse::<u16>().map_or(true, |p| p == 0)
-    {
-        return Err(bad());
-    }
-    if scheme == "tcp" && port.is_none() {
-        return Err(format!("outbound `{text}`: a tcp destination needs a port"));
-    }
-    let is_ip = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok();
-    if !is_ip && HostPattern::parse(host).is_err() {
-        return Err(bad());
-    }
-    Ok(())
+    crate::caps::tcp::rules::Destination::parse(text).map(|_| ())
 }
 
 /// A directory from a policy: it must exist, and its real path must lie in

@@ -1,0 +1,542 @@
+//! `ngx.socket.tcp` (and `resty.http`, pure Lua over it): outbound TCP to
+//! the destinations the tenant's policy grants.
+//!
+//! Every check is made here, whatever the guest's Lua does:
+//! - the destination (name or address, and port) must match one of the
+//!   policy's `outbound` entries ([`rules::Destination`]);
+//! - a name is resolved here, every address it resolves to is checked, and
+//!   the connection goes to a checked address (no second resolution that a
+//!   rebinding DNS server could answer differently). A non-public address
+//!   (loopback, private, link-local, CGNAT, unique-local, documentation,
+//!   their IPv4-mapped forms...) is refused unless an `outbound_private`
+//!   range holds it, or the script connects to it by the very address an
+//!   `outbound` entry names;
+//! - per request: connects (`outbound_max_connections`), sockets open at
+//!   once (`outbound_max_sockets`), bytes received from all connections
+//!   (`outbound_max_receive_kib`: a huge response is cut with an error, never
+//!   buffered), and the connect, send and read timeouts (a script's
+//!   `settimeout` can only shorten them). Every host buffer is bounded by the
+//!   receive budget, lines by [`conn::MAX_LINE`], patterns by
+//!   [`conn::MAX_PATTERN`];
+//! - the keepalive pool is the tenant's and bounded ([`pool`]).
+//!
+//! I/O runs as operations of the run's table (caps/tasks.rs): a function
+//! starts one and returns its id, the guest waits, `finish-*` collects it.
+//! The operation's future owns the socket meanwhile (its slot is busy), so
+//! two light threads' connections overlap, and their waits count against the
+//! request's deadline, not its fuel. TLS is not available.
+
+pub mod conn;
+pub mod pool;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use wasmtime::component::{HasSelf, Linker};
+
+use self::conn::{Conn, MAX_PATTERN, Pattern, ReadBounds};
+use self::pool::Pool;
+use self::rules::{AddressRange, Destination, OutboundLimits, Target, non_public};
+use super::{Grants, RunCaps};
+use crate::sandbox::host_api::RunState;
+use crate::sandbox::host_api::moonwall::sandbox::tcp as wit;
+use crate::tenants::policy::Capabilities;
+
+/// Most addresses of a resolved name that are checked and tried.
+const MAX_ADDRESSES: usize = 64;
+/// The longest keepalive pool name.
+const MAX_POOL_NAME: usize = 256;
+
+/// What a tenant may reach, and its keepalive pool.
+#[derive(Default)]
+pub struct Grant {
+    destinations: Vec<Destination>,
+    private: Vec<AddressRange>,
+    limits: OutboundLimits,
+    pool: Arc<Pool>,
+}
+
+impl Grant {
+    pub fn from_policy(capabilities: &Capabilities) -> Result<Grant, String> {
+        Ok(Grant {
+            destinations: capabilities
+                .outbound
+                .iter()
+                .map(|text| Destination::parse(text))
+                .collect::<Result<_, _>>()?,
+            private: capabilities
+                .outbound_private
+                .iter()
+                .map(|text| AddressRange::parse(text))
+                .collect::<Result<_, _>>()?,
+            limits: capabilities.outbound_limits,
+            pool: Arc::new(Pool::default()),
+        })
+    }
+
+    /// Whether the connection to `address`, which `target` resolved to (or
+    /// is), is granted.
+    fn check_address(
+        &self,
+        target: &Target,
+        port: u16,
+        address: std::net::IpAddr,
+    ) -> Result<(), String> {
+        let Some(kind) = non_public(address) else {
+            return Ok(());
+        };
+        if kind.never_granted() {
+            return Err(format!(
+                "outbound connection to {target}:{port} is refused: {address} is {}, which is never granted",
+                kind.describe()
+            ));
+        }
+        let literal = matches!(target, Target::Address(granted) if *granted == address);
+        if literal || self.private.iter().any(|range| range.contains(address)) {
+            return Ok(());
+        }
+        Err(format!(
+            "outbound connection to {target}:{port} is not granted: {target} resolves to {address}, {} (policy [capabilities] outbound_private)",
+            kind.describe()
+        ))
+    }
+}
+
+/// Counts a run's sockets (open ones and those inside operations).
+struct Token(Arc<AtomicUsize>);
+
+impl Token {
+    fn new(live: &Arc<AtomicUsize>) -> Token {
+        live.fetch_add(1, Ordering::Relaxed);
+        Token(live.clone())
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A socket of the run, and its connection if it has one.
+struct Socket {
+    _token: Token,
+    conn: Option<Conn>,
+}
+
+enum Slot {
+    Ready(Socket),
+    /// An operation (this serial number) owns the socket.
+    Busy(u64),
+}
+
+/// A finished operation: its result, and the socket to give back.
+struct Done<T> {
+    sock: u32,
+    serial: u64,
+    socket: Socket,
+    result: T,
+}
+
+/// Per-run state: the sockets, and what the request used.
+#[derive(Default)]
+pub struct State {
+    sockets: HashMap<u32, Slot>,
+    last_id: u32,
+    serial: u64,
+    /// Connects made.
+    connections: u64,
+    /// Sockets alive.
+    live: Arc<AtomicUsize>,
+    /// Bytes received by all connections.
+    received: Arc<AtomicU64>,
+}
+
+impl State {
+    /// The socket of `sock`, ready for an operation; the slot is then busy.
+    fn take(&mut self, sock: u32) -> Result<(Socket, u64), String> {
+        let slot = self.sockets.get_mut(&sock).ok_or("closed")?;
+        if matches!(slot, Slot::Busy(_)) {
+            return Err("socket busy".into());
+        }
+        self.serial += 1;
+        let serial = self.serial;
+        match std::mem::replace(slot, Slot::Busy(serial)) {
+            Slot::Ready(socket) => Ok((socket, serial)),
+            Slot::Busy(_) => unreachable!("checked above"),
+        }
+    }
+
+    /// Give a socket back to its slot, unless the slot was closed (the
+    /// socket is then dropped).
+    fn give_back(&mut self, sock: u32, serial: u64, socket: Socket) {
+        if let Some(slot) = self.sockets.get_mut(&sock)
+            && matches!(slot, Slot::Busy(s) if *s == serial)
+        {
+            *slot = Slot::Ready(socket);
+        }
+    }
+
+    fn ready(&self, sock: u32) -> Result<&Socket, String> {
+        match self.sockets.get(&sock) {
+            None => Err("closed".into()),
+            Some(Slot::Busy(_)) => Err("socket busy".into()),
+            Some(Slot::Ready(socket)) => Ok(socket),
+        }
+    }
+}
+
+/// A timeout the guest asked for (none or 0: the policy's), capped by the
+/// policy's.
+fn timeout(asked: Option<u32>, policy_ms: u64) -> Duration {
+    Duration::from_millis(match asked {
+        Some(ms) if ms > 0 => u64::from(ms).min(policy_ms),
+        _ => policy_ms,
+    })
+}
+
+/// Resolve `target` (unless it is an address), check every address, and
+/// connect to the first checked address that answers.
+async fn open_connection(
+    grants: Arc<Grants>,
+    target: Target,
+    port: u16,
+    limit: Duration,
+) -> Result<TcpStream, String> {
+    let work = async {
+        let mut addresses: Vec<SocketAddr> = match &target {
+            Target::Address(address) => vec![SocketAddr::new(*address, port)],
+            Target::Name(name) => tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .map_err(|_| format!("{name} could not be resolved"))?
+                .map(|address| SocketAddr::new(address.ip().to_canonical(), port))
+                .take(MAX_ADDRESSES)
+                .collect(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        addresses.retain(|address| seen.insert(*address));
+        if addresses.is_empty() {
+            return Err(format!("{target} could not be resolved"));
+        }
+        for address in &addresses {
+            grants.tcp.check_address(&target, port, address.ip())?;
+        }
+        let mut last = None;
+        for address in addresses {
+            match TcpStream::connect(address).await {
+                Ok(stream) => return Ok(stream),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.map_or_else(|| "connect failed".into(), |e| conn::io_message(&e)))
+    };
+    match tokio::time::timeout(limit, work).await {
+        Err(_) => Err("timeout".into()),
+        Ok(result) => result,
+    }
+}
+
+impl wit::Host for RunCaps {
+    async fn open(&mut self) -> wasmtime::Result<Result<u32, String>> {
+        let max = self.grants.tcp.limits.max_sockets;
+        if self.tcp.live.load(Ordering::Relaxed) as u64 >= max {
+            return Ok(Err(format!(
+                "too many open sockets (at most {max} per request; policy [capabilities] outbound_max_sockets)"
+            )));
+        }
+        let mut id = self.tcp.last_id.wrapping_add(1).max(1);
+        while self.tcp.sockets.contains_key(&id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        self.tcp.last_id = id;
+        let socket = Socket {
+            _token: Token::new(&self.tcp.live),
+            conn: None,
+        };
+        self.tcp.sockets.insert(id, Slot::Ready(socket));
+        Ok(Ok(id))
+    }
+
+    async fn close(&mut self, sock: u32) -> wasmtime::Result<()> {
+        self.tcp.sockets.remove(&sock);
+        Ok(())
+    }
+
+    async fn connect(
+        &mut self,
+        sock: u32,
+        host: Vec<u8>,
+        port: u16,
+        pool: Option<Vec<u8>>,
+        timeout_ms: Option<u32>,
+    ) -> wasmtime::Result<Result<u32, String>> {
+        if let Err(error) = self.tcp.ready(sock) {
+            return Ok(Err(error));
+        }
+        let target = match Target::parse(&host) {
+            Ok(target) => target,
+            Err(error) => return Ok(Err(error)),
+        };
+        if port == 0 {
+            return Ok(Err("bad port number: 0".into()));
+        }
+        let grant = &self.grants.tcp;
+        if !grant.destinations.iter().any(|d| target.matches(d, port)) {
+            return Ok(Err(format!(
+                "outbound connection to {target}:{port} is not granted (policy [capabilities] outbound)"
+            )));
+        }
+        let max = grant.limits.max_connections;
+        if self.tcp.connections >= max {
+            return Ok(Err(format!(
+                "too many outbound connections (at most {max} per request; policy [capabilities] outbound_max_connections)"
+            )));
+        }
+        let mut key = format!("{target}:{port}");
+        if let Some(pool) = pool {
+            if pool.len() > MAX_POOL_NAME {
+                return Ok(Err(format!(
+                    "pool name too long (at most {MAX_POOL_NAME} bytes)"
+                )));
+            }
+            key.push('/');
+            key.push_str(&String::from_utf8_lossy(&pool));
+        }
+        self.tcp.connections += 1;
+        let limit = timeout(timeout_ms, grant.limits.connect_timeout_ms);
+        let pooled = grant.pool.take(&key);
+        let grants = self.grants.clone();
+        let (mut socket, serial) = match self.tcp.take(sock) {
+            Ok(taken) => taken,
+            Err(error) => return Ok(Err(error)),
+        };
+        // A connection it had is closed first.
+        socket.conn = None;
+        let started = self.tcp_start(sock, async move {
+            let result = match pooled {
+                Some((stream, reused)) => {
+                    socket.conn = Some(Conn::new(stream, reused + 1, key));
+                    Ok(reused + 1)
+                }
+                None => match open_connection(grants, target, port, limit).await {
+                    Ok(stream) => {
+                        socket.conn = Some(Conn::new(stream, 0, key));
+                        Ok(0)
+                    }
+                    Err(error) => Err(error),
+                },
+            };
+            Done {
+                sock,
+                serial,
+                socket,
+                result,
+            }
+        });
+        Ok(started)
+    }
+
+    async fn finish_connect(&mut self, op: u32) -> wasmtime::Result<Result<u32, String>> {
+        Ok(self.tcp_finish::<Result<u32, String>>(op).and_then(|r| r))
+    }
+
+    async fn send(
+        &mut self,
+        sock: u32,
+        data: Vec<u8>,
+        timeout_ms: Option<u32>,
+    ) -> wasmtime::Result<Result<u32, String>> {
+        match self.tcp.ready(sock) {
+            Err(error) => return Ok(Err(error)),
+            Ok(socket) if socket.conn.is_none() => return Ok(Err("closed".into())),
+            Ok(_) => {}
+        }
+        let limit = timeout(timeout_ms, self.grants.tcp.limits.send_timeout_ms);
+        let (mut socket, serial) = match self.tcp.take(sock) {
+            Ok(taken) => taken,
+            Err(error) => return Ok(Err(error)),
+        };
+        let started = self.tcp_start(sock, async move {
+            let result = match socket.conn.as_mut() {
+                None => Err("closed".to_string()),
+                Some(conn) => conn.send(&data, limit).await.map(|()| data.len() as u64),
+            };
+            if result.is_err() {
+                socket.conn = None;
+            }
+            Done {
+                sock,
+                serial,
+                socket,
+                result,
+            }
+        });
+        Ok(started)
+    }
+
+    async fn finish_send(&mut self, op: u32) -> wasmtime::Result<Result<u64, String>> {
+        Ok(self.tcp_finish::<Result<u64, String>>(op).and_then(|r| r))
+    }
+
+    async fn receive(
+        &mut self,
+        sock: u32,
+        pattern: wit::ReceivePattern,
+        timeout_ms: Option<u32>,
+    ) -> wasmtime::Result<Result<u32, String>> {
+        let pattern = match pattern {
+            wit::ReceivePattern::Line => Pattern::Line,
+            wit::ReceivePattern::All => Pattern::All,
+            wit::ReceivePattern::Bytes(n) => Pattern::Bytes(n),
+            wit::ReceivePattern::Until(delimiter) => {
+                if delimiter.pattern.is_empty() {
+                    return Ok(Err("pattern is empty".into()));
+                }
+                if delimiter.pattern.len() > MAX_PATTERN {
+                    return Ok(Err(format!(
+                        "pattern too long (at most {MAX_PATTERN} bytes)"
+                    )));
+                }
+                if delimiter.max == Some(0) {
+                    return Ok(Err("bad size: 0".into()));
+                }
+                Pattern::Until {
+                    pattern: delimiter.pattern,
+                    inclusive: delimiter.inclusive,
+                    max: delimiter.max,
+                }
+            }
+        };
+        match self.tcp.ready(sock) {
+            Err(error) => return Ok(Err(error)),
+            Ok(socket) if socket.conn.is_none() => return Ok(Err("closed".into())),
+            Ok(_) => {}
+        }
+        let limits = self.grants.tcp.limits;
+        let bounds = ReadBounds {
+            received: self.tcp.received.clone(),
+            max_received: limits.max_receive_kib << 10,
+            timeout: timeout(timeout_ms, limits.read_timeout_ms),
+        };
+        let (mut socket, serial) = match self.tcp.take(sock) {
+            Ok(taken) => taken,
+            Err(error) => return Ok(Err(error)),
+        };
+        let started = self.tcp_start(sock, async move {
+            let result = match socket.conn.as_mut() {
+                None => Err(("closed".to_string(), Vec::new())),
+                Some(conn) => match conn.receive(&pattern, &bounds).await {
+                    Ok(received) => Ok(received),
+                    Err((fail, partial)) => {
+                        if !fail.keeps_connection() {
+                            socket.conn = None;
+                        }
+                        Err((fail.message(), partial))
+                    }
+                },
+            };
+            Done {
+                sock,
+                serial,
+                socket,
+                result,
+            }
+        });
+        Ok(started)
+    }
+
+    async fn finish_receive(
+        &mut self,
+        op: u32,
+    ) -> wasmtime::Result<Result<wit::Received, wit::ReceiveError>> {
+        let result = match self.tcp_finish::<Result<(Vec<u8>, bool), (String, Vec<u8>)>>(op) {
+            Err(message) => Err(wit::ReceiveError {
+                message,
+                partial: Vec::new(),
+            }),
+            Ok(Ok((data, found))) => Ok(wit::Received { data, found }),
+            Ok(Err((message, partial))) => Err(wit::ReceiveError { message, partial }),
+        };
+        Ok(result)
+    }
+
+    async fn set_keepalive(
+        &mut self,
+        sock: u32,
+        timeout_ms: Option<u32>,
+        size: Option<u32>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let conn = match self.tcp.ready(sock) {
+            Err(error) => return Ok(Err(error)),
+            Ok(Socket { conn: None, .. }) => return Ok(Err("closed".into())),
+            Ok(Socket {
+                conn: Some(conn), ..
+            }) => conn,
+        };
+        if conn.has_unread() {
+            return Ok(Err("unread data in buffer".into()));
+        }
+        let Some(Slot::Ready(socket)) = self.tcp.sockets.get_mut(&sock) else {
+            return Ok(Err("closed".into()));
+        };
+        let Some(conn) = socket.conn.take() else {
+            return Ok(Err("closed".into()));
+        };
+        let limits = self.grants.tcp.limits;
+        let idle = timeout(timeout_ms, limits.keepalive_timeout_ms);
+        let total = usize::try_from(limits.keepalive_pool).unwrap_or(usize::MAX);
+        let per_key = match size {
+            Some(size) if size > 0 => (size as usize).min(total),
+            _ => total,
+        };
+        let mut probe = [0u8; 1];
+        match conn.stream.try_read(&mut probe) {
+            // Nothing pending: keep it.
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            // The peer closed it: nothing to keep.
+            Ok(0) | Err(_) => return Ok(Ok(())),
+            Ok(_) => return Ok(Err("connection in dubious state".into())),
+        }
+        self.grants.tcp.pool.put(
+            conn.key,
+            conn.stream,
+            conn.reused,
+            tokio::time::Instant::now() + idle,
+            per_key,
+            total,
+        );
+        Ok(Ok(()))
+    }
+}
+
+impl RunCaps {
+    /// Start `future` as an operation of the run; if the table is full, the
+    /// socket it owns is closed.
+    fn tcp_start<T: Send + 'static>(
+        &mut self,
+        sock: u32,
+        future: impl Future<Output = Done<T>> + Send + 'static,
+    ) -> Result<u32, String> {
+        let started = self.tasks.ops.start(future);
+        if started.is_err() {
+            self.tcp.sockets.remove(&sock);
+        }
+        started
+    }
+
+    /// Collect operation `op`, giving its socket back.
+    fn tcp_finish<T: 'static>(&mut self, op: u32) -> Result<T, String> {
+        let done = self.tasks.ops.finish::<Done<T>>(op)?;
+        self.tcp.give_back(done.sock, done.serial, done.socket);
+        Ok(done.result)
+    }
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<RunState, HasSelf<RunCaps>>(linker, |state| &mut state.caps)
+}
