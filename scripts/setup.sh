@@ -7,6 +7,8 @@ set -euo pipefail
 # clang-22 and lld-22 compile and link Lua to wasm32; the wasm32 compiler
 # runtime and wasi-libc are its C library.
 packages=(clang-22 lld-22 libclang-rt-22-dev-wasm32 wasi-libc)
+# redis-server: the tests of shared dicts' Redis backend start one of their own.
+packages+=(redis-server)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -21,6 +21,8 @@ wasmtime::component::bindgen!({
         "moonwall:sandbox/response.write": async | trappable,
         // Capabilities that wait (timers, I/O, subrequests, Redis).
         "moonwall:sandbox/tasks": async | trappable,
+        "moonwall:sandbox/tcp": async | trappable,
+        "moonwall:sandbox/shared-dict": async | trappable,
         default: trappable,
     },
     exports: { default: async },

@@ -41,6 +41,8 @@ struct ServerFile {
     default_tenant: Option<Spanned<String>>,
     allowed_roots: Option<Vec<Spanned<PathBuf>>>,
     reload_poll_ms: Option<Spanned<u64>>,
+    /// Where shared dicts live: "memory" (the default) or a redis:// URL.
+    shared_dicts_backend: Option<Spanned<String>>,
     #[serde(default)]
     limits: LimitsFile,
 }
@@ -169,6 +171,15 @@ impl ServerConfig {
             }
         };
         let ceilings = Ceilings::parse(&server.limits, &mut problems);
+        let dict_backend = match &server.shared_dicts_backend {
+            None => crate::caps::dict::BackendConfig::default(),
+            Some(text) => {
+                crate::caps::dict::BackendConfig::parse(text.get_ref()).unwrap_or_else(|message| {
+                    problems.at(text.span(), message);
+                    crate::caps::dict::BackendConfig::default()
+                })
+            }
+        };
         let default_tenant = server.default_tenant.as_ref().map(|t| t.get_ref().clone());
         let default_tenant_place = server
             .default_tenant
@@ -194,7 +205,7 @@ impl ServerConfig {
             allowed_roots,
             reload_poll,
             ceilings,
-            caps: crate::caps::CapsSettings::default(),
+            caps: crate::caps::CapsSettings { dict_backend },
         })
     }
 
