@@ -61,9 +61,11 @@ fn start_upstream() -> SocketAddr {
 }
 
 /// Copy examples/api into a test directory, pointing it at `upstream`.
-fn example_copy(upstream: SocketAddr) -> std::path::PathBuf {
+fn example_copy(name: &str, upstream: SocketAddr) -> std::path::PathBuf {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/api");
-    let to = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("example_api");
+    let to = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("example_api")
+        .join(name);
     let _ = std::fs::remove_dir_all(&to);
     copy_dir(&from, &to, &upstream.port().to_string());
     to
@@ -86,7 +88,7 @@ fn copy_dir(from: &Path, to: &Path, port: &str) {
 #[test]
 fn the_example_api_authenticates_rate_limits_calls_upstream_and_answers_json() {
     let upstream = start_upstream();
-    let site = Site::serve(example_copy(upstream));
+    let site = Site::serve(example_copy("up", upstream));
 
     let reply = site.get("/v1/items/7");
     assert_eq!(reply.status, 401, "{reply:?}");
@@ -143,7 +145,7 @@ fn the_example_api_answers_502_when_the_upstream_is_down() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let site = Site::serve(example_copy(port));
+    let site = Site::serve(example_copy("down", port));
     let reply = site.get_with("/v1/items/7", &["Authorization: Bearer k-alice-0123456789"]);
     assert_eq!(reply.status, 502, "{reply:?}");
     assert_eq!(reply.body, "{\"error\":\"upstream unavailable\"}\n");

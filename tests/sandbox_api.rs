@@ -196,7 +196,7 @@ fn warnings_go_to_stderr_when_enabled() {
 #[test]
 fn only_the_sandbox_libraries_are_present() {
     let out = stdout_of(
-        "print(io, package, require, dofile, loadfile, collectgarbage ~= nil)\n\
+        "print(type(io), type(package), type(require), dofile, loadfile, collectgarbage ~= nil)\n\
          local function keys(t) local k = {} for name in pairs(t) do k[#k + 1] = name end table.sort(k) return table.concat(k, ',') end\n\
          print(keys(os))\n\
          print(keys(debug))\n\
@@ -204,7 +204,7 @@ fn only_the_sandbox_libraries_are_present() {
     );
     assert_eq!(
         out,
-        "nil\tnil\tnil\tnil\tnil\ttrue\nclock,date,difftime,time\ntraceback\nfunction\tfunction\tfunction\tfunction\tfunction\n"
+        "table\ttable\tfunction\tnil\tnil\ttrue\nclock,date,difftime,getenv,time\ntraceback\nfunction\tfunction\tfunction\tfunction\tfunction\n"
     );
 }
 
@@ -276,11 +276,17 @@ fn the_guest_imports_only_the_moonwall_interfaces() {
         [
             "moonwall:sandbox/clock@0.1.0",
             "moonwall:sandbox/codec@0.1.0",
+            "moonwall:sandbox/env@0.1.0",
+            "moonwall:sandbox/files@0.1.0",
             "moonwall:sandbox/guard@0.1.0",
             "moonwall:sandbox/http-types@0.1.0",
             "moonwall:sandbox/log@0.1.0",
             "moonwall:sandbox/output@0.1.0",
+            "moonwall:sandbox/regex@0.1.0",
             "moonwall:sandbox/response@0.1.0",
+            "moonwall:sandbox/shared-dict@0.1.0",
+            "moonwall:sandbox/tasks@0.1.0",
+            "moonwall:sandbox/tcp@0.1.0",
         ]
     );
 }

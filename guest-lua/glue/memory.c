@@ -51,3 +51,18 @@ _Noreturn void moonwall_memory_exhausted(void) {
   /* The host never returns from that call; should it, stop here anyway. */
   __builtin_trap();
 }
+
+/* The canonical ABI's allocator, used for every list or string the host
+ * hands to the guest. The generated bindings define a weak one that aborts
+ * when malloc fails (a fault); this one ends the run as the memory limit,
+ * like every other allocation that does not fit. */
+__attribute__((__export_name__("cabi_realloc"))) void *cabi_realloc(void *ptr, size_t old_size,
+                                                                      size_t align, size_t new_size) {
+  (void)old_size;
+  if (new_size == 0)
+    return (void *)align;
+  void *resized = realloc(ptr, new_size);
+  if (resized == NULL)
+    moonwall_memory_exhausted();
+  return resized;
+}
