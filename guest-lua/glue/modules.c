@@ -65,7 +65,7 @@ static int sandbox_require(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
   if (strlen(name) != len)
-    return luaL_error(L, "module name contains a zero byte");
+    return luaL_error(L, "module '%s' not found:\n\ta module name cannot contain a zero byte", name);
   lua_settop(L, 1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* 2 */
   if (lua_getfield(L, 2, name) != LUA_TNIL && lua_toboolean(L, -1))
