@@ -10,8 +10,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use common::site::{Reply, send};
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -346,109 +348,6 @@ impl Drop for Binary {
 // ---------------------------------------------------------------------------
 // A small HTTP/1.1 client over raw sockets
 // ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Reply {
-    /// 0 if no response came.
-    status: u16,
-    head: String,
-    body: String,
-    /// The body ended cleanly (its last chunk, or all of its Content-Length).
-    complete: bool,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.trim()
-                .eq_ignore_ascii_case(name)
-                .then_some(value.trim())
-        })
-    }
-
-    /// A complete 200 with this body.
-    fn is_ok_with(&self, body: &str) -> bool {
-        self.status == 200 && self.complete && self.body == body
-    }
-}
-
-/// Send `request` on a new connection and read until the server closes it.
-fn send(addr: SocketAddr, request: &[u8]) -> Reply {
-    let mut bytes = Vec::new();
-    let sent = TcpStream::connect(addr).and_then(|mut stream| {
-        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-        stream.write_all(request)?;
-        // A cut response may end in a reset: keep what came before it.
-        let _ = stream.read_to_end(&mut bytes);
-        Ok(())
-    });
-    match sent {
-        Ok(()) => parse(&bytes),
-        Err(error) => Reply {
-            status: 0,
-            head: String::new(),
-            body: format!("connection failed: {error}"),
-            complete: false,
-        },
-    }
-}
-
-fn parse(bytes: &[u8]) -> Reply {
-    let split = bytes.windows(4).position(|w| w == b"\r\n\r\n");
-    let Some(split) = split else {
-        return Reply {
-            status: 0,
-            head: String::from_utf8_lossy(bytes).into_owned(),
-            body: String::new(),
-            complete: false,
-        };
-    };
-    let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
-    let raw_body = &bytes[split + 4..];
-    let status = head
-        .get(9..12)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let mut reply = Reply {
-        status,
-        head,
-        body: String::new(),
-        complete: false,
-    };
-    let chunked = reply
-        .header("transfer-encoding")
-        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        let mut rest = raw_body;
-        let mut body = Vec::new();
-        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
-            let Ok(size) = usize::from_str_radix(String::from_utf8_lossy(&rest[..end]).trim(), 16)
-            else {
-                break;
-            };
-            if size == 0 {
-                reply.complete = true;
-                break;
-            }
-            let data = &rest[end + 2..];
-            if data.len() < size + 2 {
-                body.extend_from_slice(&data[..data.len().min(size)]);
-                break;
-            }
-            body.extend_from_slice(&data[..size]);
-            rest = &data[size + 2..];
-        }
-        reply.body = String::from_utf8_lossy(&body).into_owned();
-    } else {
-        let length = reply
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok());
-        reply.complete = length.is_none_or(|length| raw_body.len() == length);
-        reply.body = String::from_utf8_lossy(raw_body).into_owned();
-    }
-    reply
-}
 
 fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
     send(

@@ -210,7 +210,7 @@ impl Drop for Site {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Reply {
     /// 0 if no response came.
     pub status: u16,
