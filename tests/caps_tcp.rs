@@ -883,3 +883,64 @@ fn plain_scripts_get_no_outbound_access() {
         "nil\toutbound connection to 127.0.0.1:80 is not granted (policy [capabilities] outbound)\n"
     );
 }
+
+#[test]
+fn cosockets_work_in_every_phase() {
+    // OpenResty refuses cosockets in the filters and the log phase; moonwall
+    // does not need to: here the header filter, the body filter and the log
+    // phase each talk to the upstream.
+    let upstream = raw_upstream();
+    let port = upstream.port();
+    let ask = |what: &str| {
+        format!(
+            "local s = ngx.socket.tcp() assert(s:connect('127.0.0.1', {port})) \
+             assert(s:send('ECHO {what}\\n')) local line = assert(s:receive()) s:close()"
+        )
+    };
+    let site = Site::start(
+        "cosockets_every_phase",
+        "",
+        "",
+        &format!(
+            "{}\nshared_dicts = {{ seen = \"64k\" }}\n\n[[location]]\npath = \"/p\"\n\
+             content = \"content.lua\"\nheader_filter = \"hf.lua\"\nbody_filter = \"bf.lua\"\nlog = \"log.lua\"\n",
+            grant(port)
+        ),
+        &[
+            ("root/content.lua", "ngx.say('body')"),
+            (
+                "root/hf.lua",
+                &format!(
+                    "{} ngx.header['X-Upstream'] = line",
+                    ask("from-header-filter")
+                ),
+            ),
+            (
+                "root/bf.lua",
+                &format!(
+                    "if ngx.arg[2] then {} ngx.arg[1] = (ngx.arg[1] or '') .. line .. '\\n' end",
+                    ask("from-body-filter")
+                ),
+            ),
+            (
+                "root/log.lua",
+                &format!("{} ngx.shared.seen:set('log', line)", ask("from-log")),
+            ),
+            ("root/seen.lua", "ngx.say(ngx.shared.seen:get('log'))"),
+        ],
+    );
+    let reply = site.get("/p");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("x-upstream"), Some("from-header-filter"));
+    assert_eq!(reply.body, "body\nfrom-body-filter\n");
+    // The log phase runs after the response: look for its write.
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = site.get("/seen.lua").body;
+        if seen == "from-log\n" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(seen, "from-log\n");
+}
