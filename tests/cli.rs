@@ -426,3 +426,66 @@ fn serve_logs_json_and_shuts_down_on_sigterm() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn request_runs_under_a_policy_with_its_capabilities_and_limits() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("request-policy");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data/greeting.txt"), "hello from a granted dir\n").unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        "tenant = \"t\"\nroot = \"www\"\n\n[limits]\ntimeout_ms = 300\n\n\
+         [capabilities]\nshared_dicts = { d = \"1m\" }\nread_dirs = [\"data\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("www/t.lua"),
+        "ngx.shared.d:set('k', 41) ngx.say(ngx.shared.d:incr('k', 1))\n\
+         ngx.say(io.lines('greeting.txt')())\n\
+         ngx.say(pcall(function() return ngx.shared.other end))\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("www/slow.lua"), "ngx.sleep(5) ngx.say('never')\n").unwrap();
+    let request = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_moonwall"))
+            .arg("request")
+            .args(args)
+            .current_dir(&dir)
+            .env("MOONWALL_CACHE_DIR", common::cache_dir())
+            .output()
+            .expect("moonwall runs")
+    };
+    let output = request(&["--policy", "policy.toml", "--content", "www/t.lua", "/"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.ends_with(
+            "\r\n\r\n42\nhello from a granted dir\n\
+             falsewww/t.lua:3: ngx.shared: no shared dict \"other\" (the policy grants: d; see [capabilities] shared_dicts)\n"
+        ),
+        "{stdout}"
+    );
+    // The policy's time limit applies (the flag's default is 5000 ms).
+    let output = request(&["--policy", "policy.toml", "--content", "www/slow.lua", "/"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("HTTP/1.1 503"), "{stdout}");
+    // Without the policy nothing is granted.
+    let output = request(&["--content", "www/t.lua", "/"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("HTTP/1.1 500"), "{stdout}");
+    // A broken policy is a usage error with its place.
+    std::fs::write(
+        dir.join("bad.toml"),
+        "tenant = \"t\"\nroot = \"www\"\nfuel = 1\n",
+    )
+    .unwrap();
+    let output = request(&["--policy", "bad.toml", "--content", "www/t.lua", "/"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:3:1: unknown field `fuel`"),
+        "{stderr}"
+    );
+}

@@ -55,6 +55,12 @@ pub struct RequestArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    /// Run under this tenant policy: its `[capabilities]` are granted
+    /// (shared dicts start empty, in memory) and its `[limits]` replace the
+    /// limit flags. Its directories must lie under the current directory.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
     /// The request path, with its query: `/hello?name=you`.
     #[arg(value_name = "PATH")]
     pub path: String,
@@ -118,6 +124,13 @@ pub fn run(args: RequestArgs) -> u8 {
     let remote: SocketAddr = ([127, 0, 0, 1], 0).into();
     let request = head.into_request(body, "http", local, remote);
 
+    let (limits, caps) = match &args.policy {
+        None => (args.limits.limits(), crate::caps::RequestCaps::none()),
+        Some(file) => match policy_caps(file) {
+            Ok(found) => found,
+            Err(code) => return code,
+        },
+    };
     let sandbox = match Sandbox::new(args.limits.engine_settings(2)) {
         Ok(sandbox) => sandbox,
         Err(error) => {
@@ -127,14 +140,8 @@ pub fn run(args: RequestArgs) -> u8 {
     };
     let log = RequestLog::new(1, args.path.clone());
     let sink = Box::new(CollectedResponse::default());
-    let (_report, sink) = match sandbox.serve_request(
-        &request,
-        &handlers,
-        &args.limits.limits(),
-        sink,
-        log,
-        crate::caps::RequestCaps::none(),
-    ) {
+    let (_report, sink) = match sandbox.serve_request(&request, &handlers, &limits, sink, log, caps)
+    {
         Ok(result) => result,
         Err(error) => {
             eprintln!("error: {error}");
@@ -150,6 +157,35 @@ pub fn run(args: RequestArgs) -> u8 {
 }
 
 /// `HTTP/1.1 200 OK`, the headers, a blank line and the body, as on the wire.
+/// The limits and grants of the tenant policy `file`, its directories
+/// confined to the current directory; on a bad policy, its problems are
+/// printed and the exit code returned.
+fn policy_caps(
+    file: &std::path::Path,
+) -> Result<(crate::sandbox::Limits, crate::caps::RequestCaps), u8> {
+    use crate::tenants::policy::{Ceilings, Policy};
+    let cwd = std::env::current_dir()
+        .and_then(|dir| dir.canonicalize())
+        .map_err(|error| usage(format!("the current directory: {error}")))?;
+    let policy = Policy::load(file, &Ceilings::default(), &[cwd]).map_err(|error| {
+        for problem in &error.problems {
+            eprintln!("{problem}");
+        }
+        exit::USAGE
+    })?;
+    let grants = crate::caps::Grants::from_policy(
+        &policy.tenant,
+        &policy.capabilities,
+        None,
+        &crate::caps::CapsSettings::default(),
+    )
+    .map_err(|error| usage(format!("{}: {error}", file.display())))?;
+    Ok((
+        policy.limits.sandbox,
+        crate::caps::RequestCaps::of(std::sync::Arc::new(grants)),
+    ))
+}
+
 fn print_response(response: &CollectedResponse) {
     let status = response.status.unwrap_or(500);
     let reason = hyper::StatusCode::from_u16(status)
