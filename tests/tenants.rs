@@ -10,20 +10,19 @@
 
 mod common;
 
-use common::site::{Reply, send};
+use common::site::{Reply, capture_logs, logged, send, shared_sandbox as sandbox};
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use moonwall::http::server::{App, ServerSettings, serve};
 use moonwall::tenants::metrics::{self, Metrics};
 use moonwall::tenants::{Registry, ServerConfig};
-use moonwall::{EngineSettings, Sandbox};
 
 // ---------------------------------------------------------------------------
 // Set-up shared by the tests
@@ -33,59 +32,6 @@ use moonwall::{EngineSettings, Sandbox};
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// One sandbox for the whole test binary; every request still gets a fresh
-/// instance. Its memory slots are the size of the configs' ceiling.
-fn sandbox() -> Arc<Sandbox> {
-    static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            Arc::new(
-                Sandbox::new(EngineSettings {
-                    max_instances: 64,
-                    max_memory_bytes: 128 << 20,
-                    cache_dir: Some(common::cache_dir()),
-                    ..EngineSettings::default()
-                })
-                .expect("the sandbox starts"),
-            )
-        })
-        .clone()
-}
-
-/// The log of the in-process servers (all tests share it: look for what is
-/// unique to a test, like its file names).
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        LOG.lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_writer(|| LogWriter)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .try_init();
-    });
-}
-
-fn logged() -> String {
-    String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
 
 /// Poll `condition` until it holds or `within` is over.

@@ -50,7 +50,8 @@ impl Write for LogWriter {
     }
 }
 
-fn capture_logs() {
+/// Send this test binary's tracing output to [`logged`].
+pub fn capture_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
