@@ -1,8 +1,9 @@
 /*
  * The sandbox's standard library: what a script can name. docs/sandbox.md
  * explains each removal. This is convenience and clarity, not the security
- * boundary: the guest module has no imports that reach files, processes,
- * sockets or the environment, so nothing here could reach them anyway.
+ * boundary: the guest has no imports that reach processes, and files,
+ * sockets and the environment only through the capability imports, which
+ * the host checks against the tenant's grants on every call.
  *
  *   base       without dofile and loadfile; load accepts source text only
  *   string     string.dump raises an error (no bytecode out, none in)
