@@ -256,13 +256,21 @@ pub(crate) fn arm_deadline<T: 'static>(store: &mut wasmtime::Store<T>, deadline:
 }
 
 /// The one thread that advances an engine's epoch, for all runs at once.
-/// It sleeps while no run is alive, so an idle server spends nothing on it.
+/// It sleeps once no run has been alive for [`TICKER_LINGER_TICKS`] ticks,
+/// so an idle server spends nothing on it, while back-to-back runs never
+/// pay for waking it.
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
     /// Runs alive now (stores holding an [`Awake`]).
     alive: Arc<AtomicUsize>,
+    /// The thread is parked until a run wakes it.
+    sleeping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Ticks the ticker keeps ticking after the last run ended, before it
+/// sleeps: a run that starts meanwhile needs no wake-up call.
+const TICKER_LINGER_TICKS: u32 = 100;
 
 /// Keeps the ticker ticking while a run's store holds it.
 pub(crate) struct Awake {
@@ -279,15 +287,29 @@ impl EpochTicker {
     pub(crate) fn start(engine: Engine, tick: Duration) -> Result<Self, SandboxError> {
         let stop = Arc::new(AtomicBool::new(false));
         let alive = Arc::new(AtomicUsize::new(0));
-        let (stop_flag, runs) = (stop.clone(), alive.clone());
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let (stop_flag, runs, asleep) = (stop.clone(), alive.clone(), sleeping.clone());
         let thread = std::thread::Builder::new()
             .name("moonwall-epoch".into())
             .spawn(move || {
+                let mut idle_ticks = 0;
                 while !stop_flag.load(Ordering::Relaxed) {
-                    if runs.load(Ordering::Acquire) == 0 {
-                        // Woken by the next run (an unpark that comes first
-                        // makes this return at once).
-                        std::thread::park();
+                    if runs.load(Ordering::SeqCst) > 0 {
+                        idle_ticks = 0;
+                    } else if idle_ticks < TICKER_LINGER_TICKS {
+                        idle_ticks += 1;
+                    } else {
+                        // Announce the sleep, then look again: a run that
+                        // started before the announcement is seen here, one
+                        // that starts after it sees the announcement and
+                        // wakes the thread (an unpark that comes first makes
+                        // park return at once).
+                        asleep.store(true, Ordering::SeqCst);
+                        if runs.load(Ordering::SeqCst) == 0 && !stop_flag.load(Ordering::SeqCst) {
+                            std::thread::park();
+                        }
+                        asleep.store(false, Ordering::SeqCst);
+                        idle_ticks = 0;
                         continue;
                     }
                     std::thread::park_timeout(tick);
@@ -298,13 +320,15 @@ impl EpochTicker {
         Ok(EpochTicker {
             stop,
             alive,
+            sleeping,
             thread: Some(thread),
         })
     }
 
     /// A run starts: tick until it (and every other) has ended.
     pub(crate) fn awake(&self) -> Awake {
-        if self.alive.fetch_add(1, Ordering::AcqRel) == 0
+        self.alive.fetch_add(1, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst)
             && let Some(thread) = &self.thread
         {
             thread.thread().unpark();
