@@ -523,13 +523,19 @@ static int f_flush(lua_State *L) {
   return 1;
 }
 
-static int f_setvbuf(lua_State *L) {
+/* setvbuf(mode [, size]) after the receiver was checked: the arguments are
+ * checked as Lua's, and nothing is buffered differently. */
+static int checked_setvbuf(lua_State *L) {
   static const char *const modes[] = {"no", "full", "line", NULL};
-  tofile(L);
   luaL_checkoption(L, 2, NULL, modes);
   luaL_optinteger(L, 3, 0);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+static int f_setvbuf(lua_State *L) {
+  tofile(L);
+  return checked_setvbuf(L);
 }
 
 /* io.stdout's methods. */
@@ -552,12 +558,8 @@ static int out_flush(lua_State *L) {
 }
 
 static int out_setvbuf(lua_State *L) {
-  static const char *const modes[] = {"no", "full", "line", NULL};
   check_stdout(L);
-  luaL_checkoption(L, 2, NULL, modes);
-  luaL_optinteger(L, 3, 0);
-  lua_pushboolean(L, 1);
-  return 1;
+  return checked_setvbuf(L);
 }
 
 static int out_read(lua_State *L) {
