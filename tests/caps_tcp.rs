@@ -944,3 +944,65 @@ fn cosockets_work_in_every_phase() {
     }
     assert_eq!(seen, "from-log\n");
 }
+
+/// A request waiting on an upstream holds no CPU slot: 50 requests to an
+/// upstream that answers after a second all wait at once, under the default
+/// policy (on a 2-core machine a tenant runs one request on a CPU at a time).
+#[test]
+fn requests_waiting_on_an_upstream_hold_no_cpu_slot() {
+    let up = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut stream = stream;
+        while read_request(&mut reader).is_some() {
+            std::thread::sleep(Duration::from_secs(1));
+            if respond(&mut stream, "", b"late").is_err() {
+                return;
+            }
+        }
+    });
+    let site = site(
+        "tcp_waiting_overlaps",
+        "",
+        &grant(up.port()),
+        up.port(),
+        r#"
+ngx.update_time()
+local started = ngx.now()
+local res, err = require("resty.http").new():request_uri("http://127.0.0.1:PORT/slow")
+assert(res and res.body == "late", err)
+ngx.update_time()
+ngx.say(string.format("%.3f %.3f", started, ngx.now()))
+"#,
+    );
+    let start = Arc::new(std::sync::Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let (start, site) = (start.clone(), site.addr);
+            std::thread::spawn(move || {
+                start.wait();
+                common::site::send(
+                    site,
+                    b"GET /t.lua HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )
+            })
+        })
+        .collect();
+    let spans: Vec<(f64, f64)> = threads
+        .into_iter()
+        .map(|thread| {
+            let reply = thread.join().unwrap();
+            assert_eq!(reply.status, 200, "{reply:?}");
+            let mut times = reply
+                .body
+                .split_whitespace()
+                .map(|t| t.parse::<f64>().unwrap());
+            (times.next().unwrap(), times.next().unwrap())
+        })
+        .collect();
+    let last_start = spans.iter().map(|s| s.0).fold(f64::MIN, f64::max);
+    let first_end = spans.iter().map(|s| s.1).fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "the waits did not overlap: the last request started at {last_start}, the first ended at {first_end}"
+    );
+}

@@ -136,7 +136,7 @@ fn server_config_unknown_key() {
     assert_eq!(
         site.server_problems("policies = \"policies\"\n\n[limits]\nfuel = 10\ncpu_ms = 10\n"),
         [format!(
-            "{}:5:1: unknown field `cpu_ms`, expected one of `fuel`, `timeout_ms`, `memory_mib`, `max_request_body_kib`, `max_response_body_kib`, `max_concurrency`, `max_queue`, `queue_timeout_ms`, `requests_per_second`, `burst`",
+            "{}:5:1: unknown field `cpu_ms`, expected one of `fuel`, `timeout_ms`, `memory_mib`, `max_request_body_kib`, `max_response_body_kib`, `max_concurrency`, `max_queue`, `queue_timeout_ms`, `requests_per_second`, `burst`, `max_in_flight`",
             site.config().display()
         )]
     );
@@ -414,7 +414,7 @@ fn policy_unknown_key_in_limits() {
             "tenant = \"a\"\nroot = \"../www\"\n\n[limits]\ntimeout_ms = 100\ntimeout = 100\n"
         ),
         [format!(
-            "{}:6:1: unknown field `timeout`, expected one of `fuel`, `timeout_ms`, `memory_mib`, `max_request_body_kib`, `max_response_body_kib`, `max_concurrency`, `max_queue`, `queue_timeout_ms`, `requests_per_second`, `burst`",
+            "{}:6:1: unknown field `timeout`, expected one of `fuel`, `timeout_ms`, `memory_mib`, `max_request_body_kib`, `max_response_body_kib`, `max_concurrency`, `max_queue`, `queue_timeout_ms`, `requests_per_second`, `burst`, `max_in_flight`",
             p(&site)
         )]
     );
@@ -1159,7 +1159,7 @@ fn defaults_are_capped_by_the_ceilings() {
     // Not capped: the built-in defaults.
     assert_eq!(limits.sandbox.fuel, 10_000_000_000);
     assert_eq!(limits.sandbox.output_bytes, 4096 << 10);
-    assert_eq!(limits.admission.max_queue, 64);
+    assert_eq!(limits.admission.max_queue, 1024);
     assert_eq!(limits.admission.queue_timeout, Duration::from_millis(1000));
 }
 
@@ -1177,7 +1177,12 @@ fn built_in_defaults_without_ceilings() {
     assert_eq!(limits.max_request_body_bytes, 1024 << 10);
     // All cores but one, at least one.
     assert_eq!(limits.admission.max_concurrency, (cores() - 1).max(1));
-    assert_eq!(limits.admission.max_queue, 64);
+    // Three quarters of the server's default places in flight.
+    assert_eq!(
+        limits.admission.max_in_flight,
+        moonwall::EngineSettings::default_max_in_flight() * 3 / 4
+    );
+    assert_eq!(limits.admission.max_queue, 1024);
     assert_eq!(limits.admission.queue_timeout, Duration::from_millis(1000));
 }
 

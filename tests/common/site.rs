@@ -20,7 +20,8 @@ pub fn shared_sandbox() -> Arc<Sandbox> {
         .get_or_init(|| {
             Arc::new(
                 Sandbox::new(EngineSettings {
-                    max_instances: 64,
+                    // Room for the tests that keep 100 requests in flight.
+                    max_instances: 160,
                     max_memory_bytes: 128 << 20,
                     cache_dir: Some(super::cache_dir()),
                     ..EngineSettings::default()

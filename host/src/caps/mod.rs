@@ -119,6 +119,9 @@ pub struct RunCaps {
     pub deadline: Instant,
     /// The run's time limit, for the error that names it.
     pub time_limit: Duration,
+    /// The CPU slots the run holds while its guest code executes, given
+    /// back while it waits.
+    pub cpu: crate::sandbox::CpuSlots,
     pub tasks: tasks::State,
     pub dict: dict::State,
     pub regex: regex::State,
@@ -127,11 +130,17 @@ pub struct RunCaps {
 }
 
 impl RunCaps {
-    pub fn new(request: RequestCaps, deadline: Instant, time_limit: Duration) -> RunCaps {
+    pub fn new(
+        request: RequestCaps,
+        deadline: Instant,
+        time_limit: Duration,
+        cpu: crate::sandbox::CpuSlots,
+    ) -> RunCaps {
         RunCaps {
             grants: request.grants,
             deadline,
             time_limit,
+            cpu,
             tasks: tasks::State {
                 depth: request.depth,
                 subrequests: request.subrequests,
@@ -142,6 +151,37 @@ impl RunCaps {
             tcp: tcp::State::default(),
             files: files::State::default(),
         }
+    }
+
+    /// Wait for `future` without holding the run's CPU slots: host work
+    /// that finishes at once keeps them; otherwise they are given back while
+    /// it waits, and taken again before the guest resumes.
+    pub async fn off_cpu<T>(&mut self, future: impl Future<Output = T>) -> wasmtime::Result<T> {
+        let mut future = std::pin::pin!(future);
+        if let Some(output) = crate::sandbox::cpu::ready_now(&mut future).await {
+            return Ok(output);
+        }
+        self.cpu.release();
+        let output = future.await;
+        self.back_on_cpu().await?;
+        Ok(output)
+    }
+
+    /// Take the run's CPU slots again after a wait. The run's operations
+    /// keep progressing meanwhile: a subrequest of this run may hold the
+    /// very slot this run waits for, and it is polled only through its
+    /// parent. The wait ends at the deadline, which stops the run.
+    pub async fn back_on_cpu(&mut self) -> wasmtime::Result<()> {
+        let acquired = {
+            let acquire = self.cpu.acquire(self.deadline);
+            tokio::pin!(acquire);
+            tokio::select! {
+                biased;
+                acquired = &mut acquire => acquired,
+                never = self.tasks.ops.progress() => match never {},
+            }
+        };
+        acquired.map_err(|_| self.deadline_passed())
     }
 
     /// The error that stops a run whose deadline passed while it waited.

@@ -96,6 +96,22 @@ impl Ops {
         self.ops.is_empty()
     }
 
+    /// Make every operation progress, forever: what a run does while it
+    /// waits for something that is not one of its operations.
+    pub async fn progress(&mut self) -> std::convert::Infallible {
+        std::future::poll_fn(|cx| {
+            for op in self.ops.values_mut() {
+                if let Op::Running(future) = op
+                    && let Poll::Ready(output) = future.as_mut().poll(cx)
+                {
+                    *op = Op::Done(output);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Wait until one of `ids` has finished; `None` once `wait` (if any) is
     /// over first. Every id must be known. All operations progress meanwhile.
     pub async fn wait_any(
@@ -172,7 +188,21 @@ impl wit::Host for RunCaps {
             Some(wait) if wait < left => (wait, false),
             _ => (left, true),
         };
-        match self.tasks.ops.wait_any(&ops, Some(wait)).await {
+        // The run waits off the CPU: its slots go to other runs meanwhile.
+        let (waited, released) = {
+            let mut waiting = std::pin::pin!(self.tasks.ops.wait_any(&ops, Some(wait)));
+            match crate::sandbox::cpu::ready_now(&mut waiting).await {
+                Some(waited) => (waited, false),
+                None => {
+                    self.cpu.release();
+                    (waiting.await, true)
+                }
+            }
+        };
+        if released {
+            self.back_on_cpu().await?;
+        }
+        match waited {
             Ok(None) if capped => Err(self.deadline_passed()),
             result => Ok(result),
         }

@@ -15,7 +15,7 @@ use super::limits::LimitArgs;
 use crate::http::config::SiteConfig;
 use crate::http::routing::{DocRoot, Router};
 use crate::http::server::{self, App, ServerSettings};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{EngineSettings, Sandbox};
 use crate::tenants::metrics::{self, Metrics};
 use crate::tenants::{Registry, ServerConfig};
 
@@ -61,12 +61,22 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     pub max_connections: usize,
 
-    /// Scripts running at once; more requests wait for a free instance
-    /// [default: twice the cores; with tenants, 128, each tenant also held
-    /// to its own max_concurrency].
+    /// Runs executing Lua at once, across all tenants; a request waiting on
+    /// I/O (ngx.sleep, sockets, subrequests, a slow client) holds no slot
+    /// [default: twice the cores; each tenant is also held to its own
+    /// max_concurrency].
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=10_000).map(|n| n as usize))]
     pub max_running: Option<usize>,
+
+    /// Requests in flight at once (admitted: running or waiting on I/O),
+    /// across all tenants; each holds a sandbox instance. More wait in the
+    /// queue [default: a quarter of the machine's memory at 2 MiB each,
+    /// between 64 and 4096; each tenant is also held to its own
+    /// max_in_flight].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
+    pub max_in_flight: Option<usize>,
 
     /// Largest request body, in KiB (413 beyond).
     #[arg(long, value_name = "N", default_value_t = ServerSettings::default().max_request_body_bytes / 1024,
@@ -101,14 +111,9 @@ fn usage(message: impl std::fmt::Display) -> u8 {
     exit::USAGE
 }
 
-/// Scripts running at once across all tenants, by default: tenants are
-/// held to their own `max_concurrency`, and runs yield to each other, so
-/// this only bounds the instance pool.
-const TENANTS_MAX_RUNNING: usize = 128;
-
 pub fn run(args: ServeArgs) -> u8 {
     super::init_logging(matches!(args.log_format, LogFormat::Json));
-    let mut settings = ServerSettings {
+    let settings = ServerSettings {
         max_connections: args.max_connections,
         max_request_body_bytes: args.max_body_kib * 1024,
         max_header_bytes: args.max_header_kib * 1024,
@@ -116,6 +121,9 @@ pub fn run(args: ServeArgs) -> u8 {
         header_read_timeout: Duration::from_millis(args.header_timeout_ms),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         max_running: args.max_running.unwrap_or_else(server::default_max_running),
+        max_in_flight: args
+            .max_in_flight
+            .unwrap_or_else(EngineSettings::default_max_in_flight),
     };
     let mut engine = args.limits.engine_settings(0);
     let mut listen: Vec<SocketAddr> = args.listen.into_iter().collect();
@@ -133,7 +141,6 @@ pub fn run(args: ServeArgs) -> u8 {
                     Ok(server_config) => server_config,
                     Err(error) => return usage(format!("invalid configuration:\n{error}")),
                 };
-                settings.max_running = args.max_running.unwrap_or(TENANTS_MAX_RUNNING);
                 engine.max_memory_bytes = server_config.ceilings.memory_bytes();
                 if listen.is_empty() {
                     listen = server_config.listen.clone();
@@ -175,7 +182,7 @@ pub fn run(args: ServeArgs) -> u8 {
     {
         return usage(error);
     }
-    engine.max_instances = u32::try_from(settings.max_running + 8).unwrap_or(u32::MAX);
+    engine.max_instances = settings.instance_pool_size();
     let sandbox = match Sandbox::new(engine) {
         Ok(sandbox) => Arc::new(sandbox),
         Err(error) => {

@@ -317,7 +317,10 @@ impl response::Host for RunState {
 
     async fn write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         let cap = self.output_cap as u64;
-        let http = http_state(self)?;
+        let RunState { http, caps, .. } = self;
+        let http = http.as_mut().ok_or_else(|| {
+            wasmtime::Error::msg("an HTTP import was called outside an HTTP request")
+        })?;
         if http.status_sent.is_none() {
             return Ok(Err("response body before its headers".into()));
         }
@@ -331,7 +334,8 @@ impl response::Host for RunState {
             })));
         }
         http.body_bytes = total;
-        if !http.sink.write(Bytes::from(bytes)).await {
+        // A slow client makes the run wait, off the CPU.
+        if !caps.off_cpu(http.sink.write(Bytes::from(bytes))).await? {
             http.client_gone = true;
             return Ok(Err("client closed the connection".into()));
         }

@@ -16,14 +16,12 @@
 //! after a limit, in a fresh instance with a small budget of its own, since
 //! the request's instance was stopped.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::caps::RequestCaps;
 use crate::sandbox::host_api::moonwall::sandbox::http_types::{Handlers, Phase, Request, Source};
-use crate::sandbox::{
-    Limit, Limits, Outcome, Sandbox, SandboxError, block_on, classify_stop, lossy,
-};
-
-use crate::caps::{RequestCaps, RunCaps};
+use crate::sandbox::run::RunSetup;
+use crate::sandbox::{CpuSlots, Limit, Limits, Outcome, Sandbox, SandboxError, block_on, lossy};
 
 use super::guest_api::{HttpState, RequestLog, ResponseSink};
 
@@ -102,6 +100,18 @@ fn log_only_limits(limits: &Limits) -> Limits {
     }
 }
 
+/// One request to serve: what [`Sandbox::serve`] needs.
+pub(crate) struct ServeJob<'a> {
+    pub(crate) request: &'a Request,
+    pub(crate) handlers: &'a Handlers,
+    pub(crate) limits: &'a Limits,
+    pub(crate) sink: Box<dyn ResponseSink>,
+    pub(crate) log: RequestLog,
+    pub(crate) caps: RequestCaps,
+    /// The CPU slots the request's runs hold while guest code executes.
+    pub(crate) cpu: CpuSlots,
+}
+
 impl Sandbox {
     /// Run `request` through `handlers` in a fresh instance, the response
     /// going to `sink`. Blocks the calling thread; see
@@ -129,49 +139,65 @@ impl Sandbox {
         log: RequestLog,
         caps: RequestCaps,
     ) -> Result<(HttpReport, Box<dyn ResponseSink>), SandboxError> {
-        limits.validate()?;
-        let started = Instant::now();
+        self.serve(ServeJob {
+            request,
+            handlers,
+            limits,
+            sink,
+            log,
+            caps,
+            cpu: CpuSlots::default(),
+        })
+        .await
+    }
+
+    /// Serve one request: its phases in one run, and after a limit, the log
+    /// phase in a run of its own.
+    pub(crate) async fn serve(
+        &self,
+        job: ServeJob<'_>,
+    ) -> Result<(HttpReport, Box<dyn ResponseSink>), SandboxError> {
+        let ServeJob {
+            request,
+            handlers,
+            limits,
+            sink,
+            log,
+            caps,
+            cpu,
+        } = job;
         let request_id = log.request_id;
         let discard_body = request.method == "HEAD";
-        let mut store = self.new_store(limits, Box::new(LogOutput { request_id }), started)?;
-        store.data_mut().http = Some(HttpState::new(sink, discard_body, log));
-        store.data_mut().caps =
-            RunCaps::new(caps.clone(), started + limits.timeout, limits.timeout);
-
-        let outcome = match self.pre.instantiate_async(&mut store).await {
-            Ok(guest) => match guest
-                .moonwall_sandbox_http_handler()
-                .call_handle(&mut store, request, handlers)
-                .await
-            {
-                Ok(Ok(())) => HttpOutcome::Served,
-                Ok(Err(error)) => HttpOutcome::LuaError {
-                    phase: phase_name(error.phase),
-                    message: lossy(&error.message),
-                    traceback: lossy(&error.traceback),
-                },
-                Err(trap) => match classify_stop(&trap, limits, &self.settings) {
-                    // Aborted after the memory limiter refused to grow.
-                    Outcome::Fault { .. } if store.data().limiter.refused => {
-                        HttpOutcome::LimitExceeded(Limit::Memory {
-                            limit_bytes: limits.memory_bytes,
-                        })
-                    }
-                    outcome => stopped(outcome),
-                },
-            },
-            Err(_) if store.data().limiter.refused => HttpOutcome::LimitExceeded(Limit::Memory {
-                limit_bytes: limits.memory_bytes,
-            }),
-            Err(error) if error.downcast_ref::<wasmtime::Trap>().is_some() => {
-                stopped(classify_stop(&error, limits, &self.settings))
+        let mut run = self
+            .start_run(RunSetup {
+                limits: limits.clone(),
+                output: Box::new(LogOutput { request_id }),
+                http: Some(HttpState::new(sink, discard_body, log)),
+                caps: caps.clone(),
+                cpu,
+            })
+            .await?;
+        let result = match run.instantiate().await {
+            Ok(guest) => {
+                guest
+                    .moonwall_sandbox_http_handler()
+                    .call_handle(&mut run.store, request, handlers)
+                    .await
             }
-            Err(error) => return Err(SandboxError::Instantiate(format!("{error:#}"))),
+            Err(error) => Err(error),
         };
-        let fuel_left = store.get_fuel().unwrap_or(0);
-        let state = store.into_data();
-        let peak_memory_bytes = state.limiter.peak_memory;
-        let mut http = state.http.expect("the HTTP state set above");
+        let finished = run.finish(result)?;
+        let outcome = match finished.result {
+            Ok(Ok(())) => HttpOutcome::Served,
+            Ok(Err(error)) => HttpOutcome::LuaError {
+                phase: phase_name(error.phase),
+                message: lossy(&error.message),
+                traceback: lossy(&error.traceback),
+            },
+            Err(stop) => stopped(stop),
+        };
+        let mut state = finished.state;
+        let mut http = state.http.take().expect("the HTTP state set above");
         // An error raised by a write to a client that had gone is the
         // client's doing, not the script's.
         let outcome = match outcome {
@@ -216,7 +242,9 @@ impl Sandbox {
         let status = http.status_sent.unwrap_or(0);
         let body_bytes = http.body_bytes;
         let sink = if trapped && let Some(log_handler) = &handlers.log {
-            self.log_only(request, log_handler, status, limits, http, caps)
+            // The log phase runs on the CPU slots the request holds.
+            let cpu = std::mem::take(&mut state.caps.cpu);
+            self.log_only(request, log_handler, status, limits, http, caps, cpu)
                 .await
         } else {
             http.into_sink()
@@ -225,14 +253,15 @@ impl Sandbox {
             outcome,
             status,
             body_bytes,
-            fuel_used: limits.fuel - fuel_left.min(limits.fuel),
-            peak_memory_bytes,
-            duration: started.elapsed(),
+            fuel_used: finished.fuel_used,
+            peak_memory_bytes: finished.peak_memory_bytes,
+            duration: finished.duration,
         };
         Ok((report, sink))
     }
 
     /// The log phase alone, in a fresh instance with its own small budget.
+    #[allow(clippy::too_many_arguments)]
     async fn log_only(
         &self,
         request: &Request,
@@ -241,50 +270,51 @@ impl Sandbox {
         limits: &Limits,
         http: HttpState,
         caps: RequestCaps,
+        cpu: CpuSlots,
     ) -> Box<dyn ResponseSink> {
-        let limits = log_only_limits(limits);
         let request_id = http.request_id();
-        let Ok(mut store) =
-            self.new_store(&limits, Box::new(LogOutput { request_id }), Instant::now())
-        else {
+        let limits = log_only_limits(limits);
+        if let Err(error) = self.check_limits(&limits) {
+            tracing::error!(request_id, "log phase not run: {error}");
             return http.into_sink();
+        }
+        let setup = RunSetup {
+            limits,
+            output: Box::new(LogOutput { request_id }),
+            http: Some(http),
+            caps,
+            cpu,
         };
-        store.data_mut().http = Some(http);
-        let started = Instant::now();
-        store.data_mut().caps = RunCaps::new(caps, started + limits.timeout, limits.timeout);
-        let result = match self.pre.instantiate_async(&mut store).await {
+        let mut run = self.start_checked_run(setup).await;
+        let result = match run.instantiate().await {
             Ok(guest) => {
                 guest
                     .moonwall_sandbox_http_handler()
-                    .call_log_only(&mut store, request, log_handler, status)
+                    .call_log_only(&mut run.store, request, log_handler, status)
                     .await
             }
             Err(error) => Err(error),
         };
-        if let Err(trap) = result {
-            let stop = classify_stop(&trap, &limits, &self.settings);
-            tracing::error!(request_id, "log phase stopped: {}", describe(&stop));
-        }
-        store
-            .into_data()
-            .http
-            .expect("the HTTP state set above")
-            .into_sink()
+        let state = match run.finish(result) {
+            Ok(finished) => {
+                if let Err(stop) = &finished.result {
+                    tracing::error!(request_id, "log phase stopped: {stop}");
+                }
+                finished.state
+            }
+            Err(unavailable) => {
+                tracing::error!(request_id, "log phase not run: {}", unavailable.error);
+                *unavailable.state
+            }
+        };
+        state.http.expect("the HTTP state set above").into_sink()
     }
 }
 
 fn stopped(outcome: Outcome) -> HttpOutcome {
     match outcome {
         Outcome::LimitExceeded(limit) => HttpOutcome::LimitExceeded(limit),
-        other => HttpOutcome::Fault(describe(&other)),
-    }
-}
-
-fn describe(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::LimitExceeded(limit) => limit.to_string(),
-        Outcome::Fault { trap } => trap.clone(),
-        other => format!("{other:?}"),
+        other => HttpOutcome::Fault(other.to_string()),
     }
 }
 

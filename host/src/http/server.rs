@@ -3,9 +3,10 @@
 //!
 //! Bounds, all in [`ServerSettings`]: connections (a semaphore, waiting
 //! before accept), header bytes and count, the time to read a request's
-//! headers (slow clients: slowloris), the request body (413), instances
-//! running at once (requests beyond wait for one), and the grace period of a
-//! graceful shutdown, which drains in-flight requests.
+//! headers (slow clients: slowloris), the request body (413), requests in
+//! flight and runs on a CPU at once (requests beyond wait for a place; see
+//! `tenants::admission`), and the grace period of a graceful shutdown,
+//! which drains in-flight requests.
 
 use crate::caps::RequestCaps;
 use std::convert::Infallible;
@@ -28,13 +29,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::guest_api::{RequestLog, ResponseSink, SinkFuture};
-use super::phases::HttpOutcome;
+use super::phases::{HttpOutcome, ServeJob};
 use super::request::RequestHead;
 use super::routing::{Route, Router};
 use super::scripts::ScriptCache;
 use super::static_files::{self, StaticFile};
-use crate::sandbox::{Limits, Sandbox};
-use crate::tenants::admission::{AdmissionLimits, Rejection};
+use crate::sandbox::{EngineSettings, Limits, Sandbox};
+use crate::tenants::admission::{AdmissionLimits, Admitted, Rejection, ServerGates};
 use crate::tenants::metrics::Metrics;
 use crate::tenants::policy::TenantLimits;
 use crate::tenants::{Registry, Tenant, TenantSet};
@@ -48,9 +49,14 @@ pub struct ServerSettings {
     pub max_headers: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
-    /// Script runs at once; further requests wait for a free instance
-    /// (default: twice the cores, see [`default_max_running`]).
+    /// Runs executing guest code at once, across all tenants; a run that
+    /// waits on I/O gives its slot back (default: twice the cores, see
+    /// [`default_max_running`]).
     pub max_running: usize,
+    /// Requests in flight (admitted, running or waiting on I/O) at once,
+    /// across all tenants: each holds an instance (default: sized from the
+    /// machine's memory, [`EngineSettings::default_max_in_flight`]).
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerSettings {
@@ -63,15 +69,26 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             max_running: default_max_running(),
+            max_in_flight: EngineSettings::default_max_in_flight(),
         }
     }
 }
 
-/// Scripts running at once by default: twice the cores. Guest code is CPU
-/// work; running more instances than the cores can serve only spreads the
-/// CPU thinner, and a request's wall-clock deadline runs while it waits for
-/// a core. Requests beyond this wait in the queue, where their deadline has
-/// not started yet.
+impl ServerSettings {
+    /// Instances the engine's pool needs for these settings: one for each
+    /// request in flight, and room for the runs that are not requests of
+    /// their own (compiles of new scripts, log phases after a limit,
+    /// subrequests).
+    pub fn instance_pool_size(&self) -> u32 {
+        u32::try_from(self.max_in_flight + self.max_running + 8).unwrap_or(u32::MAX)
+    }
+}
+
+/// Runs on a CPU at once by default: twice the cores. Guest code is CPU
+/// work; running more of it than the cores can serve only spreads the CPU
+/// thinner, and a request's wall-clock deadline runs meanwhile. Requests
+/// beyond this wait in the queue, where their deadline has not started yet;
+/// runs waiting on I/O hold no slot.
 pub fn default_max_running() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get() * 2)
@@ -86,7 +103,8 @@ pub struct App {
     pub settings: ServerSettings,
     /// Scripts in memory, shared by all tenants (keyed by real path).
     pub scripts: ScriptCache,
-    running: Arc<Semaphore>,
+    /// The server's bounds on requests in flight and runs on a CPU.
+    pub(crate) gates: ServerGates,
     next_request_id: AtomicU64,
 }
 
@@ -102,9 +120,10 @@ impl App {
             sandbox: limits,
             max_request_body_bytes: settings.max_request_body_bytes,
             // One site: no rate limit and no queue bound of its own; the
-            // server's `max_running` is its concurrency.
+            // server's bounds are its own.
             admission: AdmissionLimits {
                 max_concurrency: settings.max_running,
+                max_in_flight: settings.max_in_flight,
                 max_queue: usize::MAX,
                 queue_timeout: Duration::from_secs(24 * 3600),
                 requests_per_second: None,
@@ -123,13 +142,13 @@ impl App {
         registry: Arc<Registry>,
         settings: ServerSettings,
     ) -> Arc<Self> {
-        let running = Arc::new(Semaphore::new(settings.max_running));
+        let gates = ServerGates::new(settings.max_in_flight, settings.max_running);
         Arc::new(App {
             sandbox,
             registry,
             settings,
             scripts: ScriptCache::default(),
-            running,
+            gates,
             next_request_id: AtomicU64::new(1),
         })
     }
@@ -359,14 +378,15 @@ async fn handle(
                 }
                 Err(_) => return access.host(simple(StatusCode::BAD_REQUEST), "bad-body"),
             };
-            // The tenant's own cap first, then a slot of the server's.
+            // A place in flight and a CPU slot, the tenant's and the server's.
             let metrics = tenant.metrics.clone();
-            let admitted = match tenant.admission.admit(|delta| metrics.queued(delta)).await {
+            let admitted = match tenant
+                .admission
+                .admit(&app.gates, |delta| metrics.queued(delta))
+                .await
+            {
                 Ok(admitted) => admitted,
                 Err(rejection) => return access.host(rejected(rejection), rejection.label()),
-            };
-            let Ok(slot) = app.running.clone().acquire_owned().await else {
-                return access.host(simple(StatusCode::SERVICE_UNAVAILABLE), "shutting-down");
             };
             let handlers = match app.scripts.load(&app.sandbox, &scripts, &shown_from).await {
                 Ok(handlers) => handlers,
@@ -379,7 +399,7 @@ async fn handle(
                 }
             };
             let request = head.into_request(body, "http", local, remote);
-            run_script(&app, request, handlers, access, (admitted, slot)).await
+            run_script(&app, request, handlers, access, admitted).await
         }
     }
 }
@@ -396,18 +416,22 @@ fn rejected(rejection: Rejection) -> Response<ResponseBody> {
     response
 }
 
-/// Run the scripts in a task of their own on the runtime's workers (guest
-/// code yields at every epoch tick, so it shares them fairly); the response
-/// streams back through a channel as the guest writes it. `permits` are held
-/// until the run ends.
+/// Run the scripts, the response streaming back through a channel as the
+/// guest writes it. The run starts in the connection's own task: a response
+/// the guest writes whole (the common case) goes out with no other task or
+/// wake-up involved. Once the guest sends its head and goes on (it streams,
+/// or waits with the head sent), the rest of the run moves to a task of its
+/// own, so the connection can send what is written meanwhile. Guest code
+/// yields at every epoch tick, so runs share the runtime's workers fairly.
+/// The places in flight are held until the run ends.
 async fn run_script(
     app: &Arc<App>,
     request: super::Request,
     handlers: super::Handlers,
     access: Access,
-    permits: impl Send + 'static,
+    admitted: Admitted,
 ) -> Response<ResponseBody> {
-    let (head_tx, head_rx) = oneshot::channel();
+    let (head_tx, mut head_rx) = oneshot::channel();
     let (body_tx, body_rx) = mpsc::channel(16);
     let sink = ChannelSink {
         head: Some(head_tx),
@@ -429,24 +453,26 @@ async fn run_script(
         &request,
         access.id,
     );
-    tokio::spawn(async move {
-        let _permits = permits;
+    let Admitted { in_flight, cpu, .. } = admitted;
+    let mut run = Box::pin(async move {
+        let _in_flight = in_flight;
         let running = &tenant.metrics;
         running.running(1);
         let served = app
             .sandbox
-            .serve_request_async(
-                &request,
-                &handlers,
-                &tenant.limits.sandbox,
-                Box::new(sink),
+            .serve(ServeJob {
+                request: &request,
+                handlers: &handlers,
+                limits: &tenant.limits.sandbox,
+                sink: Box::new(sink),
                 log,
-                RequestCaps {
+                caps: RequestCaps {
                     grants: tenant.grants.clone(),
                     subrequests: Some(subrequests),
                     depth: 0,
                 },
-            )
+                cpu,
+            })
             .await;
         running.running(-1);
         match served {
@@ -468,7 +494,17 @@ async fn run_script(
             }
         }
     });
-    match head_rx.await {
+    let head = tokio::select! {
+        biased;
+        head = &mut head_rx => {
+            // The head is out and the run goes on: in a task of its own.
+            tokio::spawn(run);
+            head
+        }
+        // The run ended: its response, if any, is in the channel whole.
+        () = &mut run => head_rx.await,
+    };
+    match head {
         Ok(((status, headers), whole)) => {
             let body = match whole {
                 Some(body) => full(body),

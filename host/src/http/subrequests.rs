@@ -21,6 +21,7 @@ use crate::sandbox::host_api::moonwall::sandbox::tasks::{Subrequest, Subresponse
 use crate::tenants::Tenant;
 
 use super::guest_api::{CollectedResponse, RequestLog};
+use super::phases::ServeJob;
 use super::request::normalize_path;
 use super::routing::Route;
 use super::server::App;
@@ -152,14 +153,16 @@ impl TenantSubrequests {
         let (report, sink) = self
             .app
             .sandbox
-            .serve_request_async(
-                &request,
-                &handlers,
-                &self.tenant.limits.sandbox,
-                Box::new(CollectedResponse::default()),
+            .serve(ServeJob {
+                request: &request,
+                handlers: &handlers,
+                limits: &self.tenant.limits.sandbox,
+                sink: Box::new(CollectedResponse::default()),
                 log,
                 caps,
-            )
+                // Its parent waits off the CPU meanwhile.
+                cpu: self.tenant.admission.cpu_slots(&self.app.gates),
+            })
             .await
             .map_err(|e| format!("cannot run the subrequest: {e}"))?;
         let sink: Box<dyn std::any::Any> = sink;

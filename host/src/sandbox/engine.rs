@@ -110,6 +110,41 @@ impl EngineSettings {
     pub const DEFAULT_WASM_STACK_BYTES: usize = 4 * MIB;
     pub const DEFAULT_MAX_INSTANCES: u32 = 64;
     pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
+
+    /// What one request in flight costs in resident memory: its instance's
+    /// touched pages (the prepared Lua state, the C stack it used, its own
+    /// heap), its fiber stack and its store. Measured with bench/sleep
+    /// (docs/benchmarks.md): the server's RSS with 2,000 sleeping requests,
+    /// less its idle RSS, divided by 2,000, rounded up generously.
+    pub const IN_FLIGHT_FOOTPRINT_BYTES: usize = 2 * MIB;
+    /// The fewest requests in flight a server allows by default.
+    pub const MIN_IN_FLIGHT: usize = 64;
+    /// The most requests in flight a server allows by default. Each is an
+    /// instance slot in the pool, which reserves address space for the
+    /// largest memory limit (4 GiB plus guards): 4,096 slots are 17 TiB of
+    /// the 128 TiB a process can address.
+    pub const MAX_IN_FLIGHT: usize = 4096;
+
+    /// Requests the server keeps in flight by default, sized from the
+    /// machine's memory: a quarter of it, at
+    /// [`Self::IN_FLIGHT_FOOTPRINT_BYTES`] each, between
+    /// [`Self::MIN_IN_FLIGHT`] and [`Self::MAX_IN_FLIGHT`].
+    pub fn default_max_in_flight() -> usize {
+        static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *DEFAULT.get_or_init(|| {
+            let memory = total_memory_bytes().unwrap_or(4096 * MIB);
+            (memory / 4 / Self::IN_FLIGHT_FOOTPRINT_BYTES)
+                .clamp(Self::MIN_IN_FLIGHT, Self::MAX_IN_FLIGHT)
+        })
+    }
+}
+
+/// The machine's memory, from /proc/meminfo.
+fn total_memory_bytes() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(KIB)
 }
 
 impl Default for EngineSettings {
@@ -151,7 +186,10 @@ pub(crate) fn build_engine(settings: &EngineSettings) -> Result<Engine, SandboxE
     // modules wit-component adds for the canonical ABI.
     pool.total_component_instances(instances);
     pool.total_core_instances(instances * 4);
-    pool.total_memories(instances);
+    // Two memories an instance: its linear memory, and the GC heap that
+    // holds its wasm exceptions (Lua's errors), which the pool allocates
+    // from the same memory slots.
+    pool.total_memories(instances * 2);
     pool.total_tables(instances * 4);
     pool.total_gc_heaps(instances);
     // Every run is async, on a fiber stack of its own from the pool.

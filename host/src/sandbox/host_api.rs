@@ -103,6 +103,7 @@ impl RunState {
                 crate::caps::RequestCaps::none(),
                 Instant::now(),
                 std::time::Duration::ZERO,
+                super::CpuSlots::default(),
             ),
         }
     }

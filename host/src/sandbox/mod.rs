@@ -13,18 +13,20 @@
 //! ever shared between runs.
 
 pub mod cache;
+pub mod cpu;
 pub mod engine;
 pub mod host_api;
 pub mod outcome;
+pub(crate) mod run;
 pub mod snapshot;
 
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Trap};
 
+pub use cpu::CpuSlots;
 pub use engine::{EngineSettings, Limits};
 pub use host_api::{CapturedOutput, InheritedOutput, OutputSink};
 pub use outcome::{Limit, Outcome, RunReport};
@@ -32,6 +34,7 @@ pub use outcome::{Limit, Outcome, RunReport};
 use engine::EpochTicker;
 use host_api::exports::moonwall::sandbox::script;
 use host_api::{HostStop, RunState};
+use run::RunSetup;
 
 /// What can keep the sandbox from running a script at all. (How a script
 /// ends, limits included, is an [`Outcome`], not an error.)
@@ -168,28 +171,25 @@ impl Sandbox {
         source: &[u8],
         limits: &Limits,
     ) -> Result<Option<String>, SandboxError> {
-        limits.validate()?;
         let output = Box::new(CapturedOutput::default());
-        let mut store = self.new_store(limits, output, Instant::now())?;
+        let mut run = self.start_run(RunSetup::plain(limits, output)).await?;
         let chunk = script::Chunk {
             name: format!("@{name}"),
             source: source.to_vec(),
         };
-        let result = match self.pre.instantiate_async(&mut store).await {
+        let result = match run.instantiate().await {
             Ok(guest) => {
                 guest
                     .moonwall_sandbox_script()
-                    .call_compile(&mut store, &chunk)
+                    .call_compile(&mut run.store, &chunk)
                     .await
             }
             Err(error) => Err(error),
         };
-        match result {
+        match run.finish(result)?.result {
             Ok(error) => Ok(error.map(|message| lossy(&message))),
-            Err(error) => match classify_stop(&error, limits, &self.settings) {
-                Outcome::LimitExceeded(limit) => Ok(Some(format!("{name}: {limit}"))),
-                _ => Err(SandboxError::Instantiate(format!("{error:#}"))),
-            },
+            Err(Outcome::LimitExceeded(limit)) => Ok(Some(format!("{name}: {limit}"))),
+            Err(other) => Err(SandboxError::Instantiate(other.to_string())),
         }
     }
 
@@ -198,31 +198,14 @@ impl Sandbox {
     #[doc(hidden)]
     pub fn instantiate_and_drop(&self, limits: &Limits) -> Result<(), SandboxError> {
         let output = Box::new(CapturedOutput::default());
-        let mut store = self.new_store(limits, output, Instant::now())?;
-        block_on(self.pre.instantiate_async(&mut store))
-            .map(drop)
-            .map_err(|e| SandboxError::Instantiate(format!("{e:#}")))
-    }
-
-    /// A fresh store for one run, with every limit armed: the memory limiter,
-    /// fuel, and the deadline counted from `started`.
-    pub(crate) fn new_store(
-        &self,
-        limits: &Limits,
-        output: Box<dyn OutputSink>,
-        started: Instant,
-    ) -> Result<Store<RunState>, SandboxError> {
-        let mut state = RunState::new(limits.memory_bytes, limits.output_bytes, output);
-        state.awake = Some(self.ticker.awake());
-        state.caps.deadline = started + limits.timeout;
-        state.caps.time_limit = limits.timeout;
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
-        engine::arm_deadline(&mut store, started + limits.timeout);
-        Ok(store)
+        block_on(async {
+            let mut run = self.start_run(RunSetup::plain(limits, output)).await?;
+            let result = run.instantiate().await.map(drop);
+            match run.finish(result)?.result {
+                Ok(()) => Ok(()),
+                Err(stop) => Err(SandboxError::Instantiate(stop.to_string())),
+            }
+        })
     }
 
     /// Run `program` with its output captured in memory.
@@ -240,56 +223,23 @@ impl Sandbox {
         limits: &Limits,
         output: Box<dyn OutputSink>,
     ) -> Result<(RunReport, Box<dyn OutputSink>), SandboxError> {
-        limits.validate()?;
-        if limits.memory_bytes > self.settings.max_memory_bytes {
-            return Err(SandboxError::InvalidLimits(format!(
-                "a memory limit of {} bytes is above this engine's ceiling of {} bytes",
-                limits.memory_bytes, self.settings.max_memory_bytes
-            )));
-        }
-        let started = Instant::now();
-        let mut store = self.new_store(limits, output, started)?;
-
-        let outcome = match self.pre.instantiate_async(&mut store).await {
-            Ok(guest) => match guest
+        let mut run = self.start_run(RunSetup::plain(limits, output)).await?;
+        let result = match run.instantiate().await {
+            Ok(guest) => guest
                 .moonwall_sandbox_script()
-                .call_run(&mut store, &program.chunks, &program.args)
+                .call_run(&mut run.store, &program.chunks, &program.args)
                 .await
-            {
-                Ok(outcome) => from_guest(outcome),
-                // A guest that aborts after the memory limiter refused it
-                // (an allocation for a host result that did not fit) hit
-                // the memory limit.
-                Err(error) => match classify_stop(&error, limits, &self.settings) {
-                    Outcome::Fault { .. } if store.data().limiter.refused => {
-                        Outcome::LimitExceeded(Limit::Memory {
-                            limit_bytes: limits.memory_bytes,
-                        })
-                    }
-                    outcome => outcome,
-                },
-            },
-            // A memory cap below what the guest needs to start is the memory
-            // limit; anything else means the host could not run the guest.
-            Err(_) if store.data().limiter.refused => Outcome::LimitExceeded(Limit::Memory {
-                limit_bytes: limits.memory_bytes,
-            }),
-            // The guest's start-up code ran out of fuel or time (a tiny limit,
-            // or a loaded machine): that is the run's limit, not a host error.
-            Err(error) if error.downcast_ref::<Trap>().is_some() => {
-                classify_stop(&error, limits, &self.settings)
-            }
-            Err(error) => return Err(SandboxError::Instantiate(format!("{error:#}"))),
+                .map(from_guest),
+            Err(error) => Err(error),
         };
-        let fuel_left = store.get_fuel().unwrap_or(0);
-        let state = store.into_data();
+        let finished = run.finish(result)?;
         let report = RunReport {
-            outcome,
-            fuel_used: limits.fuel - fuel_left.min(limits.fuel),
-            peak_memory_bytes: state.limiter.peak_memory,
-            duration: started.elapsed(),
+            outcome: finished.result.unwrap_or_else(|stop| stop),
+            fuel_used: finished.fuel_used,
+            peak_memory_bytes: finished.peak_memory_bytes,
+            duration: finished.duration,
         };
-        Ok((report, state.into_output()))
+        Ok((report, finished.state.into_output()))
     }
 }
 

@@ -46,6 +46,20 @@ impl Outcome {
     }
 }
 
+/// One line for logs and errors: the limit, the fault, or the Lua message.
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Completed => f.write_str("completed"),
+            Outcome::LuaError { message, .. } | Outcome::SyntaxError { message } => {
+                f.write_str(message)
+            }
+            Outcome::LimitExceeded(limit) => limit.fmt(f),
+            Outcome::Fault { trap } => f.write_str(trap),
+        }
+    }
+}
+
 /// A limit that stopped a run, with the value it was set to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Limit {

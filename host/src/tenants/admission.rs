@@ -1,21 +1,38 @@
 //! Admission of a tenant's script requests: a token bucket for the request
-//! rate (429 beyond it) and a cap on requests running at once, with a
-//! bounded queue in front of it (503 with `Retry-After` when the queue is
-//! full or a request waited too long).
+//! rate (429 beyond it), then a place among the requests in flight and a
+//! first CPU slot, with a bounded queue in front of them (503 with
+//! `Retry-After` when the queue is full or a request waited too long).
+//!
+//! Two things are bounded, each by the tenant and by the server:
+//! - **requests in flight** (`max_in_flight`): admitted and not finished,
+//!   whether running or waiting on I/O. Each holds an instance, so this is
+//!   bounded by memory, not by cores;
+//! - **CPU slots** (`max_concurrency`, and the server's `max_running`): runs
+//!   executing guest code at once. A run gives its slots back while it
+//!   waits on the host and takes them again before it resumes
+//!   ([`CpuSlots`]).
 //!
 //! Admission is decided before a request takes an instance, so a tenant
-//! over its share costs the server a few atomics, never a sandbox.
+//! over its share costs the server a few atomics, never a sandbox. Every
+//! semaphore is taken in one order (tenant in flight, server in flight,
+//! tenant CPU, server CPU), so no two requests can each hold what the other
+//! waits for.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::sandbox::CpuSlots;
+
 /// How a tenant's requests are admitted (from its policy's `[limits]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdmissionLimits {
+    /// Runs of the tenant executing guest code at once (CPU slots).
     pub max_concurrency: usize,
+    /// Requests of the tenant in flight at once (running or waiting).
+    pub max_in_flight: usize,
     pub max_queue: usize,
     pub queue_timeout: Duration,
     /// `None`: no rate limit.
@@ -65,14 +82,41 @@ impl Rejection {
 #[derive(Debug)]
 pub struct Admission {
     limits: AdmissionLimits,
-    running: std::sync::Arc<Semaphore>,
+    in_flight: Arc<Semaphore>,
+    cpu: Arc<Semaphore>,
     waiting: AtomicUsize,
     bucket: Option<Mutex<TokenBucket>>,
 }
 
-/// A permit to run; the slot is free again when it is dropped.
+/// A request's places in flight, the tenant's and the server's: free again
+/// when dropped.
+pub struct InFlight {
+    _permits: [OwnedSemaphorePermit; 2],
+}
+
+/// The server's own bounds, shared by every tenant.
+#[derive(Debug, Clone)]
+pub struct ServerGates {
+    /// Requests in flight across all tenants.
+    pub in_flight: Arc<Semaphore>,
+    /// Runs executing guest code at once across all tenants.
+    pub cpu: Arc<Semaphore>,
+}
+
+impl ServerGates {
+    pub fn new(max_in_flight: usize, max_running: usize) -> Self {
+        ServerGates {
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            cpu: Arc::new(Semaphore::new(max_running)),
+        }
+    }
+}
+
+/// An admitted request: its places in flight and its CPU slots, held, for
+/// its run to give back while it waits.
 pub struct Admitted {
-    _permit: OwnedSemaphorePermit,
+    pub in_flight: InFlight,
+    pub cpu: CpuSlots,
     /// How long the request waited in the queue.
     pub waited: Duration,
 }
@@ -83,7 +127,8 @@ impl Admission {
             .requests_per_second
             .map(|rate| Mutex::new(TokenBucket::new(rate, limits.burst)));
         Admission {
-            running: std::sync::Arc::new(Semaphore::new(limits.max_concurrency)),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            cpu: Arc::new(Semaphore::new(limits.max_concurrency)),
             waiting: AtomicUsize::new(0),
             bucket,
             limits,
@@ -92,6 +137,13 @@ impl Admission {
 
     pub fn limits(&self) -> &AdmissionLimits {
         &self.limits
+    }
+
+    /// The CPU slots of a run of this tenant that was not admitted on its
+    /// own (a subrequest): the tenant's, then the server's, taken when it
+    /// starts.
+    pub fn cpu_slots(&self, server: &ServerGates) -> CpuSlots {
+        CpuSlots::new(vec![self.cpu.clone(), server.cpu.clone()])
     }
 
     /// Requests waiting in the queue now.
@@ -114,14 +166,22 @@ impl Admission {
             })
     }
 
-    /// Wait for a slot to run in. `on_queue(+1/-1)` is told when the request
-    /// starts and stops waiting (for the queue-depth gauge).
-    pub async fn admit(&self, on_queue: impl Fn(i64)) -> Result<Admitted, Rejection> {
-        if let Ok(permit) = self.running.clone().try_acquire_owned() {
-            return Ok(Admitted {
-                _permit: permit,
-                waited: Duration::ZERO,
-            });
+    /// Wait for a place in flight and a first CPU slot, the tenant's and
+    /// the server's. `on_queue(+1/-1)` is told when the request starts and
+    /// stops waiting (for the queue-depth gauge).
+    pub async fn admit(
+        &self,
+        server: &ServerGates,
+        on_queue: impl Fn(i64),
+    ) -> Result<Admitted, Rejection> {
+        let gates = [
+            self.in_flight.clone(),
+            server.in_flight.clone(),
+            self.cpu.clone(),
+            server.cpu.clone(),
+        ];
+        if let Some(admitted) = Self::try_take(&gates) {
+            return Ok(admitted);
         }
         let retry_after_secs = whole_seconds(self.limits.queue_timeout);
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limits.max_queue {
@@ -146,19 +206,46 @@ impl Admission {
             on_queue,
         };
         let started = Instant::now();
-        let acquired = tokio::time::timeout(
-            self.limits.queue_timeout,
-            self.running.clone().acquire_owned(),
-        )
-        .await;
+        let all = async {
+            let mut permits = Vec::with_capacity(gates.len());
+            for gate in &gates {
+                // The semaphores are never closed.
+                permits.push(gate.clone().acquire_owned().await.ok()?);
+            }
+            Some(permits)
+        };
+        let acquired = tokio::time::timeout(self.limits.queue_timeout, all).await;
         drop(in_queue);
         match acquired {
-            Ok(Ok(permit)) => Ok(Admitted {
-                _permit: permit,
-                waited: started.elapsed(),
-            }),
-            // The semaphore is never closed; a timeout is the only way here.
+            Ok(Some(permits)) => Ok(Self::admitted(gates, permits, started.elapsed())),
             _ => Err(Rejection::QueueTimeout { retry_after_secs }),
+        }
+    }
+
+    /// Every place free at once: admitted without queueing.
+    fn try_take(gates: &[Arc<Semaphore>; 4]) -> Option<Admitted> {
+        let mut permits = Vec::with_capacity(gates.len());
+        for gate in gates {
+            permits.push(gate.clone().try_acquire_owned().ok()?);
+        }
+        Some(Self::admitted(gates.clone(), permits, Duration::ZERO))
+    }
+
+    fn admitted(
+        gates: [Arc<Semaphore>; 4],
+        mut permits: Vec<OwnedSemaphorePermit>,
+        waited: Duration,
+    ) -> Admitted {
+        let [_, _, tenant_cpu, server_cpu] = gates;
+        let cpu_permits = permits.split_off(2);
+        let server_in_flight = permits.pop().expect("four permits");
+        let tenant_in_flight = permits.pop().expect("four permits");
+        Admitted {
+            in_flight: InFlight {
+                _permits: [tenant_in_flight, server_in_flight],
+            },
+            cpu: CpuSlots::held(vec![tenant_cpu, server_cpu], cpu_permits),
+            waited,
         }
     }
 }
@@ -235,27 +322,73 @@ mod tests {
     }
 
     #[test]
+    fn a_request_waiting_off_the_cpu_lets_another_run() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let server = ServerGates::new(100, 100);
+            let admission = Admission::new(AdmissionLimits {
+                max_concurrency: 1,
+                max_in_flight: 2,
+                max_queue: 10,
+                queue_timeout: Duration::from_millis(50),
+                requests_per_second: None,
+                burst: 1,
+            });
+            let mut first = admission.admit(&server, |_| {}).await.unwrap();
+            // The only CPU slot is held: the second times out in the queue.
+            assert!(admission.admit(&server, |_| {}).await.is_err());
+            // The first waits on I/O: its CPU slot is free, its place in
+            // flight still taken.
+            first.cpu.release();
+            let mut second = admission.admit(&server, |_| {}).await.unwrap();
+            // Two in flight: a third waits for a place, CPU or not.
+            second.cpu.release();
+            assert_eq!(
+                admission.admit(&server, |_| {}).await.err(),
+                Some(Rejection::QueueTimeout {
+                    retry_after_secs: 1
+                })
+            );
+            // The first resumes only once the second gives the CPU back.
+            let soon = Instant::now() + Duration::from_secs(60);
+            second.cpu.acquire(soon).await.unwrap();
+            let blocked = Instant::now() + Duration::from_millis(20);
+            assert!(first.cpu.acquire(blocked).await.is_err());
+            second.cpu.release();
+            first.cpu.acquire(soon).await.unwrap();
+            assert_eq!(server.cpu.available_permits(), 99);
+            assert_eq!(server.in_flight.available_permits(), 98);
+        });
+    }
+
+    #[test]
     fn queue_is_bounded_and_times_out() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
         runtime.block_on(async {
+            let server = ServerGates::new(100, 100);
             let admission = std::sync::Arc::new(Admission::new(AdmissionLimits {
                 max_concurrency: 1,
+                max_in_flight: 100,
                 max_queue: 1,
                 queue_timeout: Duration::from_millis(50),
                 requests_per_second: None,
                 burst: 1,
             }));
-            let first = admission.admit(|_| {}).await.unwrap();
+            let first = admission.admit(&server, |_| {}).await.unwrap();
             let waiting = tokio::spawn({
                 let admission = admission.clone();
-                async move { admission.admit(|_| {}).await.map(|a| a.waited) }
+                let server = server.clone();
+                async move { admission.admit(&server, |_| {}).await.map(|a| a.waited) }
             });
             tokio::task::yield_now().await;
             assert_eq!(admission.waiting(), 1);
-            let full = admission.admit(|_| {}).await.err().unwrap();
+            let full = admission.admit(&server, |_| {}).await.err().unwrap();
             assert_eq!(
                 full,
                 Rejection::QueueFull {
@@ -271,17 +404,18 @@ mod tests {
                 }
             );
             drop(first);
-            assert!(admission.admit(|_| {}).await.is_ok());
+            assert!(admission.admit(&server, |_| {}).await.is_ok());
 
             // A request dropped while it waits leaves the queue.
-            let _first = admission.admit(|_| {}).await.unwrap();
+            let _first = admission.admit(&server, |_| {}).await.unwrap();
             let gauge = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
             let waiting = {
                 let gauge = gauge.clone();
                 let wait = admission.clone();
+                let server = server.clone();
                 tokio::spawn(async move {
                     let _ = wait
-                        .admit(move |delta| {
+                        .admit(&server, move |delta| {
                             gauge.fetch_add(delta, std::sync::atomic::Ordering::SeqCst);
                         })
                         .await;

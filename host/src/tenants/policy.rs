@@ -17,8 +17,8 @@ use super::admission::AdmissionLimits;
 use super::hosts::HostPattern;
 use crate::http::config::{ConfigError, LocationFile, Problems, line_col, parse_locations};
 use crate::http::routing::Locations;
-use crate::sandbox::Limits;
 use crate::sandbox::host_api::moonwall::sandbox::log::Level;
+use crate::sandbox::{EngineSettings, Limits};
 
 /// `[limits]` as written, in a policy or (as ceilings) in moonwall.toml.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -34,6 +34,7 @@ pub(crate) struct LimitsFile {
     queue_timeout_ms: Option<Spanned<u64>>,
     requests_per_second: Option<Spanned<u64>>,
     burst: Option<Spanned<u64>>,
+    max_in_flight: Option<Spanned<u64>>,
 }
 
 /// One limit: its key, the range any value must be in, and the value a
@@ -49,7 +50,7 @@ const KIB_PER_GIB: u64 = 1 << 20;
 /// No rate limit.
 const UNLIMITED: u64 = u64::MAX;
 
-fn keys() -> [Key; 10] {
+fn keys() -> [Key; 11] {
     // By default a tenant may hold all cores but one: whatever it runs,
     // one worker is always left for everyone else (bench/noisy: with a
     // runaway tenant on every core, another tenant's p99 triples).
@@ -57,6 +58,10 @@ fn keys() -> [Key; 10] {
         .map_or(1, |n| n.get() as u64)
         .saturating_sub(1)
         .max(1);
+    // By default a tenant may hold three quarters of the requests the
+    // server can keep in flight: a tenant whose requests all wait on a slow
+    // upstream leaves a quarter of the places to everyone else.
+    let tenant_in_flight = (EngineSettings::default_max_in_flight() * 3 / 4).max(1);
     [
         Key {
             name: "fuel",
@@ -98,7 +103,10 @@ fn keys() -> [Key; 10] {
             name: "max_queue",
             min: 0,
             max: 100_000,
-            tenant_default: 64,
+            // A burst of requests that each need the CPU only briefly
+            // before they wait on I/O (200 clients of a gateway at once)
+            // passes through the queue; --max-connections bounds it too.
+            tenant_default: 1024,
         },
         Key {
             name: "queue_timeout_ms",
@@ -118,11 +126,17 @@ fn keys() -> [Key; 10] {
             max: 1_000_000,
             tenant_default: UNLIMITED,
         },
+        Key {
+            name: "max_in_flight",
+            min: 1,
+            max: 100_000,
+            tenant_default: tenant_in_flight as u64,
+        },
     ]
 }
 
 impl LimitsFile {
-    fn values(&self) -> [&Option<Spanned<u64>>; 10] {
+    fn values(&self) -> [&Option<Spanned<u64>>; 11] {
         [
             &self.fuel,
             &self.timeout_ms,
@@ -134,6 +148,7 @@ impl LimitsFile {
             &self.queue_timeout_ms,
             &self.requests_per_second,
             &self.burst,
+            &self.max_in_flight,
         ]
     }
 }
@@ -142,8 +157,8 @@ impl LimitsFile {
 /// was set (for messages).
 #[derive(Debug, Clone)]
 pub struct Ceilings {
-    values: [u64; 10],
-    origins: [String; 10],
+    values: [u64; 11],
+    origins: [String; 11],
 }
 
 impl Default for Ceilings {
@@ -213,7 +228,7 @@ pub struct TenantLimits {
 impl TenantLimits {
     fn parse(file: &LimitsFile, ceilings: &Ceilings, problems: &mut Problems) -> TenantLimits {
         let keys = keys();
-        let mut v = [0u64; 10];
+        let mut v = [0u64; 11];
         for (i, (key, value)) in keys.iter().zip(file.values()).enumerate() {
             v[i] = key.tenant_default.min(ceilings.values[i]);
             let Some(value) = value else { continue };
@@ -243,6 +258,7 @@ impl TenantLimits {
             queue_timeout,
             rate,
             burst,
+            in_flight,
         ] = v;
         let rate = (rate != UNLIMITED).then_some(rate as f64);
         TenantLimits {
@@ -255,6 +271,7 @@ impl TenantLimits {
             max_request_body_bytes: (request as usize) << 10,
             admission: AdmissionLimits {
                 max_concurrency: concurrency as usize,
+                max_in_flight: in_flight as usize,
                 max_queue: queue as usize,
                 queue_timeout: Duration::from_millis(queue_timeout),
                 requests_per_second: rate,

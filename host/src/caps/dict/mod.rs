@@ -392,7 +392,7 @@ impl wit::Host for RunCaps {
 
     async fn free_space(&mut self, dict: u32) -> wasmtime::Result<Result<u64, String>> {
         let result = match self.dict_store(dict) {
-            Ok(store) => store.free_space(self.deadline).await,
+            Ok(store) => self.off_cpu(store.free_space(self.deadline)).await?,
             Err(error) => Err(error),
         };
         self.dict_answer(result)
@@ -405,12 +405,13 @@ impl wit::Host for RunCaps {
         stale: bool,
     ) -> wasmtime::Result<Result<Option<wit::Item>, String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = async move {
-            let store = store?;
-            check_key(&key)?;
-            store.get(key, stale, deadline).await
-        }
-        .await;
+        let result = self
+            .off_cpu(async move {
+                let store = store?;
+                check_key(&key)?;
+                store.get(key, stale, deadline).await
+            })
+            .await?;
         self.dict_answer(result.map(|found| {
             found.map(|item| wit::Item {
                 value: item.value.into(),
@@ -430,22 +431,23 @@ impl wit::Host for RunCaps {
         mode: wit::StoreMode,
     ) -> wasmtime::Result<Result<bool, String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = async move {
-            let store = store?;
-            check_key(&key)?;
-            let value = value.map(Value::from);
-            store
-                .store(
-                    key,
-                    value,
-                    ttl_ms.min(MAX_TTL_MS),
-                    flags,
-                    mode.into(),
-                    deadline,
-                )
-                .await
-        }
-        .await;
+        let result = self
+            .off_cpu(async move {
+                let store = store?;
+                check_key(&key)?;
+                let value = value.map(Value::from);
+                store
+                    .store(
+                        key,
+                        value,
+                        ttl_ms.min(MAX_TTL_MS),
+                        flags,
+                        mode.into(),
+                        deadline,
+                    )
+                    .await
+            })
+            .await?;
         self.dict_answer(result)
     }
 
@@ -458,30 +460,32 @@ impl wit::Host for RunCaps {
         init_ttl_ms: u64,
     ) -> wasmtime::Result<Result<(wit::Value, bool), String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = async move {
-            let store = store?;
-            check_key(&key)?;
-            let delta = Value::from(delta);
-            let init = init.map(Value::from);
-            if !is_number(&delta) || init.as_ref().is_some_and(|init| !is_number(init)) {
-                return Err(Error::Refused(BAD_VALUE));
-            }
-            store
-                .incr(key, delta, init, init_ttl_ms.min(MAX_TTL_MS), deadline)
-                .await
-        }
-        .await;
+        let result = self
+            .off_cpu(async move {
+                let store = store?;
+                check_key(&key)?;
+                let delta = Value::from(delta);
+                let init = init.map(Value::from);
+                if !is_number(&delta) || init.as_ref().is_some_and(|init| !is_number(init)) {
+                    return Err(Error::Refused(BAD_VALUE));
+                }
+                store
+                    .incr(key, delta, init, init_ttl_ms.min(MAX_TTL_MS), deadline)
+                    .await
+            })
+            .await?;
         self.dict_answer(result.map(|(value, forcible)| (value.into(), forcible)))
     }
 
     async fn ttl(&mut self, dict: u32, key: Vec<u8>) -> wasmtime::Result<Result<u64, String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = async move {
-            let store = store?;
-            check_key(&key)?;
-            store.ttl(key, deadline).await
-        }
-        .await;
+        let result = self
+            .off_cpu(async move {
+                let store = store?;
+                check_key(&key)?;
+                store.ttl(key, deadline).await
+            })
+            .await?;
         self.dict_answer(result)
     }
 
@@ -492,18 +496,19 @@ impl wit::Host for RunCaps {
         ttl_ms: u64,
     ) -> wasmtime::Result<Result<(), String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = async move {
-            let store = store?;
-            check_key(&key)?;
-            store.expire(key, ttl_ms.min(MAX_TTL_MS), deadline).await
-        }
-        .await;
+        let result = self
+            .off_cpu(async move {
+                let store = store?;
+                check_key(&key)?;
+                store.expire(key, ttl_ms.min(MAX_TTL_MS), deadline).await
+            })
+            .await?;
         self.dict_answer(result)
     }
 
     async fn flush_all(&mut self, dict: u32) -> wasmtime::Result<Result<(), String>> {
         let result = match self.dict_store(dict) {
-            Ok(store) => store.flush_all(self.deadline).await,
+            Ok(store) => self.off_cpu(store.flush_all(self.deadline)).await?,
             Err(error) => Err(error),
         };
         self.dict_answer(result)
@@ -515,7 +520,10 @@ impl wit::Host for RunCaps {
         max: u32,
     ) -> wasmtime::Result<Result<u32, String>> {
         let result = match self.dict_store(dict) {
-            Ok(store) => store.flush_expired(max, self.deadline).await,
+            Ok(store) => {
+                self.off_cpu(store.flush_expired(max, self.deadline))
+                    .await?
+            }
             Err(error) => Err(error),
         };
         self.dict_answer(result)
@@ -527,7 +535,7 @@ impl wit::Host for RunCaps {
         max: u32,
     ) -> wasmtime::Result<Result<Vec<Vec<u8>>, String>> {
         let result = match self.dict_store(dict) {
-            Ok(store) => store.get_keys(max, self.deadline).await,
+            Ok(store) => self.off_cpu(store.get_keys(max, self.deadline)).await?,
             Err(error) => Err(error),
         };
         self.dict_answer(result)
@@ -541,16 +549,17 @@ impl wit::Host for RunCaps {
         front: bool,
     ) -> wasmtime::Result<Result<u64, String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = async move {
-            let store = store?;
-            check_key(&key)?;
-            let value = Value::from(value);
-            if matches!(value, Value::Bool(_)) {
-                return Err(Error::Refused(BAD_VALUE));
-            }
-            store.push(key, value, front, deadline).await
-        }
-        .await;
+        let result = self
+            .off_cpu(async move {
+                let store = store?;
+                check_key(&key)?;
+                let value = Value::from(value);
+                if matches!(value, Value::Bool(_)) {
+                    return Err(Error::Refused(BAD_VALUE));
+                }
+                store.push(key, value, front, deadline).await
+            })
+            .await?;
         self.dict_answer(result)
     }
 
@@ -561,23 +570,25 @@ impl wit::Host for RunCaps {
         front: bool,
     ) -> wasmtime::Result<Result<Option<wit::Value>, String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = async move {
-            let store = store?;
-            check_key(&key)?;
-            store.pop(key, front, deadline).await
-        }
-        .await;
+        let result = self
+            .off_cpu(async move {
+                let store = store?;
+                check_key(&key)?;
+                store.pop(key, front, deadline).await
+            })
+            .await?;
         self.dict_answer(result.map(|found| found.map(Into::into)))
     }
 
     async fn llen(&mut self, dict: u32, key: Vec<u8>) -> wasmtime::Result<Result<u64, String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = async move {
-            let store = store?;
-            check_key(&key)?;
-            store.llen(key, deadline).await
-        }
-        .await;
+        let result = self
+            .off_cpu(async move {
+                let store = store?;
+                check_key(&key)?;
+                store.llen(key, deadline).await
+            })
+            .await?;
         self.dict_answer(result)
     }
 }
