@@ -13,10 +13,8 @@
 
 local prim, util = ...
 
-local type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset,
-      load =
-      type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset,
-      load
+local type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset =
+      type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset
 local byte, find, sub, lower, gsub, format = string.byte, string.find, string.sub, string.lower,
       string.gsub, string.format
 local concat, remove, unpack = table.concat, table.remove, table.unpack
@@ -1086,7 +1084,8 @@ local function compile(sources)
   for _, name in ipairs({ "rewrite", "access", "content", "header_filter", "body_filter", "log" }) do
     local source = sources[name]
     if source then
-      local fn, err = load(source.code, source.name, "t")
+      -- loaded by glue/http.c: text, or the host's own bytecode
+      local fn, err = source.fn, source.err
       if not fn then return { phase = name, message = err, traceback = "" } end
       handlers[name] = fn
     end
@@ -1157,7 +1156,7 @@ end
 local function log_only(req, source, status)
   begin(req)
   resp.head_sent, resp.eof, resp.closed, resp.status = true, true, true, status
-  local fn, err = load(source.code, source.name, "t")
+  local fn, err = source.fn, source.err
   if not fn then
     prim.log(ERR, "log phase: " .. err)
     return

@@ -138,6 +138,7 @@ fn content_handler(code: &str) -> Handlers {
         content: Some(Source {
             name: "@bench.lua".into(),
             code: code.as_bytes().to_vec(),
+            binary: false,
         }),
         header_filter: None,
         body_filter: None,

@@ -252,6 +252,7 @@ impl Grant {
                         return Ok(wit::Module {
                             file: file_name,
                             source: source.to_vec(),
+                            binary: false,
                         });
                     }
                     Err(OpenError::Io(error))

@@ -7,11 +7,13 @@
 //! - [`snapshot`]: the guest pre-initialized once (libraries and the `ngx`
 //!   API built) and snapshotted, so requests start from that state.
 //! - [`cache`]: compiled guest code cached on disk.
+//! - [`bytecode`]: what the host accepts as a compiled Lua chunk.
 //!
 //! A [`Sandbox`] compiles the guest once and pre-links it (`InstancePre`);
 //! [`Sandbox::run`] then instantiates it afresh for every run, so no state is
 //! ever shared between runs.
 
+pub mod bytecode;
 pub mod cache;
 pub mod engine;
 pub mod host_api;
@@ -159,15 +161,17 @@ impl Sandbox {
     }
 
     /// Compile `source` as the Lua script `name` in a fresh instance, running
-    /// nothing of it: `Ok(None)` if it compiles, `Ok(Some(message))` with its
-    /// syntax error (`name:line: text`) if not. A limit reached while
-    /// compiling is reported as the error.
+    /// nothing of it: `Ok(Ok(bytecode))` if it compiles (the binary chunk,
+    /// with its debug information, that requests may load instead of the
+    /// source), `Ok(Err(message))` with its syntax error (`name:line: text`)
+    /// if not. A limit reached while compiling, or bytecode the host does
+    /// not accept ([`bytecode::check`]), is reported as the error.
     pub async fn compile(
         &self,
         name: &str,
         source: &[u8],
         limits: &Limits,
-    ) -> Result<Option<String>, SandboxError> {
+    ) -> Result<Result<Vec<u8>, String>, SandboxError> {
         limits.validate()?;
         let output = Box::new(CapturedOutput::default());
         let mut store = self.new_store(limits, output, Instant::now())?;
@@ -185,9 +189,10 @@ impl Sandbox {
             Err(error) => Err(error),
         };
         match result {
-            Ok(error) => Ok(error.map(|message| lossy(&message))),
+            Ok(Ok(bytecode)) => Ok(bytecode::check(name, bytecode)),
+            Ok(Err(message)) => Ok(Err(lossy(&message))),
             Err(error) => match classify_stop(&error, limits, &self.settings) {
-                Outcome::LimitExceeded(limit) => Ok(Some(format!("{name}: {limit}"))),
+                Outcome::LimitExceeded(limit) => Ok(Err(format!("{name}: {limit}"))),
                 _ => Err(SandboxError::Instantiate(format!("{error:#}"))),
             },
         }
