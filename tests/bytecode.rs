@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::site::shared_sandbox;
+use common::site::{Site, shared_sandbox};
 use moonwall::caps::RequestCaps;
 use moonwall::http::request::RequestHead;
 use moonwall::http::scripts::{PhaseScripts, ScriptCache};
@@ -213,4 +213,50 @@ fn scripts_cannot_load_bytecode_even_from_the_host() {
          nil\tbinary chunks are not allowed in the moonwall sandbox (only Lua source text is loaded)\n\
          nil\tbinary chunks are not allowed in the moonwall sandbox (only Lua source text is loaded)\n"
     );
+}
+
+/// A site whose policy grants `lib` to require from.
+fn lib_site(name: &str, files: &[(&str, &str)]) -> Site {
+    Site::start(name, "", "", "lib_dirs = [\"../lib\"]", files)
+}
+
+#[test]
+fn modules_are_compiled_once_and_their_errors_name_file_and_line() {
+    let site = lib_site(
+        "bytecode_modules",
+        &[
+            (
+                "lib/shapes/area.lua",
+                "local M = {}\n\nfunction M.square(n)\n  if type(n) ~= 'number' then\n    error('not a number: ' .. tostring(n))\n  end\n  return n * n\nend\n\nreturn M\n",
+            ),
+            ("lib/broken.lua", "local x = = 1\n"),
+            (
+                "root/t.lua",
+                "local area = require('shapes.area')\n\
+                 ngx.say(area.square(7))\n\
+                 ngx.say(select(2, pcall(area.square, 'x')))\n\
+                 ngx.say(select(2, pcall(require, 'broken')))\n",
+            ),
+        ],
+    );
+    let expected = "49\n\
+                    lib/shapes/area.lua:5: not a number: x\n\
+                    error loading module 'broken' from file 'lib/broken.lua':\n\
+                    \tlib/broken.lua:1: unexpected symbol near '='\n";
+    for _ in 0..3 {
+        let reply = site.get("/t.lua");
+        assert!(reply.is_ok_with(expected), "{reply:#?}");
+    }
+    let tenant = site.registry.current();
+    let stats = tenant
+        .by_name("t")
+        .unwrap()
+        .grants
+        .files
+        .module_cache_stats();
+    // shapes/area.lua as bytecode; broken.lua as its source (it does not
+    // compile: the guest reports the error); both read and compiled once.
+    assert_eq!(stats.modules, 2, "{stats:?}");
+    assert_eq!(stats.compiled, 1, "{stats:?}");
+    assert_eq!(stats.hits, 4, "{stats:?}");
 }

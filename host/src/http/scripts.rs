@@ -1,13 +1,17 @@
 //! The Lua scripts that handle a request, one per phase, read from disk
-//! and kept in memory, compiled ([`ScriptCache`]).
+//! and kept in memory, compiled ([`ScriptCache`]); and the compiler that
+//! `require` uses for modules from lib dirs ([`SandboxCompiler`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::{Handlers, Source};
+use crate::caps::files::{Compiled, ModuleCompiler};
 use crate::sandbox::{Limits, Sandbox};
 
 /// Which script handles each phase (`None`: the phase does nothing).
@@ -152,7 +156,7 @@ impl Default for ScriptCache {
     }
 }
 
-/// What compiling a new version of a script may spend.
+/// What compiling a new version of a script or module may spend.
 fn compile_limits() -> Limits {
     Limits {
         fuel: 2_000_000_000,
@@ -275,5 +279,39 @@ impl ScriptCache {
             },
         );
         Ok(code)
+    }
+}
+
+/// Compiles the modules `require` loads from lib dirs
+/// ([`crate::caps::files::ModuleCompiler`]) the way [`ScriptCache`] compiles
+/// scripts: in a fresh instance of the server's sandbox that runs none of
+/// the module, under [`compile_limits`] and the requesting run's time left.
+pub struct SandboxCompiler {
+    sandbox: Arc<Sandbox>,
+}
+
+impl SandboxCompiler {
+    /// The compiler of `sandbox`, as the files capability holds it.
+    pub fn shared(sandbox: Arc<Sandbox>) -> Arc<dyn ModuleCompiler> {
+        Arc::new(SandboxCompiler { sandbox })
+    }
+}
+
+impl ModuleCompiler for SandboxCompiler {
+    fn compile<'a>(
+        &'a self,
+        name: &'a str,
+        source: &'a [u8],
+        time: Duration,
+    ) -> Pin<Box<dyn Future<Output = Compiled> + Send + 'a>> {
+        Box::pin(async move {
+            let mut limits = compile_limits();
+            limits.timeout = limits.timeout.min(time).max(Duration::from_millis(1));
+            match self.sandbox.compile(name, source, &limits).await {
+                Ok(Ok(bytecode)) => Compiled::Bytecode(bytecode),
+                Ok(Err(message)) => Compiled::Failed(message),
+                Err(error) => Compiled::Unavailable(error.to_string()),
+            }
+        })
     }
 }
