@@ -6,6 +6,9 @@
 --            sha1, hmac_sha1, crc32, b64enc, b64dec, now, null)
 --   util     the pure-Lua helpers of ngx_util.lua
 -- Returns { serve = function(request, sources), log_only = function(...) }.
+-- A source is a phase handler glue/http.c has loaded (from Lua text, or from
+-- the bytecode the host compiled): { name = ..., fn = chunk } or
+-- { name = ..., err = why it did not load }.
 --
 -- Everything here runs inside the sandbox and is as untrusted as the scripts
 -- themselves: the host re-checks every status, header and byte it is sent.
