@@ -81,6 +81,7 @@ fn source(phase: &str, code: &Option<String>) -> Option<Source> {
     code.as_ref().map(|code| Source {
         name: format!("@{phase}.lua"),
         code: code.as_bytes().to_vec(),
+        binary: false,
     })
 }
 

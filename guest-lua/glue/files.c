@@ -692,7 +692,9 @@ int moonwall_find_lib_module(lua_State *L, const char *name) {
   lua_pushlstring(L, (const char *)module.file.ptr, module.file.len);
   lua_concat(L, 2);
   const char *chunk_name = lua_tostring(L, -1);
-  int status = luaL_loadbufferx(L, (const char *)module.source.ptr, module.source.len, chunk_name, "t");
+  /* Binary only when the host says it compiled the module (wit/files.wit). */
+  const char *mode = module.binary ? "b" : "t";
+  int status = luaL_loadbufferx(L, (const char *)module.source.ptr, module.source.len, chunk_name, mode);
   moonwall_sandbox_files_module_free(&module);
   if (status != LUA_OK)
     return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, chunk_name + 1,

@@ -237,11 +237,27 @@ static void push_request(lua_State *L, const request_t *request) {
   lua_setfield(L, -2, "start_time");
 }
 
+static const char BINARY_REFUSED[] =
+    "binary chunks are not allowed in the moonwall sandbox (only Lua source text is loaded)";
+
+/* A phase handler, loaded: { name = ..., fn = the chunk } or { name = ...,
+ * err = why it did not load }. Binary only when the host says the code is
+ * bytecode it compiled (wit/http.wit); Lua text otherwise. Nothing runs
+ * here. */
 static void push_source(lua_State *L, const source_t *source) {
   lua_createtable(L, 0, 2);
-  set_text(L, "name", &source->name);
-  push_bytes(L, &source->code);
-  lua_setfield(L, -2, "code");
+  const char *name = lua_pushlstring(L, (const char *)source->name.ptr, source->name.len);
+  lua_setfield(L, -2, "name"); /* the table keeps `name` alive */
+  const char *code = (const char *)source->code.ptr;
+  size_t len = source->code.len;
+  int status;
+  if (!source->binary && len > 0 && code[0] == LUA_SIGNATURE[0]) {
+    lua_pushstring(L, BINARY_REFUSED);
+    status = LUA_ERRSYNTAX;
+  } else {
+    status = luaL_loadbufferx(L, code, len, name, source->binary ? "b" : "t");
+  }
+  lua_setfield(L, -2, status == LUA_OK ? "fn" : "err");
 }
 
 static void push_handlers(lua_State *L, const handlers_t *handlers) {

@@ -4,7 +4,8 @@
  * A module is looked up, in order: in package.loaded; in package.preload;
  * among the built-in modules below; then in the tenant's lib directories,
  * which the host searches (files.c, wit/files.wit: only where the policy
- * grants `lib_dirs`, only Lua source text).
+ * grants `lib_dirs`, only Lua source text, which the host hands over
+ * compiled when it can).
  *
  * A built-in module is Lua source embedded from lua/ (called with its name
  * and, when it has one, the table of C primitives it wraps), or C alone.

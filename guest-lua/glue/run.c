@@ -3,6 +3,7 @@
  * ended. Limits (fuel, time, memory, stack, output) are not handled here: the
  * host enforces them by stopping the instance, which no Lua code can catch.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,16 +143,52 @@ void exports_moonwall_sandbox_script_run(exports_moonwall_sandbox_script_list_ch
   sandbox_list_string_free(args);
 }
 
-/* Compile only: the parser runs on a bare state (no libraries needed). */
+/* A growing buffer lua_dump writes the compiled chunk into. */
+struct dump {
+  uint8_t *bytes;
+  size_t len, cap;
+};
+
+static int dump_writer(lua_State *L, const void *part, size_t size, void *data) {
+  (void)L;
+  struct dump *dump = data;
+  if (size > dump->cap - dump->len) {
+    size_t cap = dump->cap > 0 ? dump->cap : 4096;
+    while (cap - dump->len < size) {
+      if (cap > SIZE_MAX / 2)
+        moonwall_memory_exhausted();
+      cap *= 2;
+    }
+    uint8_t *bytes = realloc(dump->bytes, cap);
+    if (bytes == NULL)
+      moonwall_memory_exhausted();
+    dump->bytes = bytes;
+    dump->cap = cap;
+  }
+  memcpy(dump->bytes + dump->len, part, size);
+  dump->len += size;
+  return 0;
+}
+
+/* Compile only: the parser runs on a bare state (no libraries needed), then
+ * the chunk is dumped with its debug information (chunk name, lines, local
+ * names), so that errors raised by the loaded chunk still say `chunk:line`.
+ * Nothing of the chunk runs. */
 bool exports_moonwall_sandbox_script_compile(exports_moonwall_sandbox_script_chunk_t *chunk,
-                                             sandbox_list_u8_t *ret) {
+                                             sandbox_list_u8_t *ret, sandbox_list_u8_t *err) {
   lua_State *L = moonwall_new_state();
   const char *name = push_name(L, &chunk->name);
   int status = luaL_loadbufferx(L, (const char *)chunk->source.ptr, chunk->source.len, name, "t");
-  bool failed = status != LUA_OK;
-  if (failed)
-    moonwall_copy_value(ret, L, -1);
+  bool compiled = status == LUA_OK;
+  if (compiled) {
+    struct dump dump = {NULL, 0, 0};
+    lua_dump(L, dump_writer, &dump, 0);
+    ret->ptr = dump.bytes;
+    ret->len = dump.len;
+  } else {
+    moonwall_copy_value(err, L, -1);
+  }
   lua_close(L);
   exports_moonwall_sandbox_script_chunk_free(chunk);
-  return failed;
+  return compiled;
 }

@@ -6,6 +6,9 @@
 --            sha1, hmac_sha1, crc32, b64enc, b64dec, now, null)
 --   util     the pure-Lua helpers of ngx_util.lua
 -- Returns { serve = function(request, sources), log_only = function(...) }.
+-- A source is a phase handler glue/http.c has loaded (from Lua text, or from
+-- the bytecode the host compiled): { name = ..., fn = chunk } or
+-- { name = ..., err = why it did not load }.
 --
 -- Everything here runs inside the sandbox and is as untrusted as the scripts
 -- themselves: the host re-checks every status, header and byte it is sent.
@@ -13,10 +16,8 @@
 
 local prim, util = ...
 
-local type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset,
-      load =
-      type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset,
-      load
+local type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset =
+      type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getmetatable, rawget, rawset
 local byte, find, sub, lower, gsub, format = string.byte, string.find, string.sub, string.lower,
       string.gsub, string.format
 local concat, remove, unpack = table.concat, table.remove, table.unpack
@@ -1086,7 +1087,8 @@ local function compile(sources)
   for _, name in ipairs({ "rewrite", "access", "content", "header_filter", "body_filter", "log" }) do
     local source = sources[name]
     if source then
-      local fn, err = load(source.code, source.name, "t")
+      -- loaded by glue/http.c: text, or the host's own bytecode
+      local fn, err = source.fn, source.err
       if not fn then return { phase = name, message = err, traceback = "" } end
       handlers[name] = fn
     end
@@ -1157,7 +1159,7 @@ end
 local function log_only(req, source, status)
   begin(req)
   resp.head_sent, resp.eof, resp.closed, resp.status = true, true, true, status
-  local fn, err = load(source.code, source.name, "t")
+  local fn, err = source.fn, source.err
   if not fn then
     prim.log(ERR, "log phase: " .. err)
     return

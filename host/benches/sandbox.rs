@@ -15,8 +15,19 @@
 //!   of Lua's collector.
 //! - `http/cold_script/N`: the first request of a script never seen before
 //!   (N lines): the server's script cache reads it, compiles it in an
-//!   instance of its own to vet it, then the request runs it. The server's
-//!   cold start of a new script, short of the network.
+//!   instance of its own to vet it, then the request runs it (as bytecode).
+//!   The server's cold start of a new script, short of the network.
+//! - `http/large_script/N`: a script of N lines served the warm way: the
+//!   script cache checks the file (one `stat`) and hands the request the
+//!   bytecode it compiled once; the request loads it and runs it. Compare
+//!   with `http/script_lines/N` (source, parsed by every request) and
+//!   `http/hello`. `N_unrun`: the same code inside `if false then ... end`,
+//!   loaded but not run (what loading the bytecode costs).
+//! - `http/require_5000`: a hello script that requires ten generated modules
+//!   of 500 lines each from a lib dir, compiled once by the files
+//!   capability's module cache and loaded as bytecode by every request.
+
+use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use moonwall::caps::RequestCaps;
@@ -37,7 +48,8 @@ fn sandbox() -> Sandbox {
 }
 
 fn bench(c: &mut Criterion) {
-    let sandbox = sandbox();
+    let shared = Arc::new(sandbox());
+    let sandbox = &*shared;
     let limits = Limits::default();
 
     c.bench_function("instantiate_and_drop", |b| {
@@ -82,17 +94,21 @@ fn bench(c: &mut Criterion) {
         ([127, 0, 0, 1], 1).into(),
     );
     let handlers = content_handler("ngx.say('hello')");
-    let serve = || serve_once(&sandbox, &request, &handlers, &limits);
-    assert_eq!(serve().outcome, HttpOutcome::Served);
+    let serve = || serve_once(sandbox, &request, &handlers, &limits);
+    let report = serve();
+    assert_eq!(report.outcome, HttpOutcome::Served);
+    eprintln!("http/hello: {} fuel per request", report.fuel_used);
     c.bench_function("http/hello", |b| b.iter(serve));
-    cold_scripts(c, &sandbox, &request, &limits);
+    cold_scripts(c, sandbox, &request, &limits);
+    large_scripts(c, sandbox, &request, &limits);
+    required_modules(c, &shared, &request, &limits);
 
     // The many-scripts question: what a script's size costs per request when
     // it is compiled from source in every request's instance.
     let mut group = c.benchmark_group("http/script_lines");
     for lines in [10, 100, 1000] {
         let handlers = content_handler(&generated_script(lines));
-        let serve = || serve_once(&sandbox, &request, &handlers, &limits);
+        let serve = || serve_once(sandbox, &request, &handlers, &limits);
         assert_eq!(serve().outcome, HttpOutcome::Served);
         group.bench_function(lines.to_string(), |b| b.iter(serve));
     }
@@ -109,7 +125,7 @@ fn bench(c: &mut Criterion) {
         ("stopped", "collectgarbage('stop') "),
     ] {
         let handlers = content_handler(&format!("{prelude}{work}"));
-        let serve = || serve_once(&sandbox, &request, &handlers, &limits);
+        let serve = || serve_once(sandbox, &request, &handlers, &limits);
         assert_eq!(serve().outcome, HttpOutcome::Served);
         group.bench_function(mode, |b| b.iter(serve));
     }
@@ -123,10 +139,20 @@ fn serve_once(
     handlers: &Handlers,
     limits: &Limits,
 ) -> HttpReport {
+    serve_with(sandbox, request, handlers, limits, RequestCaps::none())
+}
+
+fn serve_with(
+    sandbox: &Sandbox,
+    request: &Request,
+    handlers: &Handlers,
+    limits: &Limits,
+    caps: RequestCaps,
+) -> HttpReport {
     let sink = Box::new(CollectedResponse::default());
     let log = RequestLog::new(0, String::new());
     sandbox
-        .serve_request(request, handlers, limits, sink, log, RequestCaps::none())
+        .serve_request(request, handlers, limits, sink, log, caps)
         .unwrap()
         .0
 }
@@ -138,6 +164,7 @@ fn content_handler(code: &str) -> Handlers {
         content: Some(Source {
             name: "@bench.lua".into(),
             code: code.as_bytes().to_vec(),
+            binary: false,
         }),
         header_filter: None,
         body_filter: None,
@@ -172,6 +199,124 @@ fn cold_scripts(c: &mut Criterion, sandbox: &Sandbox, request: &Request, limits:
     }
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A script served from the script cache, warm: bytecode compiled once.
+fn large_scripts(c: &mut Criterion, sandbox: &Sandbox, request: &Request, limits: &Limits) {
+    use moonwall::http::scripts::{PhaseScripts, ScriptCache};
+    let dir = std::env::temp_dir().join(format!("moonwall-bench-large-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut group = c.benchmark_group("http/large_script");
+    let lines = 1000;
+    let source = generated_module_script(lines, "");
+    // The same functions and tables inside `if false then ... end`: loading
+    // the bytecode without running its top level, to tell the two apart.
+    let body = source.strip_prefix("local M = {}\n").unwrap();
+    let body = &body[..body.find("local unused").unwrap()];
+    let unrun = format!("local M = {{}}\nif false then\n{body}end\nngx.say('hello')\n");
+    for (name, source) in [
+        (lines.to_string(), source),
+        (format!("{lines}_unrun"), unrun),
+    ] {
+        let path = dir.join(format!("large{name}.lua"));
+        std::fs::write(&path, &source).unwrap();
+        let cache = ScriptCache::default();
+        let scripts = PhaseScripts::content(path);
+        let load = || moonwall::sandbox::block_on(cache.load(sandbox, &scripts, &dir)).unwrap();
+        let first = load();
+        let content = first.content.as_ref().unwrap();
+        assert!(content.binary);
+        let report = serve_once(sandbox, request, &first, limits);
+        assert_eq!(report.outcome, HttpOutcome::Served);
+        eprintln!(
+            "http/large_script/{name}: {} lines, {} bytes of source, {} bytes of bytecode, {} fuel per request",
+            source.lines().count(),
+            source.len(),
+            content.code.len(),
+            report.fuel_used
+        );
+        let serve = || serve_once(sandbox, request, &load(), limits);
+        group.bench_function(name, |b| b.iter(serve));
+        assert_eq!(cache.compiles(), 1);
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A hello script requiring ten modules of 500 lines from a lib dir, whose
+/// bytecode the files capability's module cache keeps.
+fn required_modules(c: &mut Criterion, sandbox: &Arc<Sandbox>, request: &Request, limits: &Limits) {
+    use moonwall::caps::{CapsSettings, Grants};
+    use moonwall::http::scripts::SandboxCompiler;
+    use moonwall::tenants::policy::Capabilities;
+    let dir = std::env::temp_dir().join(format!("moonwall-bench-lib-{}", std::process::id()));
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    let (modules, lines_each) = (10, 500);
+    let mut script = String::new();
+    let (mut source_bytes, mut lines) = (0, 0);
+    for m in 0..modules {
+        let module = generated_module_script(lines_each, &format!("m{m}"));
+        source_bytes += module.len();
+        lines += module.lines().count();
+        std::fs::write(lib.join(format!("m{m}.lua")), module).unwrap();
+        script.push_str(&format!(
+            "local m{m} = require('m{m}')
+"
+        ));
+    }
+    script.push_str(
+        "ngx.say('hello')
+",
+    );
+    let capabilities = Capabilities {
+        lib_dirs: vec![lib.canonicalize().unwrap()],
+        ..Capabilities::default()
+    };
+    let settings = CapsSettings {
+        module_compiler: Some(SandboxCompiler::shared(sandbox.clone())),
+        ..CapsSettings::default()
+    };
+    let grants = Arc::new(Grants::from_policy("bench", &capabilities, None, &settings).unwrap());
+    let handlers = content_handler(&script);
+    let serve = || {
+        serve_with(
+            sandbox,
+            request,
+            &handlers,
+            limits,
+            RequestCaps::of(grants.clone()),
+        )
+    };
+    assert_eq!(serve().outcome, HttpOutcome::Served);
+    let stats = grants.files.module_cache_stats();
+    assert_eq!(stats.compiled, modules);
+    eprintln!(
+        "http/require_5000: {modules} modules, {lines} lines, {source_bytes} bytes of source, {} bytes of bytecode, {} fuel per request",
+        stats.bytes,
+        serve().fuel_used
+    );
+    c.bench_function("http/require_5000", |b| b.iter(serve));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// About `lines` lines of ordinary module code: small functions and tables
+/// in a module table (so no limit on locals applies), returned when `name`
+/// is a module name, else followed by a hello.
+fn generated_module_script(lines: usize, name: &str) -> String {
+    let mut code = String::from("local M = {}\n");
+    for i in 0..(lines - 3) / 8 {
+        code.push_str(&format!(
+            "M.t{i} = {{ id = {i}, name = \"item{i}\", tags = {{ \"a\", \"b\" }} }}\n\
+             function M.f{i}(a, b)\n  local t = {{ x = a, y = b, name = \"f{i}\" }}\n  if a > b then\n    return t.x - b\n  end\n  return t.y + a * {i}\nend\n"
+        ));
+    }
+    if name.is_empty() {
+        code.push_str("local unused = M.f1(1, 2)\nngx.say('hello')\n");
+    } else {
+        code.push_str("M.name = ...\nreturn M\n");
+    }
+    code
 }
 
 /// A script of about `lines` lines of ordinary code: small functions and

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use moonwall::http::scripts::SandboxCompiler;
 use moonwall::http::server::{App, ServerSettings, serve};
 use moonwall::tenants::metrics::Metrics;
 use moonwall::tenants::{Registry, ServerConfig};
@@ -120,8 +121,10 @@ impl Site {
     /// Serve the site laid out in `dir` (its `moonwall.toml`).
     pub fn serve(dir: PathBuf) -> Site {
         capture_logs();
-        let config =
+        let mut config =
             ServerConfig::load(&dir.join("moonwall.toml")).unwrap_or_else(|e| panic!("{e}"));
+        // As `moonwall serve` does: lib-dir modules compiled by the sandbox.
+        config.caps.module_compiler = Some(SandboxCompiler::shared(shared_sandbox()));
         let registry =
             Arc::new(Registry::load(config, Metrics::new()).unwrap_or_else(|e| panic!("{e}")));
         let app = App::with_registry(

@@ -11,16 +11,26 @@
 //! Bounds on the host: [`MAX_OPEN_FILES`] per run, [`MAX_READ_BYTES`] per
 //! read call (a whole file is read in chunks and only costs the guest's own
 //! memory), [`MAX_MODULE_BYTES`] per module, and a per-tenant cache of
-//! module sources bounded in entries and bytes.
+//! modules bounded in entries and bytes.
+//!
+//! Modules are compiled once per file version, when the grant has a
+//! [`ModuleCompiler`] (a server's sandbox): in an instance of its own that
+//! runs none of the module, so that the bytecode requests load never comes
+//! from a request's instance. The cache keeps that bytecode, and a request
+//! that requires modules does not parse them. Without a compiler (`moonwall
+//! request`, tests), or for a module that does not compile, the guest gets
+//! the source text and parses it (reporting the syntax error itself).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use wasmtime::component::{HasSelf, Linker};
@@ -40,7 +50,8 @@ pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_MODULE_BYTES: u64 = 4 << 20;
 /// The longest module name.
 pub const MAX_MODULE_NAME_BYTES: usize = 255;
-/// Module sources kept in memory per tenant: entries, and bytes in all.
+/// Modules (bytecode, or source) kept in memory per tenant: entries, and
+/// bytes in all.
 pub const MAX_CACHED_MODULES: usize = 4096;
 pub const MAX_CACHED_MODULE_BYTES: usize = 64 << 20;
 
@@ -113,6 +124,43 @@ enum OpenError {
     Io(std::io::Error),
 }
 
+/// What compiling a module gave.
+#[derive(Debug)]
+pub enum Compiled {
+    /// Its bytecode, debug information kept.
+    Bytecode(Vec<u8>),
+    /// It does not compile (a syntax error, or a limit reached compiling).
+    Failed(String),
+    /// It could not be compiled now (no instance free, ...): the guest gets
+    /// the source this time.
+    Unavailable(String),
+}
+
+/// Compiles modules for `require`: parse and dump only, in an instance that
+/// runs none of the module (a server's sandbox,
+/// [`crate::http::scripts::SandboxCompiler`]). The files capability holds
+/// one without owning the sandbox.
+pub trait ModuleCompiler: Send + Sync {
+    /// Compile `source` as chunk `name` (`DIR/a/b.lua`, named `@DIR/a/b.lua`
+    /// as Lua names files), taking at most `time`.
+    fn compile<'a>(
+        &'a self,
+        name: &'a str,
+        source: &'a [u8],
+        time: Duration,
+    ) -> Pin<Box<dyn Future<Output = Compiled> + Send + 'a>>;
+}
+
+impl std::fmt::Debug for dyn ModuleCompiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModuleCompiler")
+    }
+}
+
+/// The run's deadline passed while a module was being compiled for it.
+#[derive(Debug)]
+pub struct DeadlinePassed;
+
 /// The directories and environment names a tenant may read.
 #[derive(Default)]
 pub struct Grant {
@@ -121,10 +169,16 @@ pub struct Grant {
     /// Granted names and their values, read when the policy was loaded.
     env: Vec<(String, Option<Vec<u8>>)>,
     modules: Mutex<ModuleCache>,
+    /// Compiles modules once per version; without one, modules are handed
+    /// over as source text.
+    compiler: Option<Arc<dyn ModuleCompiler>>,
 }
 
 impl Grant {
-    pub fn from_policy(capabilities: &Capabilities) -> Grant {
+    pub fn from_policy(
+        capabilities: &Capabilities,
+        compiler: Option<Arc<dyn ModuleCompiler>>,
+    ) -> Grant {
         Grant {
             read_dirs: capabilities
                 .read_dirs
@@ -145,6 +199,7 @@ impl Grant {
                 })
                 .collect(),
             modules: Mutex::default(),
+            compiler,
         }
     }
 
@@ -222,8 +277,35 @@ impl Grant {
         Ok(file)
     }
 
-    /// Find module `name` in the lib dirs, as `require` does.
-    fn find_module(&self, name: &[u8]) -> Result<wit::Module, wit::ModuleError> {
+    /// Find module `name` in the lib dirs, as `require` does: its bytecode
+    /// (compiled once per file version) or its source. A compile waits at
+    /// most until `deadline`, the run's.
+    pub(crate) async fn find_module(
+        &self,
+        name: &[u8],
+        deadline: Instant,
+    ) -> Result<Result<wit::Module, wit::ModuleError>, DeadlinePassed> {
+        let (file_name, found) = match self.locate_module(name) {
+            Ok(found) => found,
+            Err(error) => return Ok(Err(error)),
+        };
+        let code = match found {
+            Found::Cached(code) => code,
+            Found::Read { key, stamp, source } => {
+                self.compile_module(&file_name, key, stamp, source, deadline)
+                    .await?
+            }
+        };
+        Ok(Ok(wit::Module {
+            file: file_name,
+            source: code.bytes.to_vec(),
+            binary: code.binary,
+        }))
+    }
+
+    /// The file of module `name`, as it is named to Lua (`DIR/a/b.lua`),
+    /// and what the cache has of it, or its source read afresh.
+    fn locate_module(&self, name: &[u8]) -> Result<(String, Found), wit::ModuleError> {
         if self.lib_dirs.is_empty() {
             return Err(wit::ModuleError::NotFound(
                 "no lib_dirs granted (policy [capabilities] lib_dirs)".into(),
@@ -248,11 +330,8 @@ impl Grant {
                 };
                 match dir.open_file(Path::new(relative)) {
                     Ok(file) => {
-                        let source = self.load_module(index, relative, file).map_err(refused)?;
-                        return Ok(wit::Module {
-                            file: file_name,
-                            source: source.to_vec(),
-                        });
+                        let found = self.load_module(index, relative, file).map_err(refused)?;
+                        return Ok((file_name, found));
                     }
                     Err(OpenError::Io(error))
                         if matches!(
@@ -278,14 +357,14 @@ impl Grant {
         Err(wit::ModuleError::NotFound(tried.join("\n\t")))
     }
 
-    /// The source of the module file open as `file`, from the cache when
-    /// the file is unchanged.
+    /// The module file open as `file`: from the cache when the file is
+    /// unchanged, else its source, read and checked.
     fn load_module(
         &self,
         dir: usize,
         relative: &str,
         mut file: std::fs::File,
-    ) -> Result<Arc<[u8]>, String> {
+    ) -> Result<Found, String> {
         let meta = file.metadata().map_err(|e| os_message(&e))?;
         if !meta.is_file() {
             return Err("not a regular file".into());
@@ -296,8 +375,8 @@ impl Grant {
             meta.ino(),
         );
         let key = (dir, relative.to_string());
-        if let Some(source) = self.cache().get(&key, stamp) {
-            return Ok(source);
+        if let Some(code) = self.cache().get(&key, stamp) {
+            return Ok(Found::Cached(code));
         }
         let too_large = || format!("larger than {} MiB", MAX_MODULE_BYTES >> 20);
         if meta.len() > MAX_MODULE_BYTES {
@@ -318,9 +397,61 @@ impl Grant {
                     .into(),
             );
         }
-        let source: Arc<[u8]> = source.into();
-        self.cache().insert(key, stamp, source.clone());
-        Ok(source)
+        Ok(Found::Read { key, stamp, source })
+    }
+
+    /// Compile a module version read afresh (with a compiler), cache what
+    /// requests get of it, and return that: its bytecode, or its source
+    /// when it does not compile (the guest reports the syntax error).
+    async fn compile_module(
+        &self,
+        file_name: &str,
+        key: (usize, String),
+        stamp: Stamp,
+        source: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<ModuleCode, DeadlinePassed> {
+        let as_source = |source: Vec<u8>| ModuleCode {
+            bytes: source.into(),
+            binary: false,
+        };
+        let code = match &self.compiler {
+            None => as_source(source),
+            Some(compiler) => {
+                let time = deadline.saturating_duration_since(Instant::now());
+                if time.is_zero() {
+                    return Err(DeadlinePassed);
+                }
+                match compiler.compile(file_name, &source, time).await {
+                    Compiled::Bytecode(bytecode) => ModuleCode {
+                        bytes: bytecode.into(),
+                        binary: true,
+                    },
+                    // The compile was cut short by the run's deadline.
+                    Compiled::Failed(_) if Instant::now() >= deadline => {
+                        return Err(DeadlinePassed);
+                    }
+                    Compiled::Failed(_) => as_source(source),
+                    Compiled::Unavailable(why) => {
+                        tracing::warn!("{file_name}: not compiled ({why}); loaded as source");
+                        return Ok(as_source(source));
+                    }
+                }
+            }
+        };
+        self.cache().insert(key, stamp, code.clone());
+        Ok(code)
+    }
+
+    /// What the module cache holds now.
+    pub fn module_cache_stats(&self) -> ModuleCacheStats {
+        let cache = self.cache();
+        ModuleCacheStats {
+            modules: cache.entries.len(),
+            compiled: cache.entries.values().filter(|e| e.code.binary).count(),
+            bytes: cache.bytes,
+            hits: cache.hits,
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, ModuleCache> {
@@ -333,14 +464,47 @@ impl Grant {
 /// A file's identity for change detection: modification time, size, inode.
 type Stamp = (SystemTime, u64, u64);
 
+/// A module version as requests get it: bytecode a compile instance made,
+/// or its source text.
+#[derive(Clone)]
+struct ModuleCode {
+    bytes: Arc<[u8]>,
+    binary: bool,
+}
+
+/// What a tenant's module cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleCacheStats {
+    /// Module versions kept.
+    pub modules: usize,
+    /// How many of them are bytecode (the rest: source that did not compile,
+    /// or with no compiler).
+    pub compiled: usize,
+    /// Bytes kept, in all.
+    pub bytes: usize,
+    /// Lookups answered from the cache.
+    pub hits: u64,
+}
+
+/// A module's file, found: what the cache has of it, or its source read
+/// afresh (to compile and cache under `key` and `stamp`).
+enum Found {
+    Cached(ModuleCode),
+    Read {
+        key: (usize, String),
+        stamp: Stamp,
+        source: Vec<u8>,
+    },
+}
+
 struct CachedModule {
     stamp: Stamp,
-    source: Arc<[u8]>,
+    code: ModuleCode,
     last_used: u64,
 }
 
-/// Module sources by (lib dir, relative path), each valid for one version
-/// of its file; the least recently used go first past the bounds.
+/// Modules by (lib dir, relative path), each valid for one version of its
+/// file; the least recently used go first past the bounds.
 #[derive(Default)]
 struct ModuleCache {
     entries: HashMap<(usize, String), CachedModule>,
@@ -350,7 +514,7 @@ struct ModuleCache {
 }
 
 impl ModuleCache {
-    fn get(&mut self, key: &(usize, String), stamp: Stamp) -> Option<Arc<[u8]>> {
+    fn get(&mut self, key: &(usize, String), stamp: Stamp) -> Option<ModuleCode> {
         self.uses += 1;
         let entry = self.entries.get_mut(key)?;
         if entry.stamp != stamp {
@@ -358,16 +522,16 @@ impl ModuleCache {
         }
         entry.last_used = self.uses;
         self.hits += 1;
-        Some(entry.source.clone())
+        Some(entry.code.clone())
     }
 
-    fn insert(&mut self, key: (usize, String), stamp: Stamp, source: Arc<[u8]>) {
+    fn insert(&mut self, key: (usize, String), stamp: Stamp, code: ModuleCode) {
         if let Some(old) = self.entries.remove(&key) {
-            self.bytes -= old.source.len();
+            self.bytes -= old.code.bytes.len();
         }
         while !self.entries.is_empty()
             && (self.entries.len() >= MAX_CACHED_MODULES
-                || self.bytes + source.len() > MAX_CACHED_MODULE_BYTES)
+                || self.bytes + code.bytes.len() > MAX_CACHED_MODULE_BYTES)
         {
             let oldest = self
                 .entries
@@ -377,16 +541,16 @@ impl ModuleCache {
             if let Some(oldest) = oldest
                 && let Some(old) = self.entries.remove(&oldest)
             {
-                self.bytes -= old.source.len();
+                self.bytes -= old.code.bytes.len();
             }
         }
         self.uses += 1;
-        self.bytes += source.len();
+        self.bytes += code.bytes.len();
         self.entries.insert(
             key,
             CachedModule {
                 stamp,
-                source,
+                code,
                 last_used: self.uses,
             },
         );
@@ -514,11 +678,16 @@ impl wit::Host for RunCaps {
         Ok(())
     }
 
-    fn find_module(
+    async fn find_module(
         &mut self,
         name: Vec<u8>,
     ) -> wasmtime::Result<Result<wit::Module, wit::ModuleError>> {
-        Ok(self.grants.files.find_module(&name))
+        let grants = self.grants.clone();
+        match grants.files.find_module(&name, self.deadline).await {
+            Ok(found) => Ok(found),
+            // The run is stopped there, as for any wait.
+            Err(DeadlinePassed) => Err(self.deadline_passed()),
+        }
     }
 }
 
@@ -560,11 +729,61 @@ mod tests {
     }
 
     fn grant(read: &[&Path], lib: &[&Path]) -> Grant {
-        Grant::from_policy(&Capabilities {
-            read_dirs: read.iter().map(|p| p.to_path_buf()).collect(),
-            lib_dirs: lib.iter().map(|p| p.to_path_buf()).collect(),
-            ..Capabilities::default()
-        })
+        grant_compiling(read, lib, None)
+    }
+
+    fn grant_compiling(
+        read: &[&Path],
+        lib: &[&Path],
+        compiler: Option<Arc<dyn ModuleCompiler>>,
+    ) -> Grant {
+        Grant::from_policy(
+            &Capabilities {
+                read_dirs: read.iter().map(|p| p.to_path_buf()).collect(),
+                lib_dirs: lib.iter().map(|p| p.to_path_buf()).collect(),
+                ..Capabilities::default()
+            },
+            compiler,
+        )
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    /// `find_module` with an hour to spare: the module, or the error.
+    fn find(grant: &Grant, name: &[u8]) -> Result<wit::Module, wit::ModuleError> {
+        crate::sandbox::block_on(grant.find_module(name, far())).expect("no deadline passes")
+    }
+
+    /// A compiler that "compiles" `X` to `\x1bLua` `X`, fails on sources
+    /// starting with `bad`, is unavailable for `busy`, and counts calls.
+    #[derive(Default)]
+    struct FakeCompiler {
+        calls: std::sync::atomic::AtomicUsize,
+        names: Mutex<Vec<String>>,
+    }
+
+    impl ModuleCompiler for FakeCompiler {
+        fn compile<'a>(
+            &'a self,
+            name: &'a str,
+            source: &'a [u8],
+            _time: Duration,
+        ) -> Pin<Box<dyn Future<Output = Compiled> + Send + 'a>> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.names.lock().unwrap().push(name.to_string());
+            Box::pin(async move {
+                if source.starts_with(b"bad") {
+                    Compiled::Failed(format!("{name}:1: syntax error"))
+                } else if source.starts_with(b"busy") {
+                    Compiled::Unavailable("no instance free".into())
+                } else {
+                    Compiled::Bytecode([&b"\x1bLua"[..], source].concat())
+                }
+            })
+        }
     }
 
     #[test]
@@ -619,16 +838,17 @@ mod tests {
         let root = temp_dir("cache");
         std::fs::write(root.join("m.lua"), "return 1").unwrap();
         let grant = grant(&[], &[&root]);
-        let first = grant.find_module(b"m").ok().unwrap();
+        let first = find(&grant, b"m").ok().unwrap();
         assert_eq!(first.source, b"return 1");
+        assert!(!first.binary);
         assert_eq!(grant.cache().hits, 0);
-        let again = grant.find_module(b"m").ok().unwrap();
+        let again = find(&grant, b"m").ok().unwrap();
         assert_eq!(again.source, b"return 1");
         assert_eq!(grant.cache().hits, 1);
         // A new version (another inode and size) is read again.
         std::fs::write(root.join("m2.lua"), "return 22").unwrap();
         std::fs::rename(root.join("m2.lua"), root.join("m.lua")).unwrap();
-        let changed = grant.find_module(b"m").ok().unwrap();
+        let changed = find(&grant, b"m").ok().unwrap();
         assert_eq!(changed.source, b"return 22");
         assert_eq!(grant.cache().hits, 1);
         assert_eq!(grant.cache().entries.len(), 1);
@@ -640,7 +860,11 @@ mod tests {
     fn the_module_cache_is_bounded() {
         let mut cache = ModuleCache::default();
         let stamp = (SystemTime::UNIX_EPOCH, 0, 0);
-        let big: Arc<[u8]> = vec![b'x'; MAX_CACHED_MODULE_BYTES / 4 + 1].into();
+        let code = |bytes: Vec<u8>| ModuleCode {
+            bytes: bytes.into(),
+            binary: true,
+        };
+        let big = code(vec![b'x'; MAX_CACHED_MODULE_BYTES / 4 + 1]);
         for i in 0..8 {
             cache.insert((0, format!("m{i}")), stamp, big.clone());
             assert!(cache.bytes <= MAX_CACHED_MODULE_BYTES);
@@ -649,10 +873,81 @@ mod tests {
         // The most recently inserted are kept.
         assert!(cache.get(&(0, "m7".into()), stamp).is_some());
         assert!(cache.get(&(0, "m0".into()), stamp).is_none());
-        let small: Arc<[u8]> = vec![b'y'; 1].into();
+        let small = code(vec![b'y'; 1]);
         for i in 0..MAX_CACHED_MODULES + 10 {
             cache.insert((1, format!("s{i}")), stamp, small.clone());
         }
         assert_eq!(cache.entries.len(), MAX_CACHED_MODULES);
+    }
+
+    #[test]
+    fn modules_are_compiled_once_per_version() {
+        let root = temp_dir("compile");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/m.lua"), "return 1").unwrap();
+        let compiler = Arc::new(FakeCompiler::default());
+        let grant = grant_compiling(&[], &[&root], Some(compiler.clone()));
+        let dir = root.file_name().unwrap().to_string_lossy().into_owned();
+        for _ in 0..3 {
+            let module = find(&grant, b"a.m").ok().unwrap();
+            assert!(module.binary);
+            assert_eq!(module.source, b"\x1bLuareturn 1");
+            assert_eq!(module.file, format!("{dir}/a/m.lua"));
+        }
+        assert_eq!(compiler.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Named as Lua will name the chunk.
+        assert_eq!(*compiler.names.lock().unwrap(), [format!("{dir}/a/m.lua")]);
+        std::fs::write(root.join("a/m2.lua"), "return 22").unwrap();
+        std::fs::rename(root.join("a/m2.lua"), root.join("a/m.lua")).unwrap();
+        assert_eq!(
+            find(&grant, b"a.m").ok().unwrap().source,
+            b"\x1bLuareturn 22"
+        );
+        assert_eq!(
+            find(&grant, b"a.m").ok().unwrap().source,
+            b"\x1bLuareturn 22"
+        );
+        assert_eq!(compiler.calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+
+        // A module that does not compile is handed over as source (the
+        // guest reports the error), once compiled and then cached so.
+        std::fs::write(root.join("bad.lua"), "bad = = 1").unwrap();
+        for _ in 0..2 {
+            let module = find(&grant, b"bad").ok().unwrap();
+            assert!(!module.binary);
+            assert_eq!(module.source, b"bad = = 1");
+        }
+        assert_eq!(compiler.calls.load(std::sync::atomic::Ordering::Relaxed), 3);
+
+        // Without an instance free, source this time, compiled next time.
+        std::fs::write(root.join("busy.lua"), "busy()").unwrap();
+        for _ in 0..2 {
+            assert!(!find(&grant, b"busy").ok().unwrap().binary);
+        }
+        assert_eq!(compiler.calls.load(std::sync::atomic::Ordering::Relaxed), 5);
+
+        // Binary files are refused before any compile.
+        std::fs::write(root.join("bin.lua"), b"\x1bLuaT\0").unwrap();
+        assert!(matches!(
+            find(&grant, b"bin"),
+            Err(wit::ModuleError::Refused(message)) if message.contains("binary chunks are not allowed")
+        ));
+        assert_eq!(compiler.calls.load(std::sync::atomic::Ordering::Relaxed), 5);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_compile_after_the_deadline_stops_the_run() {
+        let root = temp_dir("deadline");
+        std::fs::write(root.join("m.lua"), "return 1").unwrap();
+        let compiler = Arc::new(FakeCompiler::default());
+        let grant = grant_compiling(&[], &[&root], Some(compiler.clone()));
+        let past = Instant::now() - Duration::from_millis(1);
+        assert!(crate::sandbox::block_on(grant.find_module(b"m", past)).is_err());
+        assert_eq!(compiler.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // Lookups that fail without compiling are answered as usual.
+        let missing = crate::sandbox::block_on(grant.find_module(b"none", past));
+        assert!(matches!(missing, Ok(Err(wit::ModuleError::NotFound(_)))));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

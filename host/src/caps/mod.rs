@@ -42,6 +42,10 @@ use crate::tenants::policy::Capabilities;
 pub struct CapsSettings {
     /// Where shared dicts live.
     pub dict_backend: dict::BackendConfig,
+    /// What compiles the modules `require` loads from lib dirs, once per
+    /// file version (the server's sandbox); without one, modules are
+    /// handed to the guest as source text.
+    pub module_compiler: Option<Arc<dyn files::ModuleCompiler>>,
 }
 
 /// What one tenant's policy grants, built once per tenant (and kept across
@@ -82,7 +86,7 @@ impl Grants {
             )?,
             regex: regex::Grant::from_policy(capabilities),
             tcp: tcp::Grant::from_policy(capabilities)?,
-            files: files::Grant::from_policy(capabilities),
+            files: files::Grant::from_policy(capabilities, settings.module_compiler.clone()),
         })
     }
 }

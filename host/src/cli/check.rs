@@ -89,8 +89,8 @@ pub fn run(args: CheckArgs) -> u8 {
             // Lua cuts chunk names longer than 59 bytes in its messages:
             // compile under a short name, then put the whole path back.
             match block_on(sandbox.compile("script", &code, &limits)) {
-                Ok(None) => {}
-                Ok(Some(message)) => problems.push(match message.strip_prefix("script:") {
+                Ok(Ok(_bytecode)) => {}
+                Ok(Err(message)) => problems.push(match message.strip_prefix("script:") {
                     Some(rest) => format!("{shown}:{rest}"),
                     None => message,
                 }),

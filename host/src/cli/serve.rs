@@ -14,6 +14,7 @@ use super::exit;
 use super::limits::LimitArgs;
 use crate::http::config::SiteConfig;
 use crate::http::routing::{DocRoot, Router};
+use crate::http::scripts::SandboxCompiler;
 use crate::http::server::{self, App, ServerSettings};
 use crate::sandbox::{EngineSettings, Sandbox};
 use crate::tenants::metrics::{self, Metrics};
@@ -130,7 +131,7 @@ pub fn run(args: ServeArgs) -> u8 {
     let mut metrics_listen = None;
     let mut reload_poll = None;
 
-    let registry = match &args.config {
+    let server_config = match &args.config {
         Some(config) => {
             let text = match std::fs::read_to_string(config) {
                 Ok(text) => text,
@@ -147,17 +148,14 @@ pub fn run(args: ServeArgs) -> u8 {
                 }
                 metrics_listen = server_config.metrics_listen;
                 reload_poll = server_config.reload_poll;
-                match Registry::load(server_config, Metrics::new()) {
-                    Ok(registry) => Some(registry),
-                    Err(error) => return usage(format!("invalid configuration:\n{error}")),
-                }
+                Some(server_config)
             } else {
                 None
             }
         }
         None => None,
     };
-    let single_site = if registry.is_some() {
+    let single_site = if server_config.is_some() {
         None
     } else if let Some(config) = &args.config {
         match SiteConfig::load(config) {
@@ -189,6 +187,18 @@ pub fn run(args: ServeArgs) -> u8 {
             eprintln!("error: {error}");
             return exit::INTERNAL;
         }
+    };
+    // The tenants' lib-dir modules are compiled by this sandbox, once per
+    // file version, so that requests load them as bytecode.
+    let registry = match server_config {
+        Some(mut config) => {
+            config.caps.module_compiler = Some(SandboxCompiler::shared(sandbox.clone()));
+            match Registry::load(config, Metrics::new()) {
+                Ok(registry) => Some(registry),
+                Err(error) => return usage(format!("invalid configuration:\n{error}")),
+            }
+        }
+        None => None,
     };
     let app = match (single_site, registry) {
         (Some((router, limits)), _) => App::new(sandbox, router, limits, settings),

@@ -1,12 +1,17 @@
 //! The Lua scripts that handle a request, one per phase, read from disk
-//! and kept in memory ([`ScriptCache`]).
+//! and kept in memory, compiled ([`ScriptCache`]); and the compiler that
+//! `require` uses for modules from lib dirs ([`SandboxCompiler`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::{Handlers, Source};
+use crate::caps::files::{Compiled, ModuleCompiler};
 use crate::sandbox::{Limits, Sandbox};
 
 /// Which script handles each phase (`None`: the phase does nothing).
@@ -61,19 +66,21 @@ impl PhaseScripts {
                 path: path.clone(),
                 source,
             })?;
-            *source = Some(named_source(path, shown_from, code));
+            *source = Some(named_source(path, shown_from, code, false));
         }
         Ok(handlers(sources))
     }
 }
 
-/// A script's source as the guest gets it: named by its path relative to
-/// `shown_from`, as Lua names a file (`@path`).
-fn named_source(path: &Path, shown_from: &Path, code: Vec<u8>) -> Source {
+/// A script as the guest gets it: named by its path relative to
+/// `shown_from`, as Lua names a file (`@path`); `code` is its source text,
+/// or with `binary`, the bytecode a compile instance made of it.
+fn named_source(path: &Path, shown_from: &Path, code: Vec<u8>, binary: bool) -> Source {
     let shown = path.strip_prefix(shown_from).unwrap_or(path);
     Source {
         name: format!("@{}", shown.display()),
         code,
+        binary,
     }
 }
 
@@ -110,33 +117,46 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
 struct Entry {
     /// The version of the file `code` is.
     stamp: Stamp,
-    code: std::sync::Arc<[u8]>,
+    code: Code,
     /// A newer version that did not compile (kept out; not retried).
     rejected: Option<Stamp>,
     last_used: u64,
 }
 
+/// A script version as requests get it: the bytecode its compile made, or
+/// (for a version that never compiled) its source text, whose requests
+/// then fail with the syntax error.
+#[derive(Clone)]
+struct Code {
+    bytes: Arc<[u8]>,
+    binary: bool,
+}
+
 /// Scripts in memory, each checked against its file on every use (one
 /// `stat`) and re-read when it changed. A new version is compiled before it
-/// serves: if it has a syntax error while an older version compiled, the
-/// older one keeps serving and the error is logged, so a broken edit never
-/// takes a site down. A request gets every script of its phases at its
-/// start and runs with those to its end.
+/// serves, in an instance of its own that runs none of it: if it has a
+/// syntax error while an older version compiled, the older one keeps
+/// serving and the error is logged, so a broken edit never takes a site
+/// down. What that compile made (bytecode with debug information) is what
+/// requests load, so a request does not parse its scripts. A request gets
+/// every script of its phases at its start and runs with those to its end.
 pub struct ScriptCache {
     entries: Mutex<HashMap<PathBuf, Entry>>,
-    uses: std::sync::atomic::AtomicU64,
+    uses: AtomicU64,
+    compiles: AtomicU64,
 }
 
 impl Default for ScriptCache {
     fn default() -> Self {
         ScriptCache {
             entries: Mutex::new(HashMap::new()),
-            uses: std::sync::atomic::AtomicU64::new(0),
+            uses: AtomicU64::new(0),
+            compiles: AtomicU64::new(0),
         }
     }
 }
 
-/// What compiling a new version of a script may spend.
+/// What compiling a new version of a script or module may spend.
 fn compile_limits() -> Limits {
     Limits {
         fuel: 2_000_000_000,
@@ -158,9 +178,19 @@ impl ScriptCache {
             let Some(path) = path else { continue };
             let shown = path.strip_prefix(shown_from).unwrap_or(path);
             let code = self.script(sandbox, path, shown).await?;
-            *source = Some(named_source(path, shown_from, code.to_vec()));
+            *source = Some(named_source(
+                path,
+                shown_from,
+                code.bytes.to_vec(),
+                code.binary,
+            ));
         }
         Ok(handlers(sources))
+    }
+
+    /// How many script versions this cache compiled.
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
@@ -174,14 +204,14 @@ impl ScriptCache {
         sandbox: &Sandbox,
         path: &Path,
         shown: &Path,
-    ) -> Result<std::sync::Arc<[u8]>, ScriptError> {
+    ) -> Result<Code, ScriptError> {
         let error = |source| ScriptError {
             path: path.to_path_buf(),
             source,
         };
         let meta = std::fs::metadata(path).map_err(error)?;
         let now = stamp(&meta);
-        let use_number = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let use_number = self.uses.fetch_add(1, Ordering::Relaxed);
         {
             let mut entries = self.lock();
             if let Some(entry) = entries.get_mut(path)
@@ -197,17 +227,22 @@ impl ScriptCache {
                 MAX_SCRIPT_BYTES >> 20
             ))));
         }
-        let code: std::sync::Arc<[u8]> = std::fs::read(path).map_err(error)?.into();
-        let syntax_error = match sandbox
-            .compile(&shown.display().to_string(), &code, &compile_limits())
+        let source = std::fs::read(path).map_err(error)?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let compiled = match sandbox
+            .compile(&shown.display().to_string(), &source, &compile_limits())
             .await
         {
             Ok(result) => result,
             Err(failure) => return Err(error(std::io::Error::other(failure.to_string()))),
         };
         let mut entries = self.lock();
-        match (syntax_error, entries.get_mut(path)) {
-            (Some(message), Some(previous)) => {
+        let code = match (compiled, entries.get_mut(path)) {
+            (Ok(bytecode), _) => Code {
+                bytes: bytecode.into(),
+                binary: true,
+            },
+            (Err(message), Some(previous)) => {
                 if previous.rejected != Some(now) {
                     tracing::error!(
                         "{message}: keeping the previous version of {} serving",
@@ -216,30 +251,67 @@ impl ScriptCache {
                 }
                 previous.rejected = Some(now);
                 previous.last_used = use_number;
-                Ok(previous.code.clone())
+                return Ok(previous.code.clone());
             }
             // A script that never compiled serves as it is: its requests
             // fail with the syntax error, in the log with the request.
-            (_, _) => {
-                if entries.len() >= MAX_CACHED_SCRIPTS
-                    && let Some(oldest) = entries
-                        .iter()
-                        .min_by_key(|(_, entry)| entry.last_used)
-                        .map(|(path, _)| path.clone())
-                {
-                    entries.remove(&oldest);
-                }
-                entries.insert(
-                    path.to_path_buf(),
-                    Entry {
-                        stamp: now,
-                        code: code.clone(),
-                        rejected: None,
-                        last_used: use_number,
-                    },
-                );
-                Ok(code)
-            }
+            (Err(_), None) => Code {
+                bytes: source.into(),
+                binary: false,
+            },
+        };
+        if entries.len() >= MAX_CACHED_SCRIPTS
+            && !entries.contains_key(path)
+            && let Some(oldest) = entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.last_used)
+                .map(|(path, _)| path.clone())
+        {
+            entries.remove(&oldest);
         }
+        entries.insert(
+            path.to_path_buf(),
+            Entry {
+                stamp: now,
+                code: code.clone(),
+                rejected: None,
+                last_used: use_number,
+            },
+        );
+        Ok(code)
+    }
+}
+
+/// Compiles the modules `require` loads from lib dirs
+/// ([`crate::caps::files::ModuleCompiler`]) the way [`ScriptCache`] compiles
+/// scripts: in a fresh instance of the server's sandbox that runs none of
+/// the module, under [`compile_limits`] and the requesting run's time left.
+pub struct SandboxCompiler {
+    sandbox: Arc<Sandbox>,
+}
+
+impl SandboxCompiler {
+    /// The compiler of `sandbox`, as the files capability holds it.
+    pub fn shared(sandbox: Arc<Sandbox>) -> Arc<dyn ModuleCompiler> {
+        Arc::new(SandboxCompiler { sandbox })
+    }
+}
+
+impl ModuleCompiler for SandboxCompiler {
+    fn compile<'a>(
+        &'a self,
+        name: &'a str,
+        source: &'a [u8],
+        time: Duration,
+    ) -> Pin<Box<dyn Future<Output = Compiled> + Send + 'a>> {
+        Box::pin(async move {
+            let mut limits = compile_limits();
+            limits.timeout = limits.timeout.min(time).max(Duration::from_millis(1));
+            match self.sandbox.compile(name, source, &limits).await {
+                Ok(Ok(bytecode)) => Compiled::Bytecode(bytecode),
+                Ok(Err(message)) => Compiled::Failed(message),
+                Err(error) => Compiled::Unavailable(error.to_string()),
+            }
+        })
     }
 }

@@ -23,6 +23,8 @@ wasmtime::component::bindgen!({
         "moonwall:sandbox/tasks": async | trappable,
         "moonwall:sandbox/tcp": async | trappable,
         "moonwall:sandbox/shared-dict": async | trappable,
+        // `require` may wait for a module to be compiled.
+        "moonwall:sandbox/files.find-module": async | trappable,
         default: trappable,
     },
     exports: { default: async },

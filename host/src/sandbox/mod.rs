@@ -7,11 +7,13 @@
 //! - [`snapshot`]: the guest pre-initialized once (libraries and the `ngx`
 //!   API built) and snapshotted, so requests start from that state.
 //! - [`cache`]: compiled guest code cached on disk.
+//! - [`bytecode`]: what the host accepts as a compiled Lua chunk.
 //!
 //! A [`Sandbox`] compiles the guest once and pre-links it (`InstancePre`);
 //! [`Sandbox::run`] then instantiates it afresh for every run, so no state is
 //! ever shared between runs.
 
+pub mod bytecode;
 pub mod cache;
 pub mod cpu;
 pub mod engine;
@@ -162,15 +164,17 @@ impl Sandbox {
     }
 
     /// Compile `source` as the Lua script `name` in a fresh instance, running
-    /// nothing of it: `Ok(None)` if it compiles, `Ok(Some(message))` with its
-    /// syntax error (`name:line: text`) if not. A limit reached while
-    /// compiling is reported as the error.
+    /// nothing of it: `Ok(Ok(bytecode))` if it compiles (the binary chunk,
+    /// with its debug information, that requests may load instead of the
+    /// source), `Ok(Err(message))` with its syntax error (`name:line: text`)
+    /// if not. A limit reached while compiling, or bytecode the host does
+    /// not accept ([`bytecode::check`]), is reported as the error.
     pub async fn compile(
         &self,
         name: &str,
         source: &[u8],
         limits: &Limits,
-    ) -> Result<Option<String>, SandboxError> {
+    ) -> Result<Result<Vec<u8>, String>, SandboxError> {
         let output = Box::new(CapturedOutput::default());
         let mut run = self.start_run(RunSetup::plain(limits, output)).await?;
         let chunk = script::Chunk {
@@ -187,8 +191,9 @@ impl Sandbox {
             Err(error) => Err(error),
         };
         match run.finish(result)?.result {
-            Ok(error) => Ok(error.map(|message| lossy(&message))),
-            Err(Outcome::LimitExceeded(limit)) => Ok(Some(format!("{name}: {limit}"))),
+            Ok(Ok(bytecode)) => Ok(bytecode::check(name, bytecode)),
+            Ok(Err(message)) => Ok(Err(lossy(&message))),
+            Err(Outcome::LimitExceeded(limit)) => Ok(Err(format!("{name}: {limit}"))),
             Err(other) => Err(SandboxError::Instantiate(other.to_string())),
         }
     }

@@ -205,7 +205,10 @@ impl ServerConfig {
             allowed_roots,
             reload_poll,
             ceilings,
-            caps: crate::caps::CapsSettings { dict_backend },
+            caps: crate::caps::CapsSettings {
+                dict_backend,
+                module_compiler: None,
+            },
         })
     }
 
