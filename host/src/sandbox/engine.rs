@@ -114,8 +114,10 @@ impl EngineSettings {
     /// What one request in flight costs in resident memory: its instance's
     /// touched pages (the prepared Lua state, the C stack it used, its own
     /// heap), its fiber stack and its store. Measured with bench/sleep
-    /// (docs/benchmarks.md): the server's RSS with 2,000 sleeping requests,
-    /// less its idle RSS, divided by 2,000, rounded up generously.
+    /// (docs/benchmarks.md): 0.52 MiB per sleeping hello (the server's RSS
+    /// with 2,000 of them, less its idle RSS, over 2,000), 0.59 MiB per
+    /// request waiting on resty.http; 2 MiB leaves room for a request's own
+    /// heap.
     pub const IN_FLIGHT_FOOTPRINT_BYTES: usize = 2 * MIB;
     /// The fewest requests in flight a server allows by default.
     pub const MIN_IN_FLIGHT: usize = 64;
