@@ -382,3 +382,34 @@ ngx.say(string.format("%.3f %.3f", started, ngx.now()))
     let replies = all_at_once(&site, "/sleep.lua", 100);
     assert_all_overlapped(&replies);
 }
+
+/// A client that leaves while its request waits (before any of the response
+/// went out) does not cut the run off midway: it ends as every run does,
+/// with its access-log line.
+#[test]
+fn a_run_whose_client_left_early_still_ends() {
+    use std::io::Write;
+    let site = Site::start(
+        "client_left_early",
+        "",
+        "",
+        "",
+        &[("root/left-early.lua", "ngx.sleep(0.3) ngx.say('late')")],
+    );
+    {
+        let mut client = std::net::TcpStream::connect(site.addr).unwrap();
+        client
+            .write_all(b"GET /left-early.lua HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !common::site::logged().contains("GET /left-early.lua 200") {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the run never ended: {}",
+            common::site::logged()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

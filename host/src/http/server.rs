@@ -454,7 +454,7 @@ async fn run_script(
         access.id,
     );
     let Admitted { in_flight, cpu, .. } = admitted;
-    let mut run = Box::pin(async move {
+    let mut run = RunToTheEnd(Some(Box::pin(async move {
         let _in_flight = in_flight;
         let running = &tenant.metrics;
         running.running(1);
@@ -493,16 +493,28 @@ async fn run_script(
                 access.log(503, 0, 0, 0, "sandbox-unavailable");
             }
         }
-    });
-    let head = tokio::select! {
-        biased;
-        head = &mut head_rx => {
+    })));
+    let head = {
+        let running = run.0.as_mut().expect("the run is set above");
+        tokio::select! {
+            biased;
+            head = &mut head_rx => Some(head),
+            // The run ended: its response, if any, is in the channel whole.
+            () = running => None,
+        }
+    };
+    let head = match head {
+        Some(head) => {
             // The head is out and the run goes on: in a task of its own.
-            tokio::spawn(run);
+            if let Some(rest) = run.0.take() {
+                tokio::spawn(rest);
+            }
             head
         }
-        // The run ended: its response, if any, is in the channel whole.
-        () = &mut run => head_rx.await,
+        None => {
+            run.0 = None;
+            head_rx.await
+        }
     };
     match head {
         Ok(((status, headers), whole)) => {
@@ -521,6 +533,22 @@ async fn run_script(
         }
         // The run ended without any head: the sandbox could not run at all.
         Err(_) => simple(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+/// A run started in the connection's task. If the connection goes away
+/// before the run ends (hyper drops the request's future), the rest of the
+/// run moves to a task of its own: it still ends as every run does (its
+/// log phase, its access-log line, its counters), never cut off midway.
+struct RunToTheEnd(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Drop for RunToTheEnd {
+    fn drop(&mut self) {
+        if let Some(rest) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(rest);
+        }
     }
 }
 
