@@ -489,3 +489,12 @@ fn request_runs_under_a_policy_with_its_capabilities_and_limits() {
         "{stderr}"
     );
 }
+
+#[test]
+fn logs_to_a_pipe_or_a_file_have_no_terminal_colours() {
+    let error = script("request_colour.lua", "error('boom')");
+    let output = moonwall(&["request", "--content", error.to_str().unwrap(), "/"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("request_colour.lua:1: boom"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}

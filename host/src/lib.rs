@@ -10,9 +10,15 @@
 //!   exit codes.
 //! - [`http`]: the web server: routing, requests through phases, the
 //!   response and log imports of the guest.
-//! - [`sandbox`]: the engine and its limits ([`sandbox::engine`]), the host
+//! - [`tenants`]: host matching, policies and ceilings, admission (requests
+//!   in flight and CPU slots, with a bounded queue), metrics, reload.
+//! - [`caps`]: the capabilities a policy grants, one module each (shared
+//!   dicts, outbound TCP and HTTP, files and modules, regex, waiting).
+//! - [`sandbox`]: the engine and its limits ([`sandbox::engine`]), the one
+//!   run lifecycle (`sandbox::run`), CPU slots ([`sandbox::cpu`]), the host
 //!   side of the WIT contract ([`sandbox::host_api`]), the typed result of a
-//!   run ([`sandbox::outcome`]) and the cache of compiled guest code
+//!   run ([`sandbox::outcome`]), host-produced bytecode
+//!   ([`sandbox::bytecode`]) and the cache of compiled guest code
 //!   ([`sandbox::cache`]).
 
 pub mod caps;

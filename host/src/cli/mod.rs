@@ -91,9 +91,11 @@ pub fn init_logging(json: bool) {
         .with_writer(std::io::stderr);
     // A second initialisation (in tests) keeps the first. JSON lines carry
     // their target (`access` for the access log) and fields at the top level.
+    // Colours only for a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
-        builder.with_target(false).try_init()
+        builder.with_target(false).with_ansi(ansi).try_init()
     };
 }

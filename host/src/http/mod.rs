@@ -2,8 +2,12 @@
 //! fresh sandbox instance.
 //!
 //! In the order a request passes through:
-//! - [`server`]: hyper on tokio; connections, limits on headers and bodies,
-//!   slow clients, graceful shutdown, the access log.
+//! - [`server`]: the server's face: [`server::App`] (the state requests
+//!   share, [`app`]) and [`server::serve`], made of [`listener`]
+//!   (connections, limits on heads, slow clients, graceful shutdown),
+//!   [`dispatch`] (one request: tenant, route, admission, body, run, access
+//!   log) and [`response`] (the host's pages, the guest's response on its
+//!   way out).
 //! - [`routing`]: which scripts handle a path, in a CGI-style document root
 //!   or in configured locations ([`config`]); static files ([`static_files`]).
 //! - [`request`]: the request as the guest will see it (path normalized).
@@ -14,10 +18,14 @@
 //! - [`subrequests`]: `ngx.location.capture`, routed inside the tenant, each
 //!   in an instance of its own.
 
+pub mod app;
 pub mod config;
+pub(crate) mod dispatch;
 pub mod guest_api;
+pub(crate) mod listener;
 pub mod phases;
 pub mod request;
+pub(crate) mod response;
 pub mod routing;
 pub mod scripts;
 pub mod server;

@@ -14,6 +14,14 @@ pub enum StaticFile {
     Unreadable,
 }
 
+/// [`read`] off the async workers: file I/O blocks. Client requests and
+/// subrequests alike read their static files here.
+pub async fn read_async(path: std::path::PathBuf) -> StaticFile {
+    tokio::task::spawn_blocking(move || read(&path))
+        .await
+        .unwrap_or(StaticFile::Unreadable)
+}
+
 /// Read `path` (already confined to the root by the router).
 pub fn read(path: &Path) -> StaticFile {
     let Ok(meta) = std::fs::metadata(path) else {

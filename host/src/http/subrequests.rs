@@ -20,11 +20,11 @@ use crate::sandbox::host_api::moonwall::sandbox::http_types::{Header, Request};
 use crate::sandbox::host_api::moonwall::sandbox::tasks::{Subrequest, Subresponse};
 use crate::tenants::Tenant;
 
+use super::app::App;
 use super::guest_api::{CollectedResponse, RequestLog};
 use super::phases::ServeJob;
 use super::request::normalize_path;
 use super::routing::Route;
-use super::server::App;
 use super::static_files::{self, StaticFile};
 
 /// Most subrequests a client's request may start, at all levels together.
@@ -121,9 +121,8 @@ impl TenantSubrequests {
                 shown_from,
             } => (scripts, shown_from),
             Route::Static(file) => {
-                let read = tokio::task::spawn_blocking(move || static_files::read(&file)).await;
-                return Ok(match read {
-                    Ok(StaticFile::Found { content_type, body }) => Subresponse {
+                return Ok(match static_files::read_async(file).await {
+                    StaticFile::Found { content_type, body } => Subresponse {
                         status: 200,
                         headers: vec![("Content-Type".into(), content_type.into_bytes())],
                         body: body.to_vec(),
@@ -136,8 +135,7 @@ impl TenantSubrequests {
         };
         let handlers = self
             .app
-            .scripts
-            .load(&self.app.sandbox, &scripts, &shown_from)
+            .handlers(&scripts, &shown_from)
             .await
             .map_err(|e| e.to_string())?;
         let log = RequestLog::new(

@@ -122,9 +122,10 @@ impl EngineSettings {
     /// The fewest requests in flight a server allows by default.
     pub const MIN_IN_FLIGHT: usize = 64;
     /// The most requests in flight a server allows by default. Each is an
-    /// instance slot in the pool, which reserves address space for the
-    /// largest memory limit (4 GiB plus guards): 4,096 slots are 17 TiB of
-    /// the 128 TiB a process can address.
+    /// instance in the pool with two memory slots (its linear memory and
+    /// the heap of its exceptions), each reserving address space for the
+    /// largest memory limit (4 GiB plus guards): 4,096 instances are about
+    /// 34 TiB of the 128 TiB a process can address (reserved, not resident).
     pub const MAX_IN_FLIGHT: usize = 4096;
 
     /// Requests the server keeps in flight by default, sized from the

@@ -4,6 +4,10 @@
 //!   native stack, output, pooling).
 //! - [`host_api`]: the WIT bindings and the functions the guest imports.
 //! - [`outcome`]: how a run ended, as a typed result.
+//! - `run`: the one lifecycle of a run (start with every limit armed,
+//!   instantiate, call, classify the stop), used by every kind of run.
+//! - [`cpu`]: the CPU slots a run holds while its guest code executes, given
+//!   back while it waits on the host.
 //! - [`snapshot`]: the guest pre-initialized once (libraries and the `ngx`
 //!   API built) and snapshotted, so requests start from that state.
 //! - [`cache`]: compiled guest code cached on disk.

@@ -1,0 +1,148 @@
+//! The state every request of a server shares ([`App`]: the sandbox, the
+//! tenants, the scripts in memory, the server's bounds) and the server's own
+//! settings ([`ServerSettings`]).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use super::Handlers;
+use super::routing::Router;
+use super::scripts::{PhaseScripts, ScriptCache, ScriptError};
+use crate::sandbox::{EngineSettings, Limits, Sandbox};
+use crate::tenants::admission::{AdmissionLimits, ServerGates};
+use crate::tenants::metrics::Metrics;
+use crate::tenants::policy::TenantLimits;
+use crate::tenants::{Registry, Tenant, TenantSet};
+
+/// Limits of the server itself (those of each script run are [`Limits`]).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub max_connections: usize,
+    pub max_request_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Runs executing guest code at once, across all tenants; a run that
+    /// waits on I/O gives its slot back (default: twice the cores, see
+    /// [`default_max_running`]).
+    pub max_running: usize,
+    /// Requests in flight (admitted, running or waiting on I/O) at once,
+    /// across all tenants: each holds an instance (default: sized from the
+    /// machine's memory, [`EngineSettings::default_max_in_flight`]).
+    pub max_in_flight: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_connections: 1024,
+            max_request_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            max_running: default_max_running(),
+            max_in_flight: EngineSettings::default_max_in_flight(),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Instances the engine's pool needs for these settings: one for each
+    /// request in flight, and room for the runs that are not requests of
+    /// their own (compiles of new scripts, log phases after a limit,
+    /// subrequests).
+    pub fn instance_pool_size(&self) -> u32 {
+        u32::try_from(self.max_in_flight + self.max_running + 8).unwrap_or(u32::MAX)
+    }
+}
+
+/// Runs on a CPU at once by default: twice the cores. Guest code is CPU
+/// work; running more of it than the cores can serve only spreads the CPU
+/// thinner, and a request's wall-clock deadline runs meanwhile. Requests
+/// beyond this wait in the queue, where their deadline has not started yet;
+/// runs waiting on I/O hold no slot.
+pub fn default_max_running() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    pub sandbox: Arc<Sandbox>,
+    /// The tenants (one, `default`, for a single site), swapped by reloads.
+    pub registry: Arc<Registry>,
+    pub settings: ServerSettings,
+    /// Scripts in memory, shared by all tenants (keyed by real path).
+    pub scripts: ScriptCache,
+    /// The server's bounds on requests in flight and runs on a CPU.
+    pub(crate) gates: ServerGates,
+    next_request_id: AtomicU64,
+}
+
+impl App {
+    /// A server of one site: `router` for every host, under `limits`.
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        router: Router,
+        limits: Limits,
+        settings: ServerSettings,
+    ) -> Arc<Self> {
+        let tenant_limits = TenantLimits {
+            sandbox: limits,
+            max_request_body_bytes: settings.max_request_body_bytes,
+            // One site: no rate limit and no queue bound of its own; the
+            // server's bounds are its own.
+            admission: AdmissionLimits {
+                max_concurrency: settings.max_running,
+                max_in_flight: settings.max_in_flight,
+                max_queue: usize::MAX,
+                queue_timeout: Duration::from_secs(24 * 3600),
+                requests_per_second: None,
+                burst: 1,
+            },
+        };
+        let metrics = Metrics::new();
+        let tenant = Tenant::single_site(router, tenant_limits, &metrics);
+        let registry = Registry::single(TenantSet::single(tenant), metrics);
+        Self::with_registry(sandbox, Arc::new(registry), settings)
+    }
+
+    /// A server of the tenants in `registry`.
+    pub fn with_registry(
+        sandbox: Arc<Sandbox>,
+        registry: Arc<Registry>,
+        settings: ServerSettings,
+    ) -> Arc<Self> {
+        let gates = ServerGates::new(settings.max_in_flight, settings.max_running);
+        Arc::new(App {
+            sandbox,
+            registry,
+            settings,
+            scripts: ScriptCache::default(),
+            gates,
+            next_request_id: AtomicU64::new(1),
+        })
+    }
+}
+
+impl App {
+    /// The handlers of `scripts`, from the script cache: the one way client
+    /// requests and subrequests alike get their scripts.
+    pub(crate) async fn handlers(
+        &self,
+        scripts: &PhaseScripts,
+        shown_from: &std::path::Path,
+    ) -> Result<Handlers, ScriptError> {
+        self.scripts.load(&self.sandbox, scripts, shown_from).await
+    }
+
+    /// The next request's id.
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.next_request_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
