@@ -962,7 +962,7 @@ fn requests_waiting_on_an_upstream_hold_no_cpu_slot() {
     });
     let site = site(
         "tcp_waiting_overlaps",
-        "",
+        "timeout_ms = 60000",
         &grant(up.port()),
         up.port(),
         r#"
@@ -974,35 +974,6 @@ ngx.update_time()
 ngx.say(string.format("%.3f %.3f", started, ngx.now()))
 "#,
     );
-    let start = Arc::new(std::sync::Barrier::new(50));
-    let threads: Vec<_> = (0..50)
-        .map(|_| {
-            let (start, site) = (start.clone(), site.addr);
-            std::thread::spawn(move || {
-                start.wait();
-                common::site::send(
-                    site,
-                    b"GET /t.lua HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-                )
-            })
-        })
-        .collect();
-    let spans: Vec<(f64, f64)> = threads
-        .into_iter()
-        .map(|thread| {
-            let reply = thread.join().unwrap();
-            assert_eq!(reply.status, 200, "{reply:?}");
-            let mut times = reply
-                .body
-                .split_whitespace()
-                .map(|t| t.parse::<f64>().unwrap());
-            (times.next().unwrap(), times.next().unwrap())
-        })
-        .collect();
-    let last_start = spans.iter().map(|s| s.0).fold(f64::MIN, f64::max);
-    let first_end = spans.iter().map(|s| s.1).fold(f64::MAX, f64::min);
-    assert!(
-        last_start < first_end,
-        "the waits did not overlap: the last request started at {last_start}, the first ended at {first_end}"
-    );
+    let replies = site.all_at_once("/t.lua", 50);
+    common::site::assert_all_overlapped(&replies);
 }

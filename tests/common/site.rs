@@ -196,6 +196,24 @@ impl Site {
         send(self.addr, &request)
     }
 
+    /// Send one GET of `path` from each of `clients` threads at once.
+    pub fn all_at_once(&self, path: &str, clients: usize) -> Vec<Reply> {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(clients));
+        let addr = self.addr;
+        let threads: Vec<_> = (0..clients)
+            .map(|_| {
+                let start = start.clone();
+                let request =
+                    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+                std::thread::spawn(move || {
+                    start.wait();
+                    send(addr, request.as_bytes())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+
     /// Rewrite a file of the site (a script, the policy) and reload.
     pub fn write(&self, relative: &str, contents: &str) {
         let path = self.dir.join(relative);
@@ -316,4 +334,26 @@ fn parse(bytes: &[u8]) -> Reply {
         reply.body = String::from_utf8_lossy(raw_body).into_owned();
     }
     reply
+}
+
+/// Each reply's body is `START END` (seconds): every request started before
+/// any of them ended, so they all waited at the same time.
+pub fn assert_all_overlapped(replies: &[Reply]) {
+    let spans: Vec<(f64, f64)> = replies
+        .iter()
+        .map(|reply| {
+            assert_eq!(reply.status, 200, "{reply:?} {}", logged());
+            let mut times = reply
+                .body
+                .split_whitespace()
+                .map(|t| t.parse::<f64>().unwrap());
+            (times.next().unwrap(), times.next().unwrap())
+        })
+        .collect();
+    let last_start = spans.iter().map(|s| s.0).fold(f64::MIN, f64::max);
+    let first_end = spans.iter().map(|s| s.1).fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "the waits did not overlap: the last request started at {last_start}, the first ended at {first_end}"
+    );
 }
