@@ -186,13 +186,15 @@ fn a_script_file_holding_bytecode_is_never_loaded_as_bytecode() {
 #[test]
 fn only_the_host_ever_sets_the_binary_flag() {
     // The flag that makes the guest load bytecode crosses the boundary only
-    // from the host to the guest: with the handlers (`handle`, `log-only`)
-    // and with a module `find-module` returns. Nothing the guest sends
-    // carries one.
+    // from the host to the guest: with the handlers (`handle`, `log-only`),
+    // the init script (`init`, which the host always sends as text) and
+    // with a module `find-module` returns. Nothing the guest sends carries
+    // one.
     assert_eq!(
         shared_sandbox().binary_flag_crossings(),
         [
             "export moonwall:sandbox/http-handler@0.1.0 handle: host to guest",
+            "export moonwall:sandbox/http-handler@0.1.0 init: host to guest",
             "export moonwall:sandbox/http-handler@0.1.0 log-only: host to guest",
             "import moonwall:sandbox/files@0.1.0 find-module: host to guest",
         ]

@@ -475,6 +475,27 @@ fn request_runs_under_a_policy_with_its_capabilities_and_limits() {
     let output = request(&["--content", "www/t.lua", "/"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.starts_with("HTTP/1.1 500"), "{stdout}");
+    // The policy's init script runs first (with the policy's grants); the
+    // request starts from its state.
+    std::fs::write(
+        dir.join("init.toml"),
+        "tenant = \"t\"\nroot = \"www\"\ninit_script = \"init.lua\"\n\n\
+         [capabilities]\nshared_dicts = { d = \"1m\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("www/init.lua"),
+        "ngx.shared.d:set('k', 100) prepared = 'yes'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("www/show.lua"),
+        "ngx.say(prepared, ' ', ngx.shared.d:get('k'))\n",
+    )
+    .unwrap();
+    let output = request(&["--policy", "init.toml", "--content", "www/show.lua", "/"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.ends_with("\r\n\r\nyes 100\n"), "{stdout}");
     // A broken policy is a usage error with its place.
     std::fs::write(
         dir.join("bad.toml"),
@@ -497,4 +518,82 @@ fn logs_to_a_pipe_or_a_file_have_no_terminal_colours() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("request_colour.lua:1: boom"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+#[test]
+fn serve_runs_an_init_script_once_and_requests_start_from_its_state() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-init");
+    std::fs::create_dir_all(&dir).unwrap();
+    let init = dir.join("init.lua");
+    std::fs::write(&init, "motd = 'from init'\nseen = 0\n").unwrap();
+    std::fs::write(
+        dir.join("index.lua"),
+        "seen = seen + 1 ngx.say(motd, ' ', seen)",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moonwall"))
+        .args([
+            "serve",
+            "--root",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--init-script", init.to_str().unwrap()])
+        .env("MOONWALL_CACHE_DIR", common::cache_dir())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut address = None;
+    let mut seen = String::new();
+    for _ in 0..20 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if let Some(rest) = line.split("http://").nth(1) {
+            address = Some(rest.trim().to_string());
+            break;
+        }
+    }
+    let address = address.unwrap_or_else(|| panic!("no listening line in {seen}"));
+    assert!(seen.contains("init script ran"), "{seen}");
+    for _ in 0..2 {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200") && response.contains("from init 1\n"),
+            "{response}"
+        );
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    // An init script that fails stops the server from starting, saying where.
+    std::fs::write(&init, "motd = 'x'\nerror('no config')\n").unwrap();
+    let output = moonwall(&[
+        "serve",
+        "--root",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--init-script",
+        init.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("init script: init.lua:2: no config"),
+        "{stderr}"
+    );
 }

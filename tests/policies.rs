@@ -400,7 +400,7 @@ fn policy_unknown_key_at_top_level() {
     assert_eq!(
         site.policy_problems("tenant = \"a\"\nroot = \"../www\"\nhost = \"a.example\"\n"),
         [format!(
-            "{}:3:1: unknown field `host`, expected one of `tenant`, `hosts`, `root`, `serve_static`, `limits`, `capabilities`, `location`",
+            "{}:3:1: unknown field `host`, expected one of `tenant`, `hosts`, `root`, `serve_static`, `init_script`, `limits`, `capabilities`, `location`",
             p(&site)
         )]
     );

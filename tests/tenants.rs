@@ -121,7 +121,9 @@ struct Server {
 impl Server {
     fn start(config: &Path) -> Server {
         capture_logs();
-        let config = ServerConfig::load(config).unwrap_or_else(|e| panic!("{e}"));
+        let mut config = ServerConfig::load(config).unwrap_or_else(|e| panic!("{e}"));
+        // Init scripts run in the server's sandbox.
+        config.sandbox = Some(sandbox());
         let registry =
             Arc::new(Registry::load(config, Metrics::new()).unwrap_or_else(|e| panic!("{e}")));
         let app = App::with_registry(
@@ -1204,6 +1206,157 @@ fn the_binary_picks_up_script_and_policy_changes_by_polling() {
         server.log()
     );
     assert!(server.get("app.test", "/page").is_ok_with("new page\n"));
+}
+
+// ---------------------------------------------------------------------------
+// 4b. Init scripts (init_by_lua): the state every request starts from
+// ---------------------------------------------------------------------------
+
+/// A policy with an init script (inside the tenant's root) and a lib dir.
+fn policy_with_init(name: &str, host: &str, limits: &str) -> String {
+    format!(
+        "init_script = \"init.lua\"\n{}",
+        policy(name, &[host], limits, "lib_dirs = [\"../lib\"]")
+    )
+}
+
+const INIT: &str = r#"
+counter = 0
+local greet = require("greet")
+config = { greeting = greet.hello("init"), phase = ngx.get_phase() }
+local ok, err = pcall(ngx.sleep, 0.01)
+config.sleep = tostring(ok) .. ": " .. tostring(err):match("API disabled[^\n]*")
+config.say = tostring((pcall(ngx.say, "x")))
+"#;
+
+/// Each request changes what it finds; none sees another's changes.
+const SHOW: &str = r#"
+counter = counter + 1
+local greet = require("greet")
+greet.extra = (greet.extra or 0) + 1
+ngx.say(config.greeting, "|", config.phase, "|", counter, "|", loads, "|", greet.extra,
+        "|", config.sleep, "|", config.say, "|", ngx.get_phase())
+"#;
+
+#[test]
+fn an_init_script_prepares_the_state_every_request_starts_from() {
+    let _serial = serial();
+    let dir = layout(
+        "init",
+        "",
+        &[
+            ("policies/i.toml", &policy_with_init("i", "i.test", "")),
+            ("roots/i/init.lua", INIT),
+            ("roots/i/show.lua", SHOW),
+            (
+                "roots/i/parent.lua",
+                "counter = 10 local r = ngx.location.capture('/show') ngx.print(r.body)",
+            ),
+            ("policies/j.toml", &policy("j", &["j.test"], "", "")),
+            (
+                "roots/j/show.lua",
+                "ngx.say(tostring(config), ' ', tostring(counter))",
+            ),
+            (
+                "lib/greet.lua",
+                "loads = (loads or 0) + 1\nreturn { hello = function(who) return 'hello ' .. who end }\n",
+            ),
+        ],
+    );
+    let server = Server::start(&dir.join("moonwall.toml"));
+    // The module was loaded once, by the init script; each request starts
+    // from the same state, whatever the requests before it changed.
+    let expected =
+        "hello init|init|1|1|1|false: API disabled in the context of init_by_lua*|false|content\n";
+    for _ in 0..3 {
+        let reply = server.get("i.test", "/show");
+        assert!(reply.is_ok_with(expected), "{reply:?}");
+    }
+    let log = logged();
+    assert!(log.contains("init script ran"), "{log}");
+    // A subrequest starts from the tenant's state too (not its parent's).
+    let reply = server.get("i.test", "/parent");
+    assert!(reply.is_ok_with(expected), "{reply:?}");
+    // Another tenant's requests start from the sandbox's own state.
+    assert!(server.get("j.test", "/show").is_ok_with("nil nil\n"));
+
+    // An edited init script runs again at the next reload, and requests
+    // start from its new state.
+    replace(
+        &dir.join("roots/i/init.lua"),
+        &INIT.replace("greet.hello(\"init\")", "greet.hello(\"v2\")"),
+    );
+    assert!(server.registry.changed());
+    let report = server.registry.reload();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let reply = server.get("i.test", "/show");
+    assert!(reply.body.starts_with("hello v2|init|1|1|1|"), "{reply:?}");
+
+    // One that fails keeps the previous state serving, and says where.
+    replace(
+        &dir.join("roots/i/init.lua"),
+        "local x = 1\nerror('no database')\n",
+    );
+    let report = server.registry.reload();
+    assert_eq!(report.kept, ["i"], "{:?}", report.problems);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("init script: init.lua:2: no database")),
+        "{:?}",
+        report.problems
+    );
+    assert!(server.get("i.test", "/show").body.starts_with("hello v2|"));
+}
+
+#[test]
+fn an_init_script_is_held_to_the_tenants_limits() {
+    let _serial = serial();
+    let dir = layout(
+        "init-limits",
+        "",
+        &[
+            (
+                "policies/i.toml",
+                &policy_with_init("i", "i.test", "fuel = 5000000"),
+            ),
+            ("roots/i/init.lua", "while true do end"),
+            ("lib/.keep", ""),
+        ],
+    );
+    let mut config =
+        ServerConfig::load(&dir.join("moonwall.toml")).unwrap_or_else(|e| panic!("{e}"));
+    config.sandbox = Some(sandbox());
+    let error = match Registry::load(config, Metrics::new()) {
+        Ok(_) => panic!("a runaway init script was accepted"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("init script init.lua: ") && error.contains("fuel"),
+        "{error}"
+    );
+    // A syntax error, with its line.
+    std::fs::write(dir.join("roots/i/init.lua"), "x = 1\nlocal = 2\n").unwrap();
+    let mut config =
+        ServerConfig::load(&dir.join("moonwall.toml")).unwrap_or_else(|e| panic!("{e}"));
+    config.sandbox = Some(sandbox());
+    let error = match Registry::load(config, Metrics::new()) {
+        Ok(_) => panic!("an init script with a syntax error was accepted"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("init script: init.lua:2:"), "{error}");
+    // A policy naming a script that is not there says where.
+    std::fs::remove_file(dir.join("roots/i/init.lua")).unwrap();
+    let error = ServerConfig::load(&dir.join("moonwall.toml"))
+        .map(|config| Registry::load(config, Metrics::new()).err())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("a missing init script is refused")
+        .to_string();
+    assert!(
+        error.contains("i.toml:1:15: script") && error.contains("init.lua not found"),
+        "{error}"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ typedef exports_moonwall_sandbox_http_handler_request_t request_t;
 typedef exports_moonwall_sandbox_http_handler_handlers_t handlers_t;
 typedef exports_moonwall_sandbox_http_handler_source_t source_t;
 typedef exports_moonwall_sandbox_http_handler_phase_error_t phase_error_t;
+typedef exports_moonwall_sandbox_http_handler_init_error_t init_error_t;
 
 /* The host bounds these too; checking here gives scripts a clear error. */
 #define MAX_RESPONSE_HEADERS 1000
@@ -414,4 +415,60 @@ void exports_moonwall_sandbox_http_handler_log_only(request_t *request, source_t
   }
   exports_moonwall_sandbox_http_handler_request_free(request);
   exports_moonwall_sandbox_http_handler_source_free(log_handler);
+}
+
+/*
+ * A tenant's init script, run once in the prepared state, which the host then
+ * snapshots: every request of the tenant starts from what it left. The state
+ * stays the prepared one (requests find it, and the ngx module, as before).
+ */
+struct init_call {
+  const source_t *script;
+  init_error_t *error;
+  int failed;
+};
+
+static int init_protected(lua_State *L) {
+  struct init_call *call = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, prepared_module);
+  lua_getfield(L, -1, "init");
+  push_source(L, call->script);
+  lua_call(L, 1, 1);
+  if (lua_istable(L, -1)) {
+    call->failed = 1;
+    lua_getfield(L, -1, "message");
+    moonwall_copy_value(&call->error->message, L, -1);
+    lua_getfield(L, -2, "traceback");
+    if (lua_type(L, -1) == LUA_TSTRING)
+      moonwall_copy_value(&call->error->traceback, L, -1);
+    else
+      moonwall_copy_out(&call->error->traceback, "", 0);
+  }
+  return 0;
+}
+
+bool exports_moonwall_sandbox_http_handler_init(source_t *script, init_error_t *err) {
+  struct init_call call = {script, err, 0};
+  exports_sandbox_prepare();
+  lua_State *L = prepared_state;
+  if (L == NULL) {
+    static const char message[] = "the sandbox could not build its prepared state";
+    moonwall_copy_out(&err->message, message, sizeof(message) - 1);
+    moonwall_copy_out(&err->traceback, "", 0);
+    exports_moonwall_sandbox_http_handler_source_free(script);
+    return false;
+  }
+  lua_pushcfunction(L, init_protected);
+  lua_pushlightuserdata(L, &call);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    call.failed = 1;
+    moonwall_copy_value(&err->message, L, -1);
+    moonwall_copy_out(&err->traceback, "", 0);
+    lua_pop(L, 1);
+  }
+  exports_moonwall_sandbox_http_handler_source_free(script);
+  /* Leave no garbage (and no collector debt) in the snapshot. */
+  lua_gc(L, LUA_GCCOLLECT);
+  return !call.failed;
 }

@@ -5,7 +5,8 @@
 --   prim     the host primitives (send_head, write, flush, log, where, md5,
 --            sha1, hmac_sha1, crc32, b64enc, b64dec, now, null)
 --   util     the pure-Lua helpers of ngx_util.lua
--- Returns { serve = function(request, sources), log_only = function(...) }.
+-- Returns { serve = function(request, sources), log_only = function(...),
+--           init = function(source) }.
 -- A source is a phase handler glue/http.c has loaded (from Lua text, or from
 -- the bytecode the host compiled): { name = ..., fn = chunk } or
 -- { name = ..., err = why it did not load }.
@@ -190,6 +191,7 @@ end
 local context_names = {
   rewrite = "rewrite_by_lua*", access = "access_by_lua*", content = "content_by_lua*",
   header_filter = "header_filter_by_lua*", body_filter = "body_filter_by_lua*", log = "log_by_lua*",
+  init = "init_by_lua*",
 }
 
 local OUTPUT_PHASES = { rewrite = true, access = true, content = true }
@@ -1169,4 +1171,24 @@ local function log_only(req, source, status)
   run_log_phase()
 end
 
-return { serve = serve, log_only = log_only }
+-- A tenant's init script (OpenResty's init_by_lua), run once in the prepared
+-- state before it is snapshotted: what it leaves (globals, required modules)
+-- is where every request of the tenant starts. No request exists yet: the
+-- request API, output, ngx.exit and waiting are disabled, as in OpenResty.
+local function init(source)
+  _G.ngx = ngx
+  local fn, err = source.fn, source.err
+  if not fn then return { message = err, traceback = "" } end
+  phase = "init"
+  local ok, failure = raw_xpcall(fn, message_handler)
+  if not ok and tasks.busy() then tasks.kill_all() end
+  -- each request gets its own ngx.ctx
+  rawset(ngx, "ctx", nil)
+  if ok then return nil end
+  if failure == EXIT then
+    return { message = "ngx.exit: API disabled in the context of init_by_lua*", traceback = "" }
+  end
+  return failure
+end
+
+return { serve = serve, log_only = log_only, init = init }

@@ -26,6 +26,12 @@
 //! - `http/require_5000`: a hello script that requires ten generated modules
 //!   of 500 lines each from a lib dir, compiled once by the files
 //!   capability's module cache and loaded as bytecode by every request.
+//!   `http/require_5000/init`: the same modules required once by the
+//!   tenant's init script (OpenResty's `init_by_lua`), snapshotted: every
+//!   request starts with them loaded.
+//! - `http/large_script/1000_init`: a 1,000-line module required by the init
+//!   script, called by a small content script.
+//! - `http/hello/init`: a hello from a prepared state.
 
 use std::sync::Arc;
 
@@ -35,6 +41,7 @@ use moonwall::http::request::RequestHead;
 use moonwall::http::{
     CollectedResponse, Handlers, HttpOutcome, HttpReport, Request, RequestLog, Source,
 };
+use moonwall::sandbox::PreparedGuest;
 use moonwall::{CapturedOutput, EngineSettings, Limits, Outcome, Program, Sandbox};
 
 fn sandbox() -> Sandbox {
@@ -297,7 +304,88 @@ fn required_modules(c: &mut Criterion, sandbox: &Arc<Sandbox>, request: &Request
         serve().fuel_used
     );
     c.bench_function("http/require_5000", |b| b.iter(serve));
+
+    // The same modules required by the tenant's init script: every request
+    // starts with them loaded, and its own `require`s find them there.
+    let init = script.replace("ngx.say('hello')\n", "");
+    let guest = prepared(sandbox, &init, limits, grants.clone());
+    let serve = || serve_from(sandbox, &guest, request, &handlers, limits, grants.clone());
+    let report = serve();
+    assert_eq!(report.outcome, HttpOutcome::Served);
+    eprintln!(
+        "http/require_5000/init: {} fuel per request",
+        report.fuel_used
+    );
+    c.bench_function("http/require_5000/init", |b| b.iter(serve));
+
+    // A 1,000-line application module required by the init script; the
+    // request calls into it.
+    std::fs::write(lib.join("app.lua"), generated_module_script(1000, "app")).unwrap();
+    let guest = prepared(sandbox, "require('app')\n", limits, grants.clone());
+    let handlers = content_handler(
+        "local app = require('app')\nlocal unused = app.f1(1, 2)\nngx.say('hello')\n",
+    );
+    let serve = || serve_from(sandbox, &guest, request, &handlers, limits, grants.clone());
+    let report = serve();
+    assert_eq!(report.outcome, HttpOutcome::Served);
+    eprintln!(
+        "http/large_script/1000_init: {} fuel per request",
+        report.fuel_used
+    );
+    c.bench_function("http/large_script/1000_init", |b| b.iter(serve));
+
+    // A hello from a prepared state whose init script did nothing much.
+    let guest = prepared(sandbox, "greeting = 'hello'\n", limits, grants.clone());
+    let handlers = content_handler("ngx.say(greeting)");
+    let serve = || serve_from(sandbox, &guest, request, &handlers, limits, grants.clone());
+    assert_eq!(serve().outcome, HttpOutcome::Served);
+    c.bench_function("http/hello/init", |b| b.iter(serve));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tenant's prepared state after `init`, with the time it took.
+fn prepared(
+    sandbox: &Sandbox,
+    init: &str,
+    limits: &Limits,
+    grants: Arc<moonwall::caps::Grants>,
+) -> Arc<PreparedGuest> {
+    let source = Source {
+        name: "@init.lua".into(),
+        code: init.as_bytes().to_vec(),
+        binary: false,
+    };
+    let started = std::time::Instant::now();
+    let caps = RequestCaps::for_init(grants);
+    let guest = moonwall::sandbox::block_on(sandbox.prepare_tenant(source, limits, caps))
+        .unwrap()
+        .unwrap();
+    eprintln!("prepared in {:?}: {guest:?}", started.elapsed());
+    guest
+}
+
+fn serve_from(
+    sandbox: &Sandbox,
+    guest: &Arc<PreparedGuest>,
+    request: &Request,
+    handlers: &Handlers,
+    limits: &Limits,
+    grants: Arc<moonwall::caps::Grants>,
+) -> HttpReport {
+    let sink = Box::new(CollectedResponse::default());
+    let log = RequestLog::new(0, String::new());
+    sandbox
+        .serve_request_from(
+            guest,
+            request,
+            handlers,
+            limits,
+            sink,
+            log,
+            RequestCaps::of(grants),
+        )
+        .unwrap()
+        .0
 }
 
 /// About `lines` lines of ordinary module code: small functions and tables

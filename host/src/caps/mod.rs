@@ -99,6 +99,10 @@ pub struct RequestCaps {
     pub subrequests: Option<Arc<dyn tasks::Subrequests>>,
     /// How deep in subrequests the request is (0: a client's request).
     pub depth: u32,
+    /// The run is a tenant's init script, not a request: nothing may wait
+    /// (no sleep, sockets or subrequests: the state it leaves is snapshotted,
+    /// and no operation could outlive it).
+    pub init: bool,
 }
 
 impl RequestCaps {
@@ -112,6 +116,15 @@ impl RequestCaps {
             grants,
             subrequests: None,
             depth: 0,
+            init: false,
+        }
+    }
+
+    /// What a tenant's init script may use: its grants, without waiting.
+    pub fn for_init(grants: Arc<Grants>) -> RequestCaps {
+        RequestCaps {
+            init: true,
+            ..RequestCaps::of(grants)
         }
     }
 }
@@ -148,7 +161,7 @@ impl RunCaps {
             tasks: tasks::State {
                 depth: request.depth,
                 subrequests: request.subrequests,
-                ..tasks::State::default()
+                ops: tasks::Ops::refusing_if(request.init),
             },
             dict: dict::State::default(),
             regex: regex::State::default(),

@@ -40,15 +40,29 @@ enum Op {
 pub struct Ops {
     last_id: u32,
     ops: HashMap<u32, Op>,
+    /// The run may not wait at all (a tenant's init script).
+    refused: bool,
 }
 
 impl Ops {
+    /// Operations for a run; with `refuse`, every one is refused, as
+    /// OpenResty disables waiting in `init_by_lua`.
+    pub fn refusing_if(refuse: bool) -> Ops {
+        Ops {
+            refused: refuse,
+            ..Ops::default()
+        }
+    }
+
     /// Keep `future` as a new operation; its id, or the error for a run with
     /// too many in progress.
     pub fn start<T: Send + 'static>(
         &mut self,
         future: impl Future<Output = T> + Send + 'static,
     ) -> Result<u32, String> {
+        if self.refused {
+            return Err("API disabled in the context of init_by_lua*".into());
+        }
         if self.ops.len() >= MAX_PENDING_OPS {
             return Err(format!(
                 "too many operations in progress (at most {MAX_PENDING_OPS})"

@@ -44,6 +44,9 @@ pub fn run(args: CheckArgs) -> u8 {
                 tenants = set.tenants.len();
                 for tenant in &set.tenants {
                     collect_router(&tenant.router, &mut scripts);
+                    // Its init script is compiled like the others (it is
+                    // run when a server loads the tenant).
+                    scripts.extend(tenant.init_script().map(Path::to_path_buf));
                     // The Lua modules `require` can load.
                     for dir in &tenant.capabilities.lib_dirs {
                         collect_lua_files(dir, dir, &mut scripts);
@@ -54,7 +57,10 @@ pub fn run(args: CheckArgs) -> u8 {
         }
     } else {
         match SiteConfig::parse(&args.config, &text) {
-            Ok(site) => collect_locations(&site.locations, &mut scripts),
+            Ok(site) => {
+                collect_locations(&site.locations, &mut scripts);
+                scripts.extend(site.init_script);
+            }
             Err(error) => problems.extend(error.problems),
         }
     }

@@ -124,8 +124,8 @@ pub fn run(args: RequestArgs) -> u8 {
     let remote: SocketAddr = ([127, 0, 0, 1], 0).into();
     let request = head.into_request(body, "http", local, remote);
 
-    let (limits, caps) = match &args.policy {
-        None => (args.limits.limits(), crate::caps::RequestCaps::none()),
+    let (limits, caps, init) = match &args.policy {
+        None => (args.limits.limits(), crate::caps::RequestCaps::none(), None),
         Some(file) => match policy_caps(file) {
             Ok(found) => found,
             Err(code) => return code,
@@ -138,10 +138,26 @@ pub fn run(args: RequestArgs) -> u8 {
             return exit::INTERNAL;
         }
     };
+    // The policy's init script runs first; the request starts from its state.
+    let prepared = match &init {
+        Some((script, root)) => {
+            match crate::tenants::prepare_init(&sandbox, script, root, &limits, caps.grants.clone())
+            {
+                Ok(prepared) => Some(prepared),
+                Err(error) => return usage(error),
+            }
+        }
+        None => None,
+    };
     let log = RequestLog::new(1, args.path.clone());
     let sink = Box::new(CollectedResponse::default());
-    let (_report, sink) = match sandbox.serve_request(&request, &handlers, &limits, sink, log, caps)
-    {
+    let served = match &prepared {
+        Some(guest) => {
+            sandbox.serve_request_from(guest, &request, &handlers, &limits, sink, log, caps)
+        }
+        None => sandbox.serve_request(&request, &handlers, &limits, sink, log, caps),
+    };
+    let (_report, sink) = match served {
         Ok(result) => result,
         Err(error) => {
             eprintln!("error: {error}");
@@ -158,11 +174,10 @@ pub fn run(args: RequestArgs) -> u8 {
 
 /// `HTTP/1.1 200 OK`, the headers, a blank line and the body, as on the wire.
 /// The limits and grants of the tenant policy `file`, its directories
-/// confined to the current directory; on a bad policy, its problems are
-/// printed and the exit code returned.
-fn policy_caps(
-    file: &std::path::Path,
-) -> Result<(crate::sandbox::Limits, crate::caps::RequestCaps), u8> {
+/// confined to the current directory, and its init script with the root it
+/// is shown from; on a bad policy, its problems are printed and the exit
+/// code returned.
+fn policy_caps(file: &std::path::Path) -> Result<PolicyCaps, u8> {
     use crate::tenants::policy::{Ceilings, Policy};
     let cwd = std::env::current_dir()
         .and_then(|dir| dir.canonicalize())
@@ -183,8 +198,15 @@ fn policy_caps(
     Ok((
         policy.limits.sandbox,
         crate::caps::RequestCaps::of(std::sync::Arc::new(grants)),
+        policy.init_script.map(|script| (script, policy.root)),
     ))
 }
+
+type PolicyCaps = (
+    crate::sandbox::Limits,
+    crate::caps::RequestCaps,
+    Option<(std::path::PathBuf, std::path::PathBuf)>,
+);
 
 fn print_response(response: &CollectedResponse) {
     let status = response.status.unwrap_or(500);

@@ -3,7 +3,7 @@
 //! tenants (`--config moonwall.toml`, which names a `policies` directory).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::http::scripts::SandboxCompiler;
 use crate::http::server::{self, App, ServerSettings};
 use crate::sandbox::{EngineSettings, Sandbox};
 use crate::tenants::metrics::{self, Metrics};
-use crate::tenants::{Registry, ServerConfig};
+use crate::tenants::{Registry, ServerConfig, prepare_init};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -52,6 +52,12 @@ pub struct ServeArgs {
     /// With --root: answer 404 for files that are not scripts.
     #[arg(long)]
     pub no_static: bool,
+
+    /// With --root: a Lua script run once at start (OpenResty's
+    /// init_by_lua_file); every request starts from the state it leaves
+    /// (its globals and the tables it built), in a fresh instance.
+    #[arg(long, value_name = "FILE", requires = "root")]
+    pub init_script: Option<PathBuf>,
 
     /// Log lines as human-readable text or as JSON objects (stderr).
     #[arg(long, value_enum, default_value = "text")]
@@ -155,12 +161,14 @@ pub fn run(args: ServeArgs) -> u8 {
         }
         None => None,
     };
+    let mut init_script = args.init_script.clone();
     let single_site = if server_config.is_some() {
         None
     } else if let Some(config) = &args.config {
         match SiteConfig::load(config) {
             Ok(site) => {
                 listen.extend(site.listen.filter(|_| listen.is_empty()));
+                init_script = site.init_script;
                 Some((Router::Locations(site.locations), site.limits))
             }
             Err(error) => return usage(format!("invalid configuration:\n{error}")),
@@ -193,6 +201,7 @@ pub fn run(args: ServeArgs) -> u8 {
     let registry = match server_config {
         Some(mut config) => {
             config.caps.module_compiler = Some(SandboxCompiler::shared(sandbox.clone()));
+            config.sandbox = Some(sandbox.clone());
             match Registry::load(config, Metrics::new()) {
                 Ok(registry) => Some(registry),
                 Err(error) => return usage(format!("invalid configuration:\n{error}")),
@@ -201,7 +210,20 @@ pub fn run(args: ServeArgs) -> u8 {
         None => None,
     };
     let app = match (single_site, registry) {
-        (Some((router, limits)), _) => App::new(sandbox, router, limits, settings),
+        (Some((router, limits)), _) => {
+            let prepared = match &init_script {
+                Some(script) => {
+                    let shown_from = script.parent().unwrap_or(Path::new(""));
+                    let grants = crate::caps::Grants::none();
+                    match prepare_init(&sandbox, script, shown_from, &limits, grants) {
+                        Ok(prepared) => Some(prepared),
+                        Err(error) => return usage(error),
+                    }
+                }
+                None => None,
+            };
+            App::single_site(sandbox, router, limits, settings, prepared)
+        }
         (None, Some(registry)) => App::with_registry(sandbox, Arc::new(registry), settings),
         (None, None) => unreachable!("one of the two is set above"),
     };

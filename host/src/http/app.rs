@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::Handlers;
 use super::routing::Router;
 use super::scripts::{PhaseScripts, ScriptCache, ScriptError};
-use crate::sandbox::{EngineSettings, Limits, Sandbox};
+use crate::sandbox::{EngineSettings, Limits, PreparedGuest, Sandbox};
 use crate::tenants::admission::{AdmissionLimits, ServerGates};
 use crate::tenants::metrics::Metrics;
 use crate::tenants::policy::TenantLimits;
@@ -91,6 +91,18 @@ impl App {
         limits: Limits,
         settings: ServerSettings,
     ) -> Arc<Self> {
+        Self::single_site(sandbox, router, limits, settings, None)
+    }
+
+    /// [`App::new`], with every request starting from `prepared` (the state
+    /// the site's init script left, [`crate::tenants::prepare_init`]).
+    pub fn single_site(
+        sandbox: Arc<Sandbox>,
+        router: Router,
+        limits: Limits,
+        settings: ServerSettings,
+        prepared: Option<Arc<PreparedGuest>>,
+    ) -> Arc<Self> {
         let tenant_limits = TenantLimits {
             sandbox: limits,
             max_request_body_bytes: settings.max_request_body_bytes,
@@ -106,7 +118,7 @@ impl App {
             },
         };
         let metrics = Metrics::new();
-        let tenant = Tenant::single_site(router, tenant_limits, &metrics);
+        let tenant = Tenant::single_site(router, tenant_limits, &metrics).with_prepared(prepared);
         let registry = Registry::single(TenantSet::single(tenant), metrics);
         Self::with_registry(sandbox, Arc::new(registry), settings)
     }

@@ -34,6 +34,8 @@ use crate::sandbox::Limits;
 #[serde(deny_unknown_fields)]
 struct SiteFile {
     listen: Option<Spanned<String>>,
+    /// Run once at start; every request starts from the state it leaves.
+    init_script: Option<Spanned<PathBuf>>,
     limits: Option<LimitsFile>,
     #[serde(default, rename = "location")]
     locations: Vec<LocationFile>,
@@ -66,6 +68,8 @@ pub(crate) struct LocationFile {
 #[derive(Debug, Clone)]
 pub struct SiteConfig {
     pub listen: Option<std::net::SocketAddr>,
+    /// OpenResty's `init_by_lua_file` (relative to the config's directory).
+    pub init_script: Option<PathBuf>,
     pub limits: Limits,
     pub locations: Locations,
 }
@@ -230,6 +234,10 @@ impl SiteConfig {
         }
 
         let locations = parse_locations(&site.locations, &base, None, &mut problems);
+        let init_script = site
+            .init_script
+            .as_ref()
+            .and_then(|script| script_file(script, &base, None, &mut problems));
         if site.locations.is_empty() {
             problems.list.push(format!(
                 "{}: no [[location]]: nothing would be served",
@@ -242,6 +250,7 @@ impl SiteConfig {
         }
         Ok(SiteConfig {
             listen,
+            init_script,
             limits,
             locations: Locations {
                 locations,
@@ -254,6 +263,34 @@ impl SiteConfig {
 /// Check `[[location]]` tables: paths, duplicates, and that each script
 /// exists (relative to `base`; with `confine`, its real path inside one of
 /// those directories).
+/// A script named in a config: `spanned` resolved against `base`; a
+/// problem at its place if it is not a file, or (with `confine`) lies
+/// outside the allowed roots.
+pub(crate) fn script_file(
+    spanned: &Spanned<PathBuf>,
+    base: &Path,
+    confine: Option<&[PathBuf]>,
+    problems: &mut Problems,
+) -> Option<PathBuf> {
+    let resolved = base.join(spanned.get_ref());
+    if !resolved.is_file() {
+        problems.at(
+            spanned.span(),
+            format!("script {} not found", resolved.display()),
+        );
+    } else if let Some(roots) = confine
+        && !resolved
+            .canonicalize()
+            .is_ok_and(|real| roots.iter().any(|root| real.starts_with(root)))
+    {
+        problems.at(
+            spanned.span(),
+            format!("script {} is outside the allowed roots", resolved.display()),
+        );
+    }
+    Some(resolved)
+}
+
 pub(crate) fn parse_locations(
     files: &[LocationFile],
     base: &Path,
@@ -282,24 +319,7 @@ pub(crate) fn parse_locations(
             continue;
         }
         let mut script = |field: &Option<Spanned<PathBuf>>| -> Option<PathBuf> {
-            let spanned = field.as_ref()?;
-            let resolved = base.join(spanned.get_ref());
-            if !resolved.is_file() {
-                problems.at(
-                    spanned.span(),
-                    format!("script {} not found", resolved.display()),
-                );
-            } else if let Some(roots) = confine
-                && !resolved
-                    .canonicalize()
-                    .is_ok_and(|real| roots.iter().any(|root| real.starts_with(root)))
-            {
-                problems.at(
-                    spanned.span(),
-                    format!("script {} is outside the allowed roots", resolved.display()),
-                );
-            }
-            Some(resolved)
+            script_file(field.as_ref()?, base, confine, problems)
         };
         let scripts = PhaseScripts {
             rewrite: script(&location.rewrite),

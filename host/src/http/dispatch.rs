@@ -234,8 +234,10 @@ async fn run_script(
                     grants: tenant.grants.clone(),
                     subrequests: Some(subrequests),
                     depth: 0,
+                    init: false,
                 },
                 cpu,
+                guest: tenant.prepared.clone(),
             })
             .await;
         running.running(-1);

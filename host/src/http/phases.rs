@@ -16,12 +16,15 @@
 //! after a limit, in a fresh instance with a small budget of its own, since
 //! the request's instance was stopped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::caps::RequestCaps;
 use crate::sandbox::host_api::moonwall::sandbox::http_types::{Handlers, Phase, Request, Source};
 use crate::sandbox::run::RunSetup;
-use crate::sandbox::{CpuSlots, Limit, Limits, Outcome, Sandbox, SandboxError, block_on, lossy};
+use crate::sandbox::{
+    CpuSlots, Limit, Limits, Outcome, PreparedGuest, Sandbox, SandboxError, block_on, lossy,
+};
 
 use super::guest_api::{HttpState, RequestLog, ResponseSink};
 
@@ -110,6 +113,9 @@ pub(crate) struct ServeJob<'a> {
     pub(crate) caps: RequestCaps,
     /// The CPU slots the request's runs hold while guest code executes.
     pub(crate) cpu: CpuSlots,
+    /// Where its runs start: the tenant's prepared state (its init script's),
+    /// or `None` for the sandbox's own.
+    pub(crate) guest: Option<Arc<PreparedGuest>>,
 }
 
 impl Sandbox {
@@ -126,6 +132,31 @@ impl Sandbox {
         caps: RequestCaps,
     ) -> Result<(HttpReport, Box<dyn ResponseSink>), SandboxError> {
         block_on(self.serve_request_async(request, handlers, limits, sink, log, caps))
+    }
+
+    /// [`Sandbox::serve_request`] from a tenant's prepared state
+    /// ([`Sandbox::prepare_tenant`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn serve_request_from(
+        &self,
+        guest: &Arc<PreparedGuest>,
+        request: &Request,
+        handlers: &Handlers,
+        limits: &Limits,
+        sink: Box<dyn ResponseSink>,
+        log: RequestLog,
+        caps: RequestCaps,
+    ) -> Result<(HttpReport, Box<dyn ResponseSink>), SandboxError> {
+        block_on(self.serve(ServeJob {
+            request,
+            handlers,
+            limits,
+            sink,
+            log,
+            caps,
+            cpu: CpuSlots::default(),
+            guest: Some(guest.clone()),
+        }))
     }
 
     /// [`Sandbox::serve_request`] as a future, which yields at every epoch
@@ -147,6 +178,7 @@ impl Sandbox {
             log,
             caps,
             cpu: CpuSlots::default(),
+            guest: None,
         })
         .await
     }
@@ -165,6 +197,7 @@ impl Sandbox {
             log,
             caps,
             cpu,
+            guest,
         } = job;
         let request_id = log.request_id;
         let discard_body = request.method == "HEAD";
@@ -175,6 +208,7 @@ impl Sandbox {
                 http: Some(HttpState::new(sink, discard_body, log)),
                 caps: caps.clone(),
                 cpu,
+                guest: guest.clone(),
             })
             .await?;
         let result = match run.instantiate().await {
@@ -244,8 +278,15 @@ impl Sandbox {
         let sink = if trapped && let Some(log_handler) = &handlers.log {
             // The log phase runs on the CPU slots the request holds.
             let cpu = std::mem::take(&mut state.caps.cpu);
-            self.log_only(request, log_handler, status, limits, http, caps, cpu)
-                .await
+            let setup = RunSetup {
+                limits: log_only_limits(limits),
+                output: Box::new(LogOutput { request_id }),
+                http: Some(http),
+                caps,
+                cpu,
+                guest,
+            };
+            self.log_only(request, log_handler, status, setup).await
         } else {
             http.into_sink()
         };
@@ -261,30 +302,19 @@ impl Sandbox {
     }
 
     /// The log phase alone, in a fresh instance with its own small budget.
-    #[allow(clippy::too_many_arguments)]
     async fn log_only(
         &self,
         request: &Request,
         log_handler: &Source,
         status: u16,
-        limits: &Limits,
-        http: HttpState,
-        caps: RequestCaps,
-        cpu: CpuSlots,
+        setup: RunSetup,
     ) -> Box<dyn ResponseSink> {
+        let http = setup.http.as_ref().expect("the log phase serves a request");
         let request_id = http.request_id();
-        let limits = log_only_limits(limits);
-        if let Err(error) = self.check_limits(&limits) {
+        if let Err(error) = self.check_limits(&setup.limits) {
             tracing::error!(request_id, "log phase not run: {error}");
-            return http.into_sink();
+            return setup.http.expect("checked above").into_sink();
         }
-        let setup = RunSetup {
-            limits,
-            output: Box::new(LogOutput { request_id }),
-            http: Some(http),
-            caps,
-            cpu,
-        };
         let mut run = self.start_checked_run(setup).await;
         let result = match run.instantiate().await {
             Ok(guest) => {

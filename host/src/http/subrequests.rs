@@ -147,6 +147,7 @@ impl TenantSubrequests {
             grants: self.tenant.grants.clone(),
             subrequests: Some(self.clone()),
             depth,
+            init: false,
         };
         let (report, sink) = self
             .app
@@ -160,6 +161,7 @@ impl TenantSubrequests {
                 caps,
                 // Its parent waits off the CPU meanwhile.
                 cpu: self.tenant.admission.cpu_slots(&self.app.gates),
+                guest: self.tenant.prepared.clone(),
             })
             .await
             .map_err(|e| format!("cannot run the subrequest: {e}"))?;

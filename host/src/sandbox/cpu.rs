@@ -51,6 +51,11 @@ impl CpuSlots {
         if self.is_held() {
             return Ok(());
         }
+        // Fast path: every slot free, no timer armed.
+        if let Some(permits) = self.try_acquire_all() {
+            self.held = permits;
+            return Ok(());
+        }
         let all = async {
             let mut permits = Vec::with_capacity(self.gates.len());
             for gate in &self.gates {
@@ -62,13 +67,9 @@ impl CpuSlots {
             }
             permits
         };
-        // Fast path: every slot free, no timer armed.
-        let permits = match self.try_acquire_all() {
-            Some(permits) => permits,
-            None => tokio::time::timeout_at(deadline.into(), all)
-                .await
-                .map_err(|_| DeadlinePassed)?,
-        };
+        let permits = tokio::time::timeout_at(deadline.into(), all)
+            .await
+            .map_err(|_| DeadlinePassed)?;
         self.held = permits;
         Ok(())
     }

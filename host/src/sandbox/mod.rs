@@ -10,6 +10,8 @@
 //!   back while it waits on the host.
 //! - [`snapshot`]: the guest pre-initialized once (libraries and the `ngx`
 //!   API built) and snapshotted, so requests start from that state.
+//! - [`prepared`]: a tenant's init script run in that state and snapshotted
+//!   again, so the tenant's requests start from what it left.
 //! - [`cache`]: compiled guest code cached on disk.
 //! - [`bytecode`]: what the host accepts as a compiled Lua chunk.
 //!
@@ -23,6 +25,7 @@ pub mod cpu;
 pub mod engine;
 pub mod host_api;
 pub mod outcome;
+pub mod prepared;
 pub(crate) mod run;
 pub mod snapshot;
 
@@ -36,6 +39,7 @@ pub use cpu::CpuSlots;
 pub use engine::{EngineSettings, Limits};
 pub use host_api::{CapturedOutput, InheritedOutput, OutputSink};
 pub use outcome::{Limit, Outcome, RunReport};
+pub use prepared::{InitError, PreparedGuest};
 
 use engine::EpochTicker;
 use host_api::exports::moonwall::sandbox::script;
@@ -99,9 +103,19 @@ impl Program {
 pub struct Sandbox {
     engine: Engine,
     pub(crate) pre: host_api::SandboxPre<RunState>,
+    pub(crate) linker: Linker<RunState>,
+    pub(crate) instrumented: prepared::InstrumentedSlot,
     pub(crate) settings: EngineSettings,
     // Last: stops the ticker thread when the sandbox is dropped.
     ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sandbox {
@@ -121,6 +135,8 @@ impl Sandbox {
         Ok(Sandbox {
             engine,
             pre,
+            linker,
+            instrumented: prepared::InstrumentedSlot::default(),
             settings,
             ticker,
         })

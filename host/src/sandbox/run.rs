@@ -9,12 +9,14 @@
 //! 4. [`Run::finish`]: classify how the run stopped, once, and report what
 //!    it used.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap};
 
 use super::cpu::CpuSlots;
 use super::host_api::{OutputSink, RunState};
+use super::prepared::PreparedGuest;
 use super::{Limit, Limits, Outcome, Sandbox, SandboxError, classify_stop, engine};
 use crate::caps::{RequestCaps, RunCaps};
 use crate::http::guest_api::HttpState;
@@ -30,6 +32,9 @@ pub(crate) struct RunSetup {
     pub(crate) caps: RequestCaps,
     /// The CPU slots the run holds while its guest code executes.
     pub(crate) cpu: CpuSlots,
+    /// The state the run starts from: a tenant's prepared guest, or `None`
+    /// for the sandbox's own.
+    pub(crate) guest: Option<Arc<PreparedGuest>>,
 }
 
 impl RunSetup {
@@ -41,6 +46,7 @@ impl RunSetup {
             http: None,
             caps: RequestCaps::none(),
             cpu: CpuSlots::default(),
+            guest: None,
         }
     }
 }
@@ -49,6 +55,7 @@ impl RunSetup {
 pub(crate) struct Run<'s> {
     sandbox: &'s Sandbox,
     pub(crate) store: Store<RunState>,
+    guest: Option<Arc<PreparedGuest>>,
     limits: Limits,
     started: Instant,
     instantiated: bool,
@@ -96,6 +103,7 @@ impl Sandbox {
             http,
             caps,
             mut cpu,
+            guest,
         } = setup;
         let started = Instant::now();
         let deadline = started + limits.timeout;
@@ -114,6 +122,7 @@ impl Sandbox {
         Run {
             sandbox: self,
             store,
+            guest,
             limits,
             started,
             instantiated: false,
@@ -140,9 +149,32 @@ impl Run<'_> {
         if !self.store.data().caps.cpu.is_held() {
             return Err(wasmtime::Error::new(Trap::Interrupt));
         }
-        let guest = self.sandbox.pre.instantiate_async(&mut self.store).await?;
+        let pre = match &self.guest {
+            Some(guest) => &guest.pre,
+            None => &self.sandbox.pre,
+        };
+        let guest = pre.instantiate_async(&mut self.store).await?;
         self.instantiated = true;
         Ok(guest)
+    }
+
+    /// [`Run::instantiate`], as the component instance itself.
+    pub(crate) async fn instantiate_instance(
+        &mut self,
+    ) -> wasmtime::Result<wasmtime::component::Instance> {
+        if !self.store.data().caps.cpu.is_held() {
+            return Err(wasmtime::Error::new(Trap::Interrupt));
+        }
+        let pre = match &self.guest {
+            Some(guest) => &guest.pre,
+            None => &self.sandbox.pre,
+        };
+        let instance = pre
+            .instance_pre()
+            .instantiate_async(&mut self.store)
+            .await?;
+        self.instantiated = true;
+        Ok(instance)
     }
 
     /// End the run: how it stopped (`result` is what the instantiation or

@@ -27,6 +27,7 @@ use toml::Spanned;
 
 use crate::http::config::{ConfigError, Problems, read_config};
 use crate::http::routing::{DocRoot, Router};
+use crate::sandbox::PreparedGuest;
 use admission::Admission;
 use hosts::{HostPattern, HostTable, normalize_host};
 use policy::{Capabilities, Ceilings, LimitsFile, Policy, TenantLimits};
@@ -64,6 +65,9 @@ pub struct ServerConfig {
     pub ceilings: Ceilings,
     /// Server-wide settings of the capabilities (where shared dicts live).
     pub caps: crate::caps::CapsSettings,
+    /// What runs tenants' init scripts (the server's sandbox); without one
+    /// (`moonwall check`), an init script is checked but not run.
+    pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
 }
 
 impl ServerConfig {
@@ -209,6 +213,7 @@ impl ServerConfig {
                 dict_backend,
                 module_compiler: None,
             },
+            sandbox: None,
         })
     }
 
@@ -242,6 +247,11 @@ pub struct Tenant {
     pub grants: Arc<crate::caps::Grants>,
     pub admission: Arc<Admission>,
     pub metrics: metrics::TenantMetrics,
+    /// The state its init script left, which every request of the tenant
+    /// starts from (`None`: no init script, the sandbox's own).
+    pub prepared: Option<Arc<PreparedGuest>>,
+    /// The init script and its stamp when it ran, to notice changes.
+    init: Option<(PathBuf, Option<Stamp>)>,
     /// Its host patterns, each with its place in the policy (for messages).
     hosts: Vec<(HostPattern, String)>,
     /// Where its name is written (`file:line:col`), for messages.
@@ -266,10 +276,31 @@ impl Tenant {
             },
             grants: crate::caps::Grants::none(),
             metrics: metrics.tenant("default"),
+            prepared: None,
+            init: None,
             hosts: Vec::new(),
             name_place: String::new(),
             stamp: None,
         }
+    }
+
+    /// The same tenant, whose requests start from `prepared` (the state an
+    /// init script left, [`prepare_init`]).
+    pub fn with_prepared(mut self, prepared: Option<Arc<PreparedGuest>>) -> Tenant {
+        self.prepared = prepared;
+        self
+    }
+
+    /// Its init script, if it has one.
+    pub fn init_script(&self) -> Option<&Path> {
+        self.init.as_ref().map(|(script, _)| script.as_path())
+    }
+
+    /// Whether its init script changed since it ran.
+    fn init_changed(&self) -> bool {
+        self.init
+            .as_ref()
+            .is_some_and(|(script, stamp)| stamp_of(script) != *stamp)
     }
 
     fn from_policy(
@@ -277,16 +308,30 @@ impl Tenant {
         stamp: Option<(SystemTime, u64)>,
         previous: Option<&Tenant>,
         metrics: &metrics::Metrics,
-        caps: &crate::caps::CapsSettings,
-    ) -> std::io::Result<Tenant> {
+        config: &ServerConfig,
+    ) -> Result<Tenant, String> {
         let grants = crate::caps::Grants::from_policy(
             &policy.tenant,
             &policy.capabilities,
             previous.map(|p| &*p.grants),
-            caps,
-        )
-        .map_err(std::io::Error::other)?;
-        let root = DocRoot::new(&policy.root, policy.serve_static)?;
+            &config.caps,
+        )?;
+        let grants = Arc::new(grants);
+        let init = policy
+            .init_script
+            .as_ref()
+            .map(|script| (script.clone(), stamp_of(script)));
+        let prepared = match (&policy.init_script, &config.sandbox) {
+            (Some(script), Some(sandbox)) => Some(prepare_init(
+                sandbox,
+                script,
+                &policy.root,
+                &policy.limits.sandbox,
+                grants.clone(),
+            )?),
+            _ => None,
+        };
+        let root = DocRoot::new(&policy.root, policy.serve_static).map_err(|e| e.to_string())?;
         let router = if policy.locations.locations.is_empty() {
             Router::DocRoot(root)
         } else {
@@ -307,8 +352,10 @@ impl Tenant {
             router,
             limits: policy.limits,
             capabilities: policy.capabilities,
-            grants: Arc::new(grants),
+            grants,
             admission,
+            prepared,
+            init,
             hosts: policy.hosts,
             name_place: policy.tenant_place,
             stamp,
@@ -438,7 +485,7 @@ impl Registry {
             return false;
         };
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        *seen != policy_stamps(config)
+        *seen != policy_stamps(config) || self.current().tenants.iter().any(|t| t.init_changed())
     }
 
     /// Re-read the policies; tenants whose new policy is broken keep their
@@ -463,6 +510,50 @@ impl Registry {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
         report
+    }
+}
+
+/// Run a tenant's init script (`script`, reported relative to `shown_from`)
+/// under `limits` with `grants`, and snapshot the state it leaves: what the
+/// tenant's requests start from. The error says where it failed
+/// (`init.lua:3: message`), or which limit stopped it.
+pub fn prepare_init(
+    sandbox: &crate::sandbox::Sandbox,
+    script: &Path,
+    shown_from: &Path,
+    limits: &crate::sandbox::Limits,
+    grants: Arc<crate::caps::Grants>,
+) -> Result<Arc<PreparedGuest>, String> {
+    use crate::sandbox::InitError;
+    let code = std::fs::read(script)
+        .map_err(|e| format!("cannot read init script {}: {e}", script.display()))?;
+    let shown = script.strip_prefix(shown_from).unwrap_or(script);
+    let source = crate::http::Source {
+        name: format!("@{}", shown.display()),
+        code,
+        binary: false,
+    };
+    let caps = crate::caps::RequestCaps::for_init(grants);
+    match crate::sandbox::block_on(sandbox.prepare_tenant(source, limits, caps)) {
+        Ok(Ok(prepared)) => {
+            tracing::info!(
+                script = %shown.display(),
+                "init script ran: {} fuel, {:?}; snapshot of {} KiB compiled in {:?}",
+                prepared.init_fuel,
+                prepared.init_time,
+                prepared.component_bytes / 1024,
+                prepared.compile_time
+            );
+            Ok(prepared)
+        }
+        Ok(Err(InitError::Lua { message, traceback })) => {
+            if !traceback.is_empty() {
+                tracing::error!(script = %shown.display(), "init script: {message}\n{traceback}");
+            }
+            Err(format!("init script: {message}"))
+        }
+        Ok(Err(error)) => Err(format!("init script {}: {error}", shown.display())),
+        Err(error) => Err(format!("init script {} not run: {error}", shown.display())),
     }
 }
 
@@ -501,7 +592,7 @@ fn build(
     // policy cannot take their hosts away (it is refused instead).
     let unchanged = |file: &PathBuf| {
         previous_of(file)
-            .filter(|t| t.stamp.is_some() && t.stamp == stamp_of(file))
+            .filter(|t| t.stamp.is_some() && t.stamp == stamp_of(file) && !t.init_changed())
             .cloned()
     };
     let mut tenants: Vec<Arc<Tenant>> = files.iter().filter_map(unchanged).collect();
@@ -510,15 +601,9 @@ fn build(
         let candidate = Policy::load(file, &config.ceilings, &config.allowed_roots)
             .map_err(|e| e.problems)
             .and_then(|policy| {
-                Tenant::from_policy(
-                    policy,
-                    stamp_of(file),
-                    old.map(|t| &**t),
-                    metrics,
-                    &config.caps,
-                )
-                .map(Arc::new)
-                .map_err(|e| vec![format!("{}: {e}", file.display())])
+                Tenant::from_policy(policy, stamp_of(file), old.map(|t| &**t), metrics, config)
+                    .map(Arc::new)
+                    .map_err(|e| vec![format!("{}: {e}", file.display())])
             });
         match candidate.and_then(|tenant| conflicts(&tenant, &tenants).map(|()| tenant)) {
             Ok(tenant) => tenants.push(tenant),

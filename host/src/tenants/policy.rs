@@ -539,6 +539,9 @@ struct PolicyFile {
     hosts: Vec<Spanned<String>>,
     root: Spanned<PathBuf>,
     serve_static: Option<bool>,
+    /// OpenResty's `init_by_lua_file`: run once per tenant version, and
+    /// every request starts from the state it leaves.
+    init_script: Option<Spanned<PathBuf>>,
     #[serde(default)]
     limits: LimitsFile,
     #[serde(default)]
@@ -560,6 +563,8 @@ pub struct Policy {
     /// The script root, a real path inside the allowed roots.
     pub root: PathBuf,
     pub serve_static: bool,
+    /// The init script (inside the root), if any.
+    pub init_script: Option<PathBuf>,
     /// Locations, matched before the root (script paths inside the root).
     pub locations: Locations,
     pub limits: TenantLimits,
@@ -624,6 +629,12 @@ impl Policy {
             }
             None => Vec::new(),
         };
+        let init_script = match (&root, &policy.init_script) {
+            (Some(root), Some(script)) => {
+                crate::http::config::script_file(script, root, Some(allowed_roots), &mut problems)
+            }
+            _ => None,
+        };
         let limits = TenantLimits::parse(&policy.limits, ceilings, &mut problems);
         let capabilities =
             Capabilities::parse(&policy.capabilities, &base, allowed_roots, &mut problems);
@@ -646,6 +657,7 @@ impl Policy {
             },
             root,
             serve_static: policy.serve_static.unwrap_or(true),
+            init_script,
             limits,
             capabilities,
         })
