@@ -31,7 +31,8 @@
 //!   request starts with them loaded.
 //! - `http/large_script/1000_init`: a 1,000-line module required by the init
 //!   script, called by a small content script.
-//! - `http/hello/init`: a hello from a prepared state.
+//! - `http/hello/init`: a hello from a prepared state; `http/hello/init_5000`:
+//!   a hello from the state of `http/require_5000/init` (ten modules loaded).
 
 use std::sync::Arc;
 
@@ -317,6 +318,18 @@ fn required_modules(c: &mut Criterion, sandbox: &Arc<Sandbox>, request: &Request
         report.fuel_used
     );
     c.bench_function("http/require_5000/init", |b| b.iter(serve));
+    // A hello from that state: what its size costs a request that uses
+    // none of it.
+    let hello = content_handler("ngx.say('hello')");
+    let serve = || serve_from(sandbox, &guest, request, &hello, limits, grants.clone());
+    let report = serve();
+    assert_eq!(report.outcome, HttpOutcome::Served);
+    eprintln!(
+        "http/hello/init_5000: {} fuel per request, peak memory {} KiB",
+        report.fuel_used,
+        report.peak_memory_bytes / 1024
+    );
+    c.bench_function("http/hello/init_5000", |b| b.iter(serve));
 
     // A 1,000-line application module required by the init script; the
     // request calls into it.
