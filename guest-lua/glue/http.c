@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "embedded_lua.h"
+#include <stdint.h>
+
 #include "glue.h"
 #include "lauxlib.h"
 #include "lua.h"
@@ -312,6 +314,49 @@ static void load_ngx(lua_State *L) {
 }
 
 /*
+ * Fill the free chunks that a tenant's init script's garbage left all over
+ * the heap, so that a request's allocations come from fresh memory at its
+ * top instead of from holes spread over the snapshot's pages (measured: a
+ * hello from a state with ten modules loaded, 165 -> 80 µs). The host resets a request's
+ * memory by finding the pages it wrote: writes to a few contiguous pages are
+ * cheap to reset, writes scattered over many (more than the host scans for)
+ * make it drop and fault in the rest. For each size, from large to small,
+ * malloc takes every free chunk that fits before the top of the heap
+ * (dlmalloc's order); once 256 allocations in a row come at a constant
+ * stride, they come from the top, and those are given back.
+ */
+static void plug_heap_holes(void) {
+  static const size_t sizes[] = {1000, 240, 112, 48, 24, 8};
+  enum { RUN = 256, MAX_ALLOCATIONS = 1 << 20 };
+  for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+    void *run[RUN];
+    size_t in_run = 0;
+    uintptr_t stride = 0, previous = 0;
+    for (int i = 0; i < MAX_ALLOCATIONS; i++) {
+      void *block = malloc(sizes[s]);
+      if (block == NULL)
+        break;
+      uintptr_t at = (uintptr_t)block;
+      if (previous != 0 && at > previous && (in_run == 0 || at - previous == stride)) {
+        stride = at - previous;
+        if (in_run == 0)
+          run[in_run++] = (void *)previous;
+        run[in_run++] = block;
+      } else {
+        in_run = 0;
+      }
+      previous = at;
+      if (in_run == RUN) {
+        /* From the top of the heap: give these back (they merge into it). */
+        while (in_run > 0)
+          free(run[--in_run]);
+        break;
+      }
+    }
+  }
+}
+
+/*
  * The state `prepare` built, with the ngx module in its registry; NULL until
  * then. A snapshot taken after `prepare` starts every request's instance with
  * it, so a request skips building the libraries and the ngx API. Each
@@ -338,7 +383,9 @@ void exports_sandbox_prepare(void) {
     lua_close(L);
     return;
   }
-  /* Leave no garbage in the snapshot. */
+  /* Leave no garbage in the snapshot. (Plugging the heap's holes, as after
+   * an init script, made no difference measurable here: this heap is built
+   * by moonwall's own code, with little garbage.) */
   lua_gc(L, LUA_GCCOLLECT);
   prepared_state = L;
 }
@@ -468,7 +515,10 @@ bool exports_moonwall_sandbox_http_handler_init(source_t *script, init_error_t *
     lua_pop(L, 1);
   }
   exports_moonwall_sandbox_http_handler_source_free(script);
-  /* Leave no garbage (and no collector debt) in the snapshot. */
+  /* Leave no garbage (and no collector debt) in the snapshot, and no holes
+   * for a request's allocations to scatter into. */
   lua_gc(L, LUA_GCCOLLECT);
+  if (!call.failed)
+    plug_heap_holes();
   return !call.failed;
 }
