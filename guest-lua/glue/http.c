@@ -390,6 +390,19 @@ void exports_sandbox_prepare(void) {
   prepared_state = L;
 }
 
+/* Copy an error table ({message, traceback}) at the top of the stack out to
+ * the host; a traceback that is not a string is sent empty. */
+static void copy_error(lua_State *L, sandbox_list_u8_t *message, sandbox_list_u8_t *traceback) {
+  lua_getfield(L, -1, "message");
+  moonwall_copy_value(message, L, -1);
+  lua_getfield(L, -2, "traceback");
+  if (lua_type(L, -1) == LUA_TSTRING)
+    moonwall_copy_value(traceback, L, -1);
+  else
+    moonwall_copy_out(traceback, "", 0);
+  lua_pop(L, 2);
+}
+
 static int http_protected(lua_State *L) {
   struct http_call *call = lua_touserdata(L, 1);
   lua_settop(L, 0);
@@ -416,13 +429,8 @@ static int http_protected(lua_State *L) {
     call->failed = 1;
     lua_getfield(L, -1, "phase");
     call->error->phase = phase_of(lua_tostring(L, -1));
-    lua_getfield(L, -2, "message");
-    moonwall_copy_value(&call->error->message, L, -1);
-    lua_getfield(L, -3, "traceback");
-    if (lua_type(L, -1) == LUA_TSTRING)
-      moonwall_copy_value(&call->error->traceback, L, -1);
-    else
-      moonwall_copy_out(&call->error->traceback, "", 0);
+    lua_pop(L, 1);
+    copy_error(L, &call->error->message, &call->error->traceback);
   }
   return 0;
 }
@@ -484,13 +492,7 @@ static int init_protected(lua_State *L) {
   lua_call(L, 1, 1);
   if (lua_istable(L, -1)) {
     call->failed = 1;
-    lua_getfield(L, -1, "message");
-    moonwall_copy_value(&call->error->message, L, -1);
-    lua_getfield(L, -2, "traceback");
-    if (lua_type(L, -1) == LUA_TSTRING)
-      moonwall_copy_value(&call->error->traceback, L, -1);
-    else
-      moonwall_copy_out(&call->error->traceback, "", 0);
+    copy_error(L, &call->error->message, &call->error->traceback);
   }
   return 0;
 }

@@ -118,6 +118,30 @@ pub(crate) struct ServeJob<'a> {
     pub(crate) guest: Option<Arc<PreparedGuest>>,
 }
 
+impl<'a> ServeJob<'a> {
+    /// A request outside a server: no CPU slots to take, the sandbox's own
+    /// prepared state.
+    fn new(
+        request: &'a Request,
+        handlers: &'a Handlers,
+        limits: &'a Limits,
+        sink: Box<dyn ResponseSink>,
+        log: RequestLog,
+        caps: RequestCaps,
+    ) -> Self {
+        ServeJob {
+            request,
+            handlers,
+            limits,
+            sink,
+            log,
+            caps,
+            cpu: CpuSlots::default(),
+            guest: None,
+        }
+    }
+}
+
 impl Sandbox {
     /// Run `request` through `handlers` in a fresh instance, the response
     /// going to `sink`. Blocks the calling thread; see
@@ -147,15 +171,10 @@ impl Sandbox {
         log: RequestLog,
         caps: RequestCaps,
     ) -> Result<(HttpReport, Box<dyn ResponseSink>), SandboxError> {
+        let job = ServeJob::new(request, handlers, limits, sink, log, caps);
         block_on(self.serve(ServeJob {
-            request,
-            handlers,
-            limits,
-            sink,
-            log,
-            caps,
-            cpu: CpuSlots::default(),
             guest: Some(guest.clone()),
+            ..job
         }))
     }
 
@@ -170,17 +189,8 @@ impl Sandbox {
         log: RequestLog,
         caps: RequestCaps,
     ) -> Result<(HttpReport, Box<dyn ResponseSink>), SandboxError> {
-        self.serve(ServeJob {
-            request,
-            handlers,
-            limits,
-            sink,
-            log,
-            caps,
-            cpu: CpuSlots::default(),
-            guest: None,
-        })
-        .await
+        self.serve(ServeJob::new(request, handlers, limits, sink, log, caps))
+            .await
     }
 
     /// Serve one request: its phases in one run, and after a limit, the log
