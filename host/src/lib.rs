@@ -17,8 +17,9 @@
 //! - [`sandbox`]: the engine and its limits ([`sandbox::engine`]), the one
 //!   run lifecycle (`sandbox::run`), CPU slots ([`sandbox::cpu`]), the host
 //!   side of the WIT contract ([`sandbox::host_api`]), the typed result of a
-//!   run ([`sandbox::outcome`]), host-produced bytecode
-//!   ([`sandbox::bytecode`]) and the cache of compiled guest code
+//!   run ([`sandbox::outcome`]), the prepared guest ([`sandbox::snapshot`])
+//!   and tenants' init states ([`sandbox::prepared`]), host-produced
+//!   bytecode ([`sandbox::bytecode`]) and the cache of compiled guest code
 //!   ([`sandbox::cache`]).
 
 pub mod caps;
