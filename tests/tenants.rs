@@ -1308,6 +1308,8 @@ fn an_init_script_prepares_the_state_every_request_starts_from() {
         report.problems
     );
     assert!(server.get("i.test", "/show").body.starts_with("hello v2|"));
+    // Refused once, not again at every poll until it changes.
+    assert!(!server.registry.changed());
 }
 
 #[test]

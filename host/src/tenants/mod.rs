@@ -430,6 +430,21 @@ fn policy_stamps(config: &ServerConfig) -> Vec<(PathBuf, Option<Stamp>)> {
         .collect()
 }
 
+/// [`policy_stamps`], and the init script of each tenant of `set` with its
+/// stamp: what a reload looks at. A broken init script is refused once, not
+/// at every poll: its new stamp is seen, even though its tenant keeps the
+/// previous version.
+fn watched_stamps(config: &ServerConfig, set: &TenantSet) -> Vec<(PathBuf, Option<Stamp>)> {
+    let mut stamps = policy_stamps(config);
+    stamps.extend(
+        set.tenants
+            .iter()
+            .filter_map(|tenant| tenant.init_script())
+            .map(|script| (script.to_path_buf(), stamp_of(script))),
+    );
+    stamps
+}
+
 fn stamp_of(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
@@ -457,7 +472,7 @@ impl Registry {
                 problems: report.problems,
             });
         }
-        let seen = std::sync::Mutex::new(policy_stamps(&config));
+        let seen = std::sync::Mutex::new(watched_stamps(&config, &set));
         Ok(Registry {
             current: RwLock::new(Arc::new(set)),
             config: Some(config),
@@ -479,13 +494,13 @@ impl Registry {
     }
 
     /// Whether any policy file was added, removed or changed since the
-    /// last (re)load.
+    /// last (re)load, or a tenant's init script.
     pub fn changed(&self) -> bool {
         let Some(config) = &self.config else {
             return false;
         };
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        *seen != policy_stamps(config) || self.current().tenants.iter().any(|t| t.init_changed())
+        *seen != watched_stamps(config, &self.current())
     }
 
     /// Re-read the policies; tenants whose new policy is broken keep their
@@ -495,7 +510,7 @@ impl Registry {
             return LoadReport::default();
         };
         let previous = self.current();
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = policy_stamps(config);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = watched_stamps(config, &previous);
         let (set, report) = build(config, Some(&previous), &self.metrics);
         for problem in &report.problems {
             tracing::error!("reload: {problem}");
