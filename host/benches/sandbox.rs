@@ -37,12 +37,12 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use moonwall::PreparedGuest;
 use moonwall::caps::RequestCaps;
 use moonwall::http::request::RequestHead;
 use moonwall::http::{
     CollectedResponse, Handlers, HttpOutcome, HttpReport, Request, RequestLog, Source,
 };
-use moonwall::sandbox::PreparedGuest;
 use moonwall::{CapturedOutput, EngineSettings, Limits, Outcome, Program, Sandbox};
 
 fn sandbox() -> Sandbox {
@@ -370,7 +370,7 @@ fn prepared(
     };
     let started = std::time::Instant::now();
     let caps = RequestCaps::for_init(grants);
-    let guest = moonwall::sandbox::block_on(sandbox.prepare_tenant(source, limits, caps))
+    let guest = moonwall::sandbox::block_on(sandbox.prepare_tenant(source, limits, caps.into()))
         .unwrap()
         .unwrap();
     eprintln!("prepared in {:?}: {guest:?}", started.elapsed());

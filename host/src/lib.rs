@@ -22,13 +22,20 @@
 //!   bytecode ([`sandbox::bytecode`]) and the cache of compiled guest code
 //!   ([`sandbox::cache`]).
 
+pub mod bindings;
 pub mod caps;
 pub mod cli;
 pub mod http;
+pub mod runtime;
 pub mod sandbox;
+pub mod site;
 pub mod tenants;
 
+#[cfg(test)]
+mod layers;
+
+pub use runtime::{PreparedGuest, Sandbox};
 pub use sandbox::{
     CapturedOutput, EngineSettings, InheritedOutput, Limit, Limits, Outcome, OutputSink, Program,
-    RunReport, Sandbox, SandboxError,
+    RunReport, SandboxError,
 };

@@ -35,10 +35,9 @@ use std::time::{Duration, Instant, SystemTime};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use wasmtime::component::{HasSelf, Linker};
 
+use super::Capabilities;
 use super::RunCaps;
-use crate::sandbox::host_api::RunState;
-use crate::sandbox::host_api::moonwall::sandbox::{env as env_wit, files as wit};
-use crate::tenants::policy::Capabilities;
+use crate::bindings::moonwall::sandbox::{env as env_wit, files as wit};
 
 /// Most files one run may hold open at once.
 pub const MAX_OPEN_FILES: usize = 16;
@@ -711,9 +710,12 @@ impl env_wit::Host for RunCaps {
     }
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<RunState, HasSelf<RunCaps>>(linker, |state| &mut state.caps)?;
-    env_wit::add_to_linker::<RunState, HasSelf<RunCaps>>(linker, |state| &mut state.caps)
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: super::Project<T>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
+    env_wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
 }
 
 #[cfg(test)]

@@ -18,12 +18,19 @@
 //! | [`regex`] | `regex` | `ngx.re.*` |
 //! | [`tcp`] | `tcp` | `ngx.socket.tcp`, `resty.http` |
 //! | [`files`] | `files`, `env` | `io.open`, `io.lines`, `require`, `os.getenv` |
+//! | [`http`] | `response`, `log`, `codec`, `http-types` | the response, `ngx.log`, `ngx.md5` and the other digests |
 //!
 //! JSON (`cjson`) needs nothing from the host: it is pure computation inside
 //! the guest.
+//!
+//! Each capability's host functions are implemented on [`RunCaps`] and
+//! linked through a projection (`add_to_linker(linker, get)`, as
+//! wasmtime-wasi-http does): no capability names the store's type, which
+//! `crate::runtime` assembles above them.
 
 pub mod dict;
 pub mod files;
+pub mod http;
 pub mod regex;
 pub mod tasks;
 pub mod tcp;
@@ -33,8 +40,44 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Linker;
 
-use crate::sandbox::host_api::RunState;
-use crate::tenants::policy::Capabilities;
+use crate::bindings::moonwall::sandbox::log::Level;
+
+/// What a tenant may use beyond computation. The capabilities themselves
+/// plug in here; until one is granted, it is denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Shared dicts by name, with their size in bytes.
+    pub shared_dicts: Vec<(String, u64)>,
+    /// Outbound destinations, `scheme://host[:port]` (host may be `*.name`).
+    pub outbound: Vec<String>,
+    /// Non-public addresses outbound connections may reach (`addr[/bits]`).
+    pub outbound_private: Vec<String>,
+    /// Per-request bounds on outbound connections, and the keepalive pool's.
+    pub outbound_limits: tcp::rules::OutboundLimits,
+    /// Directories scripts may read (real paths, inside the allowed roots).
+    pub read_dirs: Vec<std::path::PathBuf>,
+    /// Directories `require` loads Lua modules from.
+    pub lib_dirs: Vec<std::path::PathBuf>,
+    /// Environment variables `os.getenv` may see.
+    pub env: Vec<String>,
+    /// The most verbose `ngx.log` level that reaches the server's log.
+    pub log_level: Level,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            shared_dicts: Vec::new(),
+            outbound: Vec::new(),
+            outbound_private: Vec::new(),
+            outbound_limits: Default::default(),
+            read_dirs: Vec::new(),
+            lib_dirs: Vec::new(),
+            env: Vec::new(),
+            log_level: Level::Warn,
+        }
+    }
+}
 
 /// Server-wide settings the capabilities need (from the server config, not
 /// from tenants' policies).
@@ -105,6 +148,12 @@ pub struct RequestCaps {
     pub init: bool,
 }
 
+impl Default for RequestCaps {
+    fn default() -> Self {
+        RequestCaps::none()
+    }
+}
+
 impl RequestCaps {
     /// Nothing granted, no subrequests.
     pub fn none() -> RequestCaps {
@@ -139,6 +188,8 @@ pub struct RunCaps {
     /// The CPU slots the run holds while its guest code executes, given
     /// back while it waits.
     pub cpu: crate::sandbox::CpuSlots,
+    /// The request, when the run serves one: its response and log lines.
+    pub http: Option<http::HttpState>,
     pub tasks: tasks::State,
     pub dict: dict::State,
     pub regex: regex::State,
@@ -149,15 +200,15 @@ pub struct RunCaps {
 impl RunCaps {
     pub fn new(
         request: RequestCaps,
-        deadline: Instant,
-        time_limit: Duration,
-        cpu: crate::sandbox::CpuSlots,
+        http: Option<http::HttpState>,
+        start: crate::sandbox::RunStart,
     ) -> RunCaps {
         RunCaps {
             grants: request.grants,
-            deadline,
-            time_limit,
-            cpu,
+            deadline: start.deadline,
+            time_limit: start.time_limit,
+            cpu: start.cpu,
+            http,
             tasks: tasks::State {
                 depth: request.depth,
                 subrequests: request.subrequests,
@@ -174,6 +225,43 @@ impl RunCaps {
     /// that finishes at once keeps them; otherwise they are given back while
     /// it waits, and taken again before the guest resumes.
     pub async fn off_cpu<T>(&mut self, future: impl Future<Output = T>) -> wasmtime::Result<T> {
+        self.waiting().off_cpu(future).await
+    }
+
+    /// Take the run's CPU slots again after a wait (see
+    /// [`Waiting::back_on_cpu`]).
+    pub async fn back_on_cpu(&mut self) -> wasmtime::Result<()> {
+        self.waiting().back_on_cpu().await
+    }
+
+    /// The error that stops a run whose deadline passed while it waited.
+    pub fn deadline_passed(&self) -> wasmtime::Error {
+        deadline_passed(self.time_limit)
+    }
+
+    /// What waiting needs, borrowed apart from the capabilities' own state.
+    fn waiting(&mut self) -> Waiting<'_> {
+        Waiting {
+            cpu: &mut self.cpu,
+            ops: &mut self.tasks.ops,
+            deadline: self.deadline,
+            time_limit: self.time_limit,
+        }
+    }
+}
+
+/// The parts of a run's [`RunCaps`] that a wait off the CPU uses, so that a
+/// capability can wait while it holds its own state borrowed.
+pub struct Waiting<'a> {
+    cpu: &'a mut crate::sandbox::CpuSlots,
+    ops: &'a mut tasks::Ops,
+    deadline: Instant,
+    time_limit: Duration,
+}
+
+impl Waiting<'_> {
+    /// [`RunCaps::off_cpu`].
+    pub async fn off_cpu<T>(mut self, future: impl Future<Output = T>) -> wasmtime::Result<T> {
         let mut future = std::pin::pin!(future);
         if let Some(output) = crate::sandbox::cpu::ready_now(&mut future).await {
             return Ok(output);
@@ -195,28 +283,35 @@ impl RunCaps {
             tokio::select! {
                 biased;
                 acquired = &mut acquire => acquired,
-                never = self.tasks.ops.progress() => match never {},
+                never = self.ops.progress() => match never {},
             }
         };
-        acquired.map_err(|_| self.deadline_passed())
-    }
-
-    /// The error that stops a run whose deadline passed while it waited.
-    pub fn deadline_passed(&self) -> wasmtime::Error {
-        wasmtime::Error::new(crate::sandbox::host_api::HostStop::Limit(
-            crate::sandbox::Limit::Time {
-                limit: self.time_limit,
-            },
-        ))
+        acquired.map_err(|_| deadline_passed(self.time_limit))
     }
 }
 
-/// Register every capability's host functions.
-pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
-    tasks::add_to_linker(linker)?;
-    dict::add_to_linker(linker)?;
-    regex::add_to_linker(linker)?;
-    tcp::add_to_linker(linker)?;
-    files::add_to_linker(linker)?;
+/// The error that stops a run whose deadline (of `time_limit`) passed while
+/// it waited.
+fn deadline_passed(time_limit: Duration) -> wasmtime::Error {
+    wasmtime::Error::new(crate::sandbox::host_api::HostStop::Limit(
+        crate::sandbox::Limit::Time { limit: time_limit },
+    ))
+}
+
+/// Where a store of `T` keeps its capabilities' state.
+pub type Project<T> = fn(&mut T) -> &mut RunCaps;
+
+/// Register every capability's host functions, each reaching its state in
+/// a store of `T` through `get`. Adding a capability adds its line here.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: Project<T>,
+) -> wasmtime::Result<()> {
+    http::add_to_linker(linker, get)?;
+    tasks::add_to_linker(linker, get)?;
+    dict::add_to_linker(linker, get)?;
+    regex::add_to_linker(linker, get)?;
+    tcp::add_to_linker(linker, get)?;
+    files::add_to_linker(linker, get)?;
     Ok(())
 }

@@ -28,10 +28,9 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, PatternID, meta};
 use wasmtime::component::{HasSelf, Linker};
 
+use super::Capabilities;
 use super::RunCaps;
-use crate::sandbox::host_api::RunState;
-use crate::sandbox::host_api::moonwall::sandbox::regex as wit;
-use crate::tenants::policy::Capabilities;
+use crate::bindings::moonwall::sandbox::regex as wit;
 
 /// Longest pattern, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 32 * 1024;
@@ -1381,8 +1380,11 @@ impl wit::Host for RunCaps {
     }
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<RunState, HasSelf<RunCaps>>(linker, |state| &mut state.caps)
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: super::Project<T>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
 }
 
 #[cfg(test)]

@@ -19,8 +19,7 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::RunCaps;
-use crate::sandbox::host_api::RunState;
-use crate::sandbox::host_api::moonwall::sandbox::tasks as wit;
+use crate::bindings::moonwall::sandbox::tasks as wit;
 
 /// Most operations one run may have in progress at once.
 pub const MAX_PENDING_OPS: usize = 1024;
@@ -264,6 +263,9 @@ impl wit::Host for RunCaps {
     }
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<RunState, HasSelf<RunCaps>>(linker, |state| &mut state.caps)
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: super::Project<T>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
 }

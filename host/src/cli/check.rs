@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::exit;
-use crate::http::config::SiteConfig;
-use crate::http::routing::{Locations, Router};
-use crate::sandbox::{EngineSettings, Limits, Sandbox, block_on};
+use crate::runtime::Sandbox;
+use crate::sandbox::{EngineSettings, Limits, block_on};
+use crate::site::config::SiteConfig;
+use crate::site::routing::{Locations, Router};
 use crate::tenants::metrics::Metrics;
 use crate::tenants::{ServerConfig, load_all};
 

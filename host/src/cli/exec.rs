@@ -8,7 +8,8 @@ use clap::Args;
 
 use super::exit;
 use super::limits::LimitArgs;
-use crate::sandbox::{InheritedOutput, Outcome, Program, Sandbox};
+use crate::runtime::Sandbox;
+use crate::sandbox::{InheritedOutput, Outcome, Program};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {

@@ -12,7 +12,7 @@ use super::limits::LimitArgs;
 use crate::http::request::RequestHead;
 use crate::http::scripts::PhaseScripts;
 use crate::http::{CollectedResponse, RequestLog};
-use crate::sandbox::Sandbox;
+use crate::runtime::Sandbox;
 
 #[derive(Debug, Args)]
 pub struct RequestArgs {

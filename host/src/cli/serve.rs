@@ -12,11 +12,12 @@ use clap::{Args, ValueEnum};
 
 use super::exit;
 use super::limits::LimitArgs;
-use crate::http::config::SiteConfig;
-use crate::http::routing::{DocRoot, Router};
 use crate::http::scripts::SandboxCompiler;
 use crate::http::server::{self, App, ServerSettings};
-use crate::sandbox::{EngineSettings, Sandbox};
+use crate::runtime::Sandbox;
+use crate::sandbox::EngineSettings;
+use crate::site::config::SiteConfig;
+use crate::site::routing::{DocRoot, Router};
 use crate::tenants::metrics::{self, Metrics};
 use crate::tenants::{Registry, ServerConfig, prepare_init};
 

@@ -7,9 +7,10 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use super::Handlers;
-use super::routing::Router;
 use super::scripts::{PhaseScripts, ScriptCache, ScriptError};
-use crate::sandbox::{EngineSettings, Limits, PreparedGuest, Sandbox};
+use crate::runtime::{PreparedGuest, Sandbox};
+use crate::sandbox::{EngineSettings, Limits};
+use crate::site::routing::Router;
 use crate::tenants::admission::{AdmissionLimits, ServerGates};
 use crate::tenants::metrics::Metrics;
 use crate::tenants::policy::TenantLimits;

@@ -15,13 +15,13 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::app::App;
-use super::guest_api::RequestLog;
 use super::phases::{HttpOutcome, ServeJob};
 use super::request::RequestHead;
 use super::response::{ChannelBody, ChannelSink, ResponseBody, full, rejected, simple};
-use super::routing::Route;
 use super::static_files::{self, StaticFile};
 use crate::caps::RequestCaps;
+use crate::caps::http::RequestLog;
+use crate::site::routing::Route;
 use crate::tenants::Tenant;
 use crate::tenants::admission::Admitted;
 

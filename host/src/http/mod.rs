@@ -8,32 +8,31 @@
 //!   [`dispatch`] (one request: tenant, route, admission, body, run, access
 //!   log) and [`response`] (the host's pages, the guest's response on its
 //!   way out).
-//! - [`routing`]: which scripts handle a path, in a CGI-style document root
-//!   or in configured locations ([`config`]); static files ([`static_files`]).
+//! - [`routing`] and [`config`] (from [`crate::site`], below the server):
+//!   which scripts handle a path; static files ([`static_files`]).
 //! - [`request`]: the request as the guest will see it (path normalized).
 //! - [`phases`]: one request through rewrite, access, content, the filters
 //!   and log, in one instance; how it ended; the fallback response.
-//! - [`guest_api`]: the host side of the guest's HTTP imports: the response
-//!   (validated and bounded), log lines, digests.
+//! - the host side of the guest's HTTP imports (the response, validated and
+//!   bounded, log lines, digests) is a capability like the others:
+//!   [`crate::caps::http`].
 //! - [`subrequests`]: `ngx.location.capture`, routed inside the tenant, each
 //!   in an instance of its own.
 
 pub mod app;
-pub mod config;
 pub(crate) mod dispatch;
-pub mod guest_api;
 pub(crate) mod listener;
 pub mod phases;
 pub mod request;
 pub(crate) mod response;
-pub mod routing;
 pub mod scripts;
 pub mod server;
 pub mod static_files;
 pub mod subrequests;
 
-pub use crate::sandbox::host_api::moonwall::sandbox::http_types::{
-    Handlers, Header, Request, Source,
-};
-pub use guest_api::{CollectedResponse, RequestLog, ResponseSink};
+pub use crate::bindings::moonwall::sandbox::http_types::{Handlers, Header, Request, Source};
+pub use crate::caps::http::{CollectedResponse, RequestLog, ResponseSink};
+/// A site's configuration and routes live below the server, in
+/// [`crate::site`]; here under their old names too.
+pub use crate::site::{config, routing};
 pub use phases::{HttpOutcome, HttpReport};

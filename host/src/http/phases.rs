@@ -19,14 +19,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bindings::moonwall::sandbox::http_types::{Handlers, Phase, Request, Source};
 use crate::caps::RequestCaps;
-use crate::sandbox::host_api::moonwall::sandbox::http_types::{Handlers, Phase, Request, Source};
-use crate::sandbox::run::RunSetup;
-use crate::sandbox::{
-    CpuSlots, Limit, Limits, Outcome, PreparedGuest, Sandbox, SandboxError, block_on, lossy,
-};
-
-use super::guest_api::{HttpState, RequestLog, ResponseSink};
+use crate::caps::http::{HttpState, RequestLog, ResponseSink};
+use crate::runtime::{PreparedGuest, RunSetup, Sandbox, Setup};
+use crate::sandbox::{CpuSlots, Limit, Limits, Outcome, SandboxError, block_on, lossy};
 
 /// How a request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,10 +212,12 @@ impl Sandbox {
             .start_run(RunSetup {
                 limits: limits.clone(),
                 output: Box::new(LogOutput { request_id }),
-                http: Some(HttpState::new(sink, discard_body, log)),
-                caps: caps.clone(),
                 cpu,
                 guest: guest.clone(),
+                setup: Setup {
+                    caps: caps.clone(),
+                    http: Some(HttpState::new(sink, discard_body, limits.output_bytes, log)),
+                },
             })
             .await?;
         let result = match run.instantiate().await {
@@ -241,7 +240,7 @@ impl Sandbox {
             Err(stop) => stopped(stop),
         };
         let mut state = finished.state;
-        let mut http = state.http.take().expect("the HTTP state set above");
+        let mut http = state.caps.http.take().expect("the HTTP state set above");
         // An error raised by a write to a client that had gone is the
         // client's doing, not the script's.
         let outcome = match outcome {
@@ -291,10 +290,12 @@ impl Sandbox {
             let setup = RunSetup {
                 limits: log_only_limits(limits),
                 output: Box::new(LogOutput { request_id }),
-                http: Some(http),
-                caps,
                 cpu,
                 guest,
+                setup: Setup {
+                    caps,
+                    http: Some(http),
+                },
             };
             self.log_only(request, log_handler, status, setup).await
         } else {
@@ -319,11 +320,11 @@ impl Sandbox {
         status: u16,
         setup: RunSetup,
     ) -> Box<dyn ResponseSink> {
-        let http = setup.http.as_ref().expect("the log phase serves a request");
+        let http = (setup.setup.http.as_ref()).expect("the log phase serves a request");
         let request_id = http.request_id();
         if let Err(error) = self.check_limits(&setup.limits) {
             tracing::error!(request_id, "log phase not run: {error}");
-            return setup.http.expect("checked above").into_sink();
+            return setup.setup.http.expect("checked above").into_sink();
         }
         let mut run = self.start_checked_run(setup).await;
         let result = match run.instantiate().await {
@@ -347,7 +348,9 @@ impl Sandbox {
                 *unavailable.state
             }
         };
-        state.http.expect("the HTTP state set above").into_sink()
+        (state.caps.http)
+            .expect("the HTTP state set above")
+            .into_sink()
     }
 }
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::sandbox::host_api::moonwall::sandbox::http_types::{Header, Request};
+use crate::bindings::moonwall::sandbox::http_types::{Header, Request};
 
 /// Why a request path cannot be served (answered with 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +90,7 @@ impl RequestHead {
             .get(hyper::header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-            .map(strip_port)
+            .map(crate::site::hosts::strip_port)
             .unwrap_or_default()
             .to_ascii_lowercase();
         let http_version = match parts.version {
@@ -148,14 +148,6 @@ impl RequestHead {
     }
 }
 
-/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map(|end| &host[..=end]).unwrap_or(host);
-    }
-    host.rsplit_once(':').map(|(name, _)| name).unwrap_or(host)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +180,7 @@ mod tests {
 
     #[test]
     fn ports_are_stripped_from_hosts() {
+        use crate::site::hosts::strip_port;
         assert_eq!(strip_port("example.com:8080"), "example.com");
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");

@@ -12,7 +12,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 
-use super::guest_api::{ResponseSink, SinkFuture};
+use crate::caps::http::{ResponseSink, SinkFuture, host_page};
 use crate::tenants::admission::Rejection;
 
 pub(crate) type ResponseBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -25,19 +25,10 @@ pub(crate) fn full(body: impl Into<Bytes>) -> ResponseBody {
 
 /// A response of the host's own: an nginx-like page for `status`.
 pub(crate) fn simple(status: StatusCode) -> Response<ResponseBody> {
-    let reason = status.canonical_reason().unwrap_or("");
-    let code = status.as_u16();
-    let page = format!(
-        "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>moonwall</center>\r\n</body>\r\n</html>\r\n"
-    );
+    let (headers, page) = host_page(status.as_u16());
     let mut response = Response::new(full(page));
     *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html"),
-    );
-    headers.insert(hyper::header::SERVER, HeaderValue::from_static("moonwall"));
+    response.headers_mut().extend(headers);
     response
 }
 

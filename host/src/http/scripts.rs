@@ -12,19 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use super::{Handlers, Source};
 use crate::caps::files::{Compiled, ModuleCompiler};
-use crate::sandbox::{Limits, Sandbox};
+use crate::runtime::Sandbox;
+use crate::sandbox::Limits;
 
-/// Which script handles each phase (`None`: the phase does nothing).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PhaseScripts {
-    pub rewrite: Option<PathBuf>,
-    pub access: Option<PathBuf>,
-    pub content: Option<PathBuf>,
-    pub header_filter: Option<PathBuf>,
-    pub body_filter: Option<PathBuf>,
-    pub log: Option<PathBuf>,
-}
+pub use crate::site::routing::PhaseScripts;
 
 /// A script that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -35,26 +26,6 @@ pub struct ScriptError {
 }
 
 impl PhaseScripts {
-    /// A content handler alone.
-    pub fn content(path: PathBuf) -> Self {
-        PhaseScripts {
-            content: Some(path),
-            ..PhaseScripts::default()
-        }
-    }
-
-    /// The script of each phase, in the order of [`Handlers`]' fields.
-    pub fn phases(&self) -> [&Option<PathBuf>; 6] {
-        [
-            &self.rewrite,
-            &self.access,
-            &self.content,
-            &self.header_filter,
-            &self.body_filter,
-            &self.log,
-        ]
-    }
-
     /// Read every script. Each is reported in messages under its path
     /// relative to `shown_from` (so logs and errors never show where on the
     /// host the scripts live).

@@ -14,18 +14,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::bindings::moonwall::sandbox::http_types::{Header, Request};
+use crate::bindings::moonwall::sandbox::tasks::{Subrequest, Subresponse};
 use crate::caps::RequestCaps;
 use crate::caps::tasks::Subrequests;
-use crate::sandbox::host_api::moonwall::sandbox::http_types::{Header, Request};
-use crate::sandbox::host_api::moonwall::sandbox::tasks::{Subrequest, Subresponse};
 use crate::tenants::Tenant;
 
 use super::app::App;
-use super::guest_api::{CollectedResponse, RequestLog};
 use super::phases::ServeJob;
 use super::request::normalize_path;
-use super::routing::Route;
 use super::static_files::{self, StaticFile};
+use crate::caps::http::{CollectedResponse, RequestLog};
+use crate::site::routing::Route;
 
 /// Most subrequests a client's request may start, at all levels together.
 pub const MAX_SUBREQUESTS: u32 = 50;

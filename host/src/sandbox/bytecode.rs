@@ -44,7 +44,7 @@ pub fn check(name: &str, bytecode: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(bytecode)
 }
 
-impl super::Sandbox {
+impl<D: super::RunData> super::Sandbox<D> {
     /// Every function of the guest's imports and exports whose values carry
     /// a field named `binary` (the flag that makes the guest load bytecode),
     /// as `import|export INTERFACE FUNCTION: host to guest|guest to host`.

@@ -37,7 +37,7 @@ pub fn default_dir() -> Option<PathBuf> {
 /// when a matching entry is there, otherwise prepared and compiled now and
 /// stored for next time. A cache that cannot be used never fails the load;
 /// it only costs the preparation and a compile.
-pub(crate) fn load_or_compile(
+pub(crate) fn load_or_compile<D: super::RunData>(
     engine: &Engine,
     cache_dir: Option<&Path>,
 ) -> Result<Component, SandboxError> {
@@ -56,7 +56,7 @@ pub(crate) fn load_or_compile(
             return Ok(component);
         }
     }
-    let prepared = super::snapshot::prepared_guest(moonwall_guest::COMPONENT)?;
+    let prepared = super::snapshot::prepared_guest::<D>(moonwall_guest::COMPONENT)?;
     let component = Component::new(engine, &prepared)
         .map_err(|e| SandboxError::Engine(format!("compiling the guest: {e}")))?;
     if let Some(path) = &entry

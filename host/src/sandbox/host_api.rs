@@ -1,5 +1,6 @@
-//! The host side of `wit/sandbox.wit`: the bindings `bindgen!` generates from
-//! the WIT file, and the implementation of every function the guest imports.
+//! The sandbox's own part of a run's store ([`RunBase`]) and the host side of
+//! the core imports every run has, whatever layer assembles its store:
+//! `output`, `clock` and `guard` (the bindings are [`crate::bindings`]).
 //!
 //! Everything arriving here comes from inside the sandbox and is treated as
 //! hostile: output is counted against the run's cap before it is passed on,
@@ -12,25 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::engine::RunLimiter;
 use super::outcome::Limit;
 
-wasmtime::component::bindgen!({
-    world: "sandbox",
-    path: "../wit",
-    // The response body is the one import that waits (for a slow client);
-    // every export is called as a future, so that runs can yield.
-    imports: {
-        "moonwall:sandbox/response.write": async | trappable,
-        // Capabilities that wait (timers, I/O, subrequests, Redis).
-        "moonwall:sandbox/tasks": async | trappable,
-        "moonwall:sandbox/tcp": async | trappable,
-        "moonwall:sandbox/shared-dict": async | trappable,
-        // `require` may wait for a module to be compiled.
-        "moonwall:sandbox/files.find-module": async | trappable,
-        default: trappable,
-    },
-    exports: { default: async },
-});
-
-pub(crate) use self::moonwall::sandbox::output::Stream;
+pub(crate) use crate::bindings::moonwall::sandbox::output::Stream;
 
 /// Where a run's output goes.
 pub trait OutputSink: Send + std::any::Any {
@@ -76,37 +59,28 @@ pub(crate) enum HostStop {
     Limit(Limit),
 }
 
-/// The state of one run, owned by its store.
-pub(crate) struct RunState {
+/// The sandbox's part of a run's store: the memory limiter, the output and
+/// its cap, when the run started. The layers above hold it in their store
+/// data ([`super::RunData`]) next to their own.
+pub struct RunBase {
     pub(crate) limiter: RunLimiter,
     output: Box<dyn OutputSink>,
     output_written: usize,
     pub(crate) output_cap: usize,
     started: Instant,
-    /// The request being served, when the run is an HTTP request.
-    pub(crate) http: Option<crate::http::guest_api::HttpState>,
     /// Keeps the epoch ticker running while this run's store lives.
     pub(crate) awake: Option<super::engine::Awake>,
-    /// The capabilities' grants and per-run state.
-    pub(crate) caps: crate::caps::RunCaps,
 }
 
-impl RunState {
+impl RunBase {
     pub(crate) fn new(memory_cap: usize, output_cap: usize, output: Box<dyn OutputSink>) -> Self {
-        RunState {
+        RunBase {
             limiter: RunLimiter::new(memory_cap),
             output,
             output_written: 0,
             output_cap,
             started: Instant::now(),
-            http: None,
             awake: None,
-            caps: crate::caps::RunCaps::new(
-                crate::caps::RequestCaps::none(),
-                Instant::now(),
-                std::time::Duration::ZERO,
-                super::CpuSlots::default(),
-            ),
         }
     }
 
@@ -115,7 +89,7 @@ impl RunState {
     }
 }
 
-impl self::moonwall::sandbox::output::Host for RunState {
+impl crate::bindings::moonwall::sandbox::output::Host for RunBase {
     fn write(&mut self, stream: Stream, bytes: Vec<u8>) -> wasmtime::Result<()> {
         let room = self.output_cap - self.output_written;
         if bytes.len() > room {
@@ -132,7 +106,7 @@ impl self::moonwall::sandbox::output::Host for RunState {
     }
 }
 
-impl self::moonwall::sandbox::clock::Host for RunState {
+impl crate::bindings::moonwall::sandbox::clock::Host for RunBase {
     fn wall_ns(&mut self) -> wasmtime::Result<u64> {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -153,7 +127,7 @@ impl self::moonwall::sandbox::clock::Host for RunState {
     }
 }
 
-impl self::moonwall::sandbox::guard::Host for RunState {
+impl crate::bindings::moonwall::sandbox::guard::Host for RunBase {
     fn memory_exhausted(&mut self) -> wasmtime::Result<()> {
         // An allocation failed even after Lua's emergency collection: either
         // the limiter refused to grow memory past the cap, or the request

@@ -2,10 +2,12 @@
 //!
 //! - [`engine`]: the engine configuration and every limit (fuel, time, memory,
 //!   native stack, output, pooling).
-//! - [`host_api`]: the WIT bindings and the functions the guest imports.
+//! - [`host_api`]: the sandbox's part of a run's store ([`RunBase`]) and the
+//!   core imports (output, clock, guard).
 //! - [`outcome`]: how a run ended, as a typed result.
-//! - `run`: the one lifecycle of a run (start with every limit armed,
-//!   instantiate, call, classify the stop), used by every kind of run.
+//! - [`run`]: the one lifecycle of a run (start with every limit armed,
+//!   instantiate, call, classify the stop), used by every kind of run, and
+//!   [`RunData`], what the layers above put in a run's store.
 //! - [`cpu`]: the CPU slots a run holds while its guest code executes, given
 //!   back while it waits on the host.
 //! - [`snapshot`]: the guest pre-initialized once (libraries and the `ngx`
@@ -18,6 +20,11 @@
 //! A [`Sandbox`] compiles the guest once and pre-links it (`InstancePre`);
 //! [`Sandbox::run`] then instantiates it afresh for every run, so no state is
 //! ever shared between runs.
+//!
+//! This is the bottom layer above the bindings: it knows nothing of
+//! capabilities, requests or tenants. A sandbox is generic over its store's
+//! data ([`RunData`]): the layer that assembles that data (`crate::runtime`)
+//! links the capabilities' host functions to it, each by a projection.
 
 pub mod bytecode;
 pub mod cache;
@@ -26,7 +33,7 @@ pub mod engine;
 pub mod host_api;
 pub mod outcome;
 pub mod prepared;
-pub(crate) mod run;
+pub mod run;
 pub mod snapshot;
 
 use std::sync::Arc;
@@ -37,13 +44,14 @@ use wasmtime::{Engine, Trap};
 
 pub use cpu::CpuSlots;
 pub use engine::{EngineSettings, Limits};
-pub use host_api::{CapturedOutput, InheritedOutput, OutputSink};
+pub use host_api::{CapturedOutput, InheritedOutput, OutputSink, RunBase};
 pub use outcome::{Limit, Outcome, RunReport};
 pub use prepared::{InitError, PreparedGuest};
+pub use run::{RunData, RunStart};
 
+use crate::bindings::exports::moonwall::sandbox::script;
 use engine::EpochTicker;
-use host_api::exports::moonwall::sandbox::script;
-use host_api::{HostStop, RunState};
+use host_api::HostStop;
 use run::RunSetup;
 
 /// What can keep the sandbox from running a script at all. (How a script
@@ -99,18 +107,19 @@ impl Program {
     }
 }
 
-/// Runs Lua programs, each in a fresh instance of the guest.
-pub struct Sandbox {
+/// Runs Lua programs, each in a fresh instance of the guest, with `D` as
+/// the data of each run's store.
+pub struct Sandbox<D: RunData> {
     engine: Engine,
-    pub(crate) pre: host_api::SandboxPre<RunState>,
-    pub(crate) linker: Linker<RunState>,
-    pub(crate) instrumented: prepared::InstrumentedSlot,
+    pub(crate) pre: crate::bindings::SandboxPre<D>,
+    pub(crate) linker: Linker<D>,
+    pub(crate) instrumented: prepared::InstrumentedSlot<D>,
     pub(crate) settings: EngineSettings,
     // Last: stops the ticker thread when the sandbox is dropped.
     ticker: EpochTicker,
 }
 
-impl std::fmt::Debug for Sandbox {
+impl<D: RunData> std::fmt::Debug for Sandbox<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sandbox")
             .field("settings", &self.settings)
@@ -118,18 +127,18 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
-impl Sandbox {
+impl<D: RunData> Sandbox<D> {
     /// Build the engine, load (or compile and cache) the guest and pre-link
     /// it. Done once per process.
     pub fn new(settings: EngineSettings) -> Result<Self, SandboxError> {
         let engine = engine::build_engine(&settings)?;
-        let component = cache::load_or_compile(&engine, settings.cache_dir.as_deref())?;
+        let component = cache::load_or_compile::<D>(&engine, settings.cache_dir.as_deref())?;
         let mut linker = Linker::new(&engine);
         add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| SandboxError::Engine(format!("linking the guest: {e}")))?;
-        let pre = host_api::SandboxPre::new(instance_pre)
+        let pre = crate::bindings::SandboxPre::new(instance_pre)
             .map_err(|e| SandboxError::Engine(format!("the guest does not match wit/: {e}")))?;
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick)?;
         Ok(Sandbox {
@@ -264,21 +273,18 @@ impl Sandbox {
             peak_memory_bytes: finished.peak_memory_bytes,
             duration: finished.duration,
         };
-        Ok((report, finished.state.into_output()))
+        Ok((report, finished.state.into_base().into_output()))
     }
 }
 
-/// Register every host function the guest may import: the core interfaces,
-/// then each capability's (`crate::caps`).
-pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
-    use host_api::moonwall::sandbox::{clock, codec, guard, log, output, response};
-    output::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
-    clock::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
-    guard::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
-    log::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
-    codec::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
-    response::add_to_linker::<RunState, HasSelf<RunState>>(linker, |state| state)?;
-    crate::caps::add_to_linker(linker)
+/// Register every host function the guest may import: the core interfaces
+/// (on the store's [`RunBase`]), then the rest ([`RunData::add_to_linker`]).
+pub(crate) fn add_to_linker<D: RunData>(linker: &mut Linker<D>) -> wasmtime::Result<()> {
+    use crate::bindings::moonwall::sandbox::{clock, guard, output};
+    output::add_to_linker::<D, HasSelf<RunBase>>(linker, D::base_mut)?;
+    clock::add_to_linker::<D, HasSelf<RunBase>>(linker, D::base_mut)?;
+    guard::add_to_linker::<D, HasSelf<RunBase>>(linker, D::base_mut)?;
+    D::add_to_linker(linker)
 }
 
 /// Drive `future` to completion on this thread. Guest runs are futures only

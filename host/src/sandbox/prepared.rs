@@ -23,16 +23,15 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Instance};
 
-use super::host_api::{RunState, SandboxPre};
-use super::run::RunSetup;
+use super::run::{RunData, RunSetup};
 use super::{Limit, Limits, Outcome, Sandbox, SandboxError, lossy};
-use crate::caps::RequestCaps;
-use crate::sandbox::host_api::moonwall::sandbox::http_types::Source;
+use crate::bindings::SandboxPre;
+use crate::bindings::moonwall::sandbox::http_types::Source;
 
 /// A guest to instantiate runs from: the sandbox's own, or a tenant's
 /// prepared state.
-pub struct PreparedGuest {
-    pub(crate) pre: SandboxPre<RunState>,
+pub struct PreparedGuest<D: RunData> {
+    pub(crate) pre: SandboxPre<D>,
     /// Size of the snapshot's component (its code and its memory image).
     pub component_bytes: usize,
     /// Fuel the init script used.
@@ -43,7 +42,7 @@ pub struct PreparedGuest {
     pub compile_time: Duration,
 }
 
-impl std::fmt::Debug for PreparedGuest {
+impl<D: RunData> std::fmt::Debug for PreparedGuest<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedGuest")
             .field("component_bytes", &self.component_bytes)
@@ -75,13 +74,18 @@ pub enum InitError {
 /// a snapshot of a snapshot would carry the first one's ten thousand data
 /// segments as passive segments, which every instantiation then walks
 /// (measured: a hello 120 → 190 µs).
-pub(crate) struct Instrumented {
-    guest: Arc<PreparedGuest>,
+pub(crate) struct Instrumented<D: RunData> {
+    guest: Arc<PreparedGuest<D>>,
 }
 
 /// The lazily built [`Instrumented`] guest of a sandbox.
-#[derive(Default)]
-pub(crate) struct InstrumentedSlot(Mutex<Option<Arc<Instrumented>>>);
+pub(crate) struct InstrumentedSlot<D: RunData>(Mutex<Option<Arc<Instrumented<D>>>>);
+
+impl<D: RunData> Default for InstrumentedSlot<D> {
+    fn default() -> Self {
+        InstrumentedSlot(Mutex::new(None))
+    }
+}
 
 fn wizer() -> wasmtime_wizer::Wizer {
     let mut wizer = wasmtime_wizer::Wizer::new();
@@ -90,29 +94,30 @@ fn wizer() -> wasmtime_wizer::Wizer {
     wizer
 }
 
-impl Sandbox {
-    /// Run `script` as a tenant's init script under `limits` with `caps`
-    /// ([`RequestCaps::for_init`]), and make the state it leaves the start
-    /// of every run given the result ([`RunSetup::guest`]). Blocks while the
-    /// snapshot compiles. `Ok(Err(..))` when the script failed.
+impl<D: RunData> Sandbox<D> {
+    /// Run `script` as a tenant's init script under `limits`, with `setup`
+    /// (what the script may use: the tenant's grants, nothing that waits),
+    /// and make the state it leaves the start of every run given the result
+    /// ([`RunSetup::guest`]). Blocks while the snapshot compiles.
+    /// `Ok(Err(..))` when the script failed.
     pub async fn prepare_tenant(
         &self,
         script: Source,
         limits: &Limits,
-        caps: RequestCaps,
-    ) -> Result<Result<Arc<PreparedGuest>, InitError>, SandboxError> {
+        setup: D::Setup,
+    ) -> Result<Result<Arc<PreparedGuest<D>>, InitError>, SandboxError> {
         self.check_limits(limits)?;
         let instrumented = self.instrumented()?;
         let output = Box::new(InitOutput {
             name: script.name.clone(),
         });
-        let mut setup = RunSetup::plain(limits, output);
-        setup.caps = caps;
-        setup.guest = Some(instrumented.guest.clone());
-        let mut run = self.start_checked_run(setup).await;
+        let mut run_setup = RunSetup::plain(limits, output);
+        run_setup.setup = setup;
+        run_setup.guest = Some(instrumented.guest.clone());
+        let mut run = self.start_checked_run(run_setup).await;
         let mut snapshot = None;
         let called = match run.instantiate_instance().await {
-            Ok(instance) => match super::host_api::Sandbox::new(&mut run.store, &instance) {
+            Ok(instance) => match crate::bindings::Sandbox::new(&mut run.store, &instance) {
                 Ok(guest) => {
                     let result = match prepare(&guest, &mut run.store, limits.fuel).await {
                         Ok(()) => {
@@ -166,7 +171,7 @@ impl Sandbox {
     }
 
     /// Compile and link component bytes against this sandbox's host.
-    pub(crate) fn link(&self, component: &[u8]) -> Result<SandboxPre<RunState>, SandboxError> {
+    pub(crate) fn link(&self, component: &[u8]) -> Result<SandboxPre<D>, SandboxError> {
         let component = Component::new(&self.engine, component)
             .map_err(|e| SandboxError::Engine(format!("compiling a prepared guest: {e}")))?;
         let pre = self
@@ -178,7 +183,7 @@ impl Sandbox {
     }
 
     /// The instrumented guest, built on first use.
-    fn instrumented(&self) -> Result<Arc<Instrumented>, SandboxError> {
+    fn instrumented(&self) -> Result<Arc<Instrumented<D>>, SandboxError> {
         let mut slot = self
             .instrumented
             .0
@@ -213,9 +218,9 @@ impl Sandbox {
 /// Build the prepared state (the guest's `prepare`: libraries, `ngx` API) in
 /// the init's instance, on fuel of its own (moonwall's code, not the
 /// tenant's), then give the run its own budget back for the init script.
-async fn prepare(
-    guest: &super::host_api::Sandbox,
-    store: &mut wasmtime::Store<RunState>,
+async fn prepare<D: RunData>(
+    guest: &crate::bindings::Sandbox,
+    store: &mut wasmtime::Store<D>,
     fuel: u64,
 ) -> wasmtime::Result<()> {
     store.set_fuel(PREPARE_FUEL)?;
@@ -231,8 +236,8 @@ const PREPARE_FUEL: u64 = 1_000_000_000;
 /// it through small exports of the instrumented guest (moonwall's own code,
 /// run on fuel of their own, so that an init that used nearly all of its
 /// budget can still be snapshotted).
-async fn snapshot_of(
-    store: &mut wasmtime::Store<RunState>,
+async fn snapshot_of<D: RunData>(
+    store: &mut wasmtime::Store<D>,
     instance: Instance,
 ) -> wasmtime::Result<Vec<u8>> {
     let fuel_left = store.get_fuel()?;

@@ -8,61 +8,96 @@
 //! 3. the caller calls the export it needs on the instance;
 //! 4. [`Run::finish`]: classify how the run stopped, once, and report what
 //!    it used.
+//!
+//! A run's store holds a [`RunData`]: the sandbox's [`RunBase`] and what the
+//! layers above add (the request, the capabilities' state), built from the
+//! run's [`RunData::Setup`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap};
 
+use wasmtime::component::Linker;
+
 use super::cpu::CpuSlots;
-use super::host_api::{OutputSink, RunState};
+use super::host_api::{OutputSink, RunBase};
 use super::prepared::PreparedGuest;
 use super::{Limit, Limits, Outcome, Sandbox, SandboxError, classify_stop, engine};
-use crate::caps::{RequestCaps, RunCaps};
-use crate::http::guest_api::HttpState;
+
+/// The data of a run's store. The sandbox keeps its own part in it
+/// ([`RunBase`]); the layer that assembles it adds its own (the request, the
+/// capabilities' state) and links their host functions, each through a
+/// projection onto its part, so no capability names the store type.
+pub trait RunData: Sized + Send + 'static {
+    /// What a run starts with beyond the sandbox's part (`Default`: a run
+    /// with no request and nothing granted).
+    type Setup: Default + Send;
+
+    /// The store data of a run that starts with `base` and `setup`.
+    fn assemble(base: RunBase, setup: Self::Setup, start: RunStart) -> Self;
+    fn base(&self) -> &RunBase;
+    fn base_mut(&mut self) -> &mut RunBase;
+    fn into_base(self) -> RunBase;
+    /// The CPU slots the run holds: a run that could not take them before
+    /// its deadline is not instantiated.
+    fn cpu(&self) -> &CpuSlots;
+    /// Register the host functions of every import beyond the core ones
+    /// (output, clock, guard: the sandbox's own, on [`RunBase`]).
+    fn add_to_linker(linker: &mut Linker<Self>) -> wasmtime::Result<()>;
+}
+
+/// When a run started and what bounds its waits, for [`RunData::assemble`].
+pub struct RunStart {
+    /// When the run's time is up.
+    pub deadline: Instant,
+    /// The run's time limit, for the error that names it.
+    pub time_limit: Duration,
+    /// The CPU slots the run holds while its guest code executes (already
+    /// taken, unless the deadline passed first).
+    pub cpu: CpuSlots,
+}
 
 /// Everything a run starts with.
-pub(crate) struct RunSetup {
+pub struct RunSetup<D: RunData> {
     pub(crate) limits: Limits,
     /// Where `print` and warnings go.
     pub(crate) output: Box<dyn OutputSink>,
-    /// The request, when the run serves one.
-    pub(crate) http: Option<HttpState>,
-    /// What the run may use beyond computation.
-    pub(crate) caps: RequestCaps,
     /// The CPU slots the run holds while its guest code executes.
     pub(crate) cpu: CpuSlots,
     /// The state the run starts from: a tenant's prepared guest, or `None`
     /// for the sandbox's own.
-    pub(crate) guest: Option<Arc<PreparedGuest>>,
+    pub(crate) guest: Option<Arc<PreparedGuest<D>>>,
+    /// What the layers above start the run with (the request, what it may
+    /// use beyond computation).
+    pub(crate) setup: D::Setup,
 }
 
-impl RunSetup {
+impl<D: RunData> RunSetup<D> {
     /// A run with no request, no capabilities and no CPU slots to take.
     pub(crate) fn plain(limits: &Limits, output: Box<dyn OutputSink>) -> Self {
         RunSetup {
             limits: limits.clone(),
             output,
-            http: None,
-            caps: RequestCaps::none(),
             cpu: CpuSlots::default(),
             guest: None,
+            setup: D::Setup::default(),
         }
     }
 }
 
 /// A run in progress: its store, and what [`Run::finish`] needs to report.
-pub(crate) struct Run<'s> {
-    sandbox: &'s Sandbox,
-    pub(crate) store: Store<RunState>,
-    guest: Option<Arc<PreparedGuest>>,
+pub(crate) struct Run<'s, D: RunData> {
+    sandbox: &'s Sandbox<D>,
+    pub(crate) store: Store<D>,
+    guest: Option<Arc<PreparedGuest<D>>>,
     limits: Limits,
     started: Instant,
     instantiated: bool,
 }
 
 /// How a run ended and what it used.
-pub(crate) struct Finished<R> {
+pub(crate) struct Finished<R, D> {
     /// What the called export returned, or the limit (or fault) that
     /// stopped the run.
     pub(crate) result: Result<R, Outcome>,
@@ -71,14 +106,14 @@ pub(crate) struct Finished<R> {
     pub(crate) duration: Duration,
     /// The run's state, with its output sink, request and CPU slots (still
     /// held, for a log phase that follows).
-    pub(crate) state: RunState,
+    pub(crate) state: D,
 }
 
-impl Sandbox {
+impl<D: RunData> Sandbox<D> {
     /// Start a run: check `setup.limits`, take its CPU slots (waiting at most
     /// until its deadline), and build its store. The deadline is counted
     /// from here.
-    pub(crate) async fn start_run(&self, setup: RunSetup) -> Result<Run<'_>, SandboxError> {
+    pub(crate) async fn start_run(&self, setup: RunSetup<D>) -> Result<Run<'_, D>, SandboxError> {
         self.check_limits(&setup.limits)?;
         Ok(self.start_checked_run(setup).await)
     }
@@ -96,26 +131,28 @@ impl Sandbox {
     }
 
     /// [`Sandbox::start_run`] for limits [`Sandbox::check_limits`] accepted.
-    pub(crate) async fn start_checked_run(&self, setup: RunSetup) -> Run<'_> {
+    pub(crate) async fn start_checked_run(&self, setup: RunSetup<D>) -> Run<'_, D> {
         let RunSetup {
             limits,
             output,
-            http,
-            caps,
             mut cpu,
             guest,
+            setup,
         } = setup;
         let started = Instant::now();
         let deadline = started + limits.timeout;
         // A run that cannot get a CPU before its deadline is stopped by its
         // time limit in `instantiate`.
         let _ = cpu.acquire(deadline).await;
-        let mut state = RunState::new(limits.memory_bytes, limits.output_bytes, output);
-        state.awake = Some(self.ticker.awake());
-        state.http = http;
-        state.caps = RunCaps::new(caps, deadline, limits.timeout, cpu);
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
+        let mut base = RunBase::new(limits.memory_bytes, limits.output_bytes, output);
+        base.awake = Some(self.ticker.awake());
+        let start = RunStart {
+            deadline,
+            time_limit: limits.timeout,
+            cpu,
+        };
+        let mut store = Store::new(&self.engine, D::assemble(base, setup, start));
+        store.limiter(|state| &mut state.base_mut().limiter);
         // Fails only in an engine without fuel, and every engine has it.
         let _ = store.set_fuel(limits.fuel);
         engine::arm_deadline(&mut store, deadline);
@@ -132,21 +169,21 @@ impl Sandbox {
 
 /// The host could not run the guest at all (the instance pool is full, or
 /// the guest does not link): the error, and the run's state.
-pub(crate) struct Unavailable {
+pub(crate) struct Unavailable<D> {
     pub(crate) error: SandboxError,
-    pub(crate) state: Box<RunState>,
+    pub(crate) state: Box<D>,
 }
 
-impl From<Unavailable> for SandboxError {
-    fn from(unavailable: Unavailable) -> Self {
+impl<D> From<Unavailable<D>> for SandboxError {
+    fn from(unavailable: Unavailable<D>) -> Self {
         unavailable.error
     }
 }
 
-impl Run<'_> {
+impl<D: RunData> Run<'_, D> {
     /// A fresh instance of the guest in this run's store.
-    pub(crate) async fn instantiate(&mut self) -> wasmtime::Result<super::host_api::Sandbox> {
-        if !self.store.data().caps.cpu.is_held() {
+    pub(crate) async fn instantiate(&mut self) -> wasmtime::Result<crate::bindings::Sandbox> {
+        if !self.store.data().cpu().is_held() {
             return Err(wasmtime::Error::new(Trap::Interrupt));
         }
         let pre = match &self.guest {
@@ -162,7 +199,7 @@ impl Run<'_> {
     pub(crate) async fn instantiate_instance(
         &mut self,
     ) -> wasmtime::Result<wasmtime::component::Instance> {
-        if !self.store.data().caps.cpu.is_held() {
+        if !self.store.data().cpu().is_held() {
             return Err(wasmtime::Error::new(Trap::Interrupt));
         }
         let pre = match &self.guest {
@@ -179,8 +216,11 @@ impl Run<'_> {
 
     /// End the run: how it stopped (`result` is what the instantiation or
     /// the call returned) and what it used.
-    pub(crate) fn finish<R>(self, result: wasmtime::Result<R>) -> Result<Finished<R>, Unavailable> {
-        let refused = self.store.data().limiter.refused;
+    pub(crate) fn finish<R>(
+        self,
+        result: wasmtime::Result<R>,
+    ) -> Result<Finished<R, D>, Unavailable<D>> {
+        let refused = self.store.data().base().limiter.refused;
         let result = match result {
             Ok(value) => Ok(value),
             // Failed to instantiate for a reason that is not the run's
@@ -212,7 +252,7 @@ impl Run<'_> {
         Ok(Finished {
             result,
             fuel_used: self.limits.fuel - fuel_left.min(self.limits.fuel),
-            peak_memory_bytes: state.limiter.peak_memory,
+            peak_memory_bytes: state.base().limiter.peak_memory,
             duration: self.started.elapsed(),
             state,
         })

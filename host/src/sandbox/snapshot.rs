@@ -15,11 +15,12 @@
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, Store};
 
-use super::SandboxError;
-use super::host_api::{CapturedOutput, RunState};
+use super::host_api::{CapturedOutput, RunBase};
+use super::{CpuSlots, RunData, RunStart, SandboxError};
 
-/// The guest component after `prepare`, as component bytes.
-pub(crate) fn prepared_guest(guest: &[u8]) -> Result<Vec<u8>, SandboxError> {
+/// The guest component after `prepare`, as component bytes, for a sandbox
+/// whose runs' store holds a `D`.
+pub(crate) fn prepared_guest<D: RunData>(guest: &[u8]) -> Result<Vec<u8>, SandboxError> {
     let failed = |what: &str, error: wasmtime::Error| {
         SandboxError::Engine(format!("preparing the guest: {what}: {error:#}"))
     };
@@ -28,9 +29,15 @@ pub(crate) fn prepared_guest(guest: &[u8]) -> Result<Vec<u8>, SandboxError> {
     config.wasm_component_model(true);
     config.wasm_exceptions(true);
     let engine = Engine::new(&config).map_err(|e| failed("engine", e))?;
-    let mut linker = Linker::new(&engine);
+    let mut linker = Linker::<D>::new(&engine);
     super::add_to_linker(&mut linker).map_err(|e| failed("linker", e))?;
-    let state = RunState::new(usize::MAX, 0, Box::new(CapturedOutput::default()));
+    let base = RunBase::new(usize::MAX, 0, Box::new(CapturedOutput::default()));
+    let start = RunStart {
+        deadline: std::time::Instant::now(),
+        time_limit: std::time::Duration::ZERO,
+        cpu: CpuSlots::default(),
+    };
+    let state = D::assemble(base, D::Setup::default(), start);
     let mut store = Store::new(&engine, state);
 
     let mut wizer = wasmtime_wizer::Wizer::new();

@@ -14,7 +14,7 @@
 //! keeps the set (and so the tenant version) it started with to its end.
 
 pub mod admission;
-pub mod hosts;
+pub use crate::site::hosts;
 pub mod metrics;
 pub mod policy;
 
@@ -25,11 +25,11 @@ use std::time::{Duration, SystemTime};
 
 use toml::Spanned;
 
-use crate::http::config::{ConfigError, Problems, read_config};
-use crate::http::routing::{DocRoot, Router};
-use crate::sandbox::PreparedGuest;
+use crate::runtime::PreparedGuest;
+use crate::site::config::{ConfigError, Problems, read_config};
+use crate::site::hosts::{HostPattern, HostTable, normalize_host};
+use crate::site::routing::{DocRoot, Router};
 use admission::Admission;
-use hosts::{HostPattern, HostTable, normalize_host};
 use policy::{Capabilities, Ceilings, LimitsFile, Policy, TenantLimits};
 
 #[derive(Debug, serde::Deserialize)]
@@ -67,7 +67,7 @@ pub struct ServerConfig {
     pub caps: crate::caps::CapsSettings,
     /// What runs tenants' init scripts (the server's sandbox); without one
     /// (`moonwall check`), an init script is checked but not run.
-    pub sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+    pub sandbox: Option<Arc<crate::runtime::Sandbox>>,
 }
 
 impl ServerConfig {
@@ -189,7 +189,7 @@ impl ServerConfig {
             .default_tenant
             .as_ref()
             .map(|t| {
-                let (line, column) = crate::http::config::line_col(text, t.span().start);
+                let (line, column) = crate::site::config::line_col(text, t.span().start);
                 format!("{}:{line}:{column}", file.display())
             })
             .unwrap_or_default();
@@ -271,7 +271,7 @@ impl Tenant {
             admission: Arc::new(Admission::new(limits.admission.clone())),
             limits,
             capabilities: Capabilities {
-                log_level: crate::sandbox::host_api::moonwall::sandbox::log::Level::Debug,
+                log_level: crate::bindings::moonwall::sandbox::log::Level::Debug,
                 ..Capabilities::default()
             },
             grants: crate::caps::Grants::none(),
@@ -533,7 +533,7 @@ impl Registry {
 /// tenant's requests start from. The error says where it failed
 /// (`init.lua:3: message`), or which limit stopped it.
 pub fn prepare_init(
-    sandbox: &crate::sandbox::Sandbox,
+    sandbox: &crate::runtime::Sandbox,
     script: &Path,
     shown_from: &Path,
     limits: &crate::sandbox::Limits,
@@ -543,13 +543,13 @@ pub fn prepare_init(
     let code = std::fs::read(script)
         .map_err(|e| format!("cannot read init script {}: {e}", script.display()))?;
     let shown = script.strip_prefix(shown_from).unwrap_or(script);
-    let source = crate::http::Source {
+    let source = crate::bindings::moonwall::sandbox::http_types::Source {
         name: format!("@{}", shown.display()),
         code,
         binary: false,
     };
     let caps = crate::caps::RequestCaps::for_init(grants);
-    match crate::sandbox::block_on(sandbox.prepare_tenant(source, limits, caps)) {
+    match crate::sandbox::block_on(sandbox.prepare_tenant(source, limits, caps.into())) {
         Ok(Ok(prepared)) => {
             tracing::info!(
                 script = %shown.display(),

@@ -14,11 +14,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::admission::AdmissionLimits;
-use super::hosts::HostPattern;
-use crate::http::config::{ConfigError, LocationFile, Problems, line_col, parse_locations};
-use crate::http::routing::Locations;
-use crate::sandbox::host_api::moonwall::sandbox::log::Level;
 use crate::sandbox::{EngineSettings, Limits};
+use crate::site::config::{ConfigError, LocationFile, Problems, line_col, parse_locations};
+use crate::site::hosts::HostPattern;
+use crate::site::routing::Locations;
 
 /// `[limits]` as written, in a policy or (as ceilings) in moonwall.toml.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -309,55 +308,9 @@ struct CapabilitiesFile {
     log_level: Option<Spanned<String>>,
 }
 
-/// What a tenant may use beyond computation. The capabilities themselves
-/// plug in here; until one is granted, it is denied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capabilities {
-    /// Shared dicts by name, with their size in bytes.
-    pub shared_dicts: Vec<(String, u64)>,
-    /// Outbound destinations, `scheme://host[:port]` (host may be `*.name`).
-    pub outbound: Vec<String>,
-    /// Non-public addresses outbound connections may reach (`addr[/bits]`).
-    pub outbound_private: Vec<String>,
-    /// Per-request bounds on outbound connections, and the keepalive pool's.
-    pub outbound_limits: crate::caps::tcp::rules::OutboundLimits,
-    /// Directories scripts may read (real paths, inside the allowed roots).
-    pub read_dirs: Vec<PathBuf>,
-    /// Directories `require` loads Lua modules from.
-    pub lib_dirs: Vec<PathBuf>,
-    /// Environment variables `os.getenv` may see.
-    pub env: Vec<String>,
-    /// The most verbose `ngx.log` level that reaches the server's log.
-    pub log_level: Level,
-}
+pub use crate::caps::Capabilities;
 
-impl Default for Capabilities {
-    fn default() -> Self {
-        Capabilities {
-            shared_dicts: Vec::new(),
-            outbound: Vec::new(),
-            outbound_private: Vec::new(),
-            outbound_limits: Default::default(),
-            read_dirs: Vec::new(),
-            lib_dirs: Vec::new(),
-            env: Vec::new(),
-            log_level: Level::Warn,
-        }
-    }
-}
-
-/// nginx's level names, most severe first.
-pub const LOG_LEVELS: [(&str, Level); 9] = [
-    ("stderr", Level::Stderr),
-    ("emerg", Level::Emerg),
-    ("alert", Level::Alert),
-    ("crit", Level::Crit),
-    ("error", Level::Err),
-    ("warn", Level::Warn),
-    ("notice", Level::Notice),
-    ("info", Level::Info),
-    ("debug", Level::Debug),
-];
+pub use crate::caps::http::LOG_LEVELS;
 
 /// Parse a size like nginx's: `512k`, `10m`, `1g`, or bytes.
 fn parse_size(text: &str) -> Option<u64> {
@@ -578,7 +531,7 @@ impl Policy {
         ceilings: &Ceilings,
         allowed_roots: &[PathBuf],
     ) -> Result<Policy, ConfigError> {
-        let text = crate::http::config::read_config(file)?;
+        let text = crate::site::config::read_config(file)?;
         Self::parse(file, &text, ceilings, allowed_roots)
     }
 
@@ -631,7 +584,7 @@ impl Policy {
         };
         let init_script = match (&root, &policy.init_script) {
             (Some(root), Some(script)) => {
-                crate::http::config::script_file(script, root, Some(allowed_roots), &mut problems)
+                crate::site::config::script_file(script, root, Some(allowed_roots), &mut problems)
             }
             _ => None,
         };

@@ -30,10 +30,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use wasmtime::component::{HasSelf, Linker};
 
+use super::Capabilities;
 use super::RunCaps;
-use crate::sandbox::host_api::RunState;
-use crate::sandbox::host_api::moonwall::sandbox::shared_dict as wit;
-use crate::tenants::policy::Capabilities;
+use crate::bindings::moonwall::sandbox::shared_dict as wit;
 
 /// What every entry costs beyond its key and value: the host's bookkeeping
 /// of it (its node, its place in the key index, the LRU and write orders
@@ -593,6 +592,9 @@ impl wit::Host for RunCaps {
     }
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<RunState, HasSelf<RunCaps>>(linker, |state| &mut state.caps)
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: super::Project<T>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
 }

@@ -42,10 +42,9 @@ use wasmtime::component::{HasSelf, Linker};
 use self::conn::{Conn, MAX_PATTERN, Pattern, ReadBounds};
 use self::pool::Pool;
 use self::rules::{AddressRange, Destination, OutboundLimits, Target, non_public};
+use super::Capabilities;
 use super::{Grants, RunCaps};
-use crate::sandbox::host_api::RunState;
-use crate::sandbox::host_api::moonwall::sandbox::tcp as wit;
-use crate::tenants::policy::Capabilities;
+use crate::bindings::moonwall::sandbox::tcp as wit;
 
 /// Most addresses of a resolved name that are checked and tried.
 const MAX_ADDRESSES: usize = 64;
@@ -537,6 +536,9 @@ impl RunCaps {
     }
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<RunState, HasSelf<RunCaps>>(linker, |state| &mut state.caps)
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: super::Project<T>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
 }

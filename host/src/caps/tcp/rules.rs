@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::tenants::hosts::HostPattern;
+use crate::site::hosts::HostPattern;
 
 /// One `outbound` entry: `scheme://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,14 +97,7 @@ impl Target {
             return Ok(Target::Address(canonical(address)));
         }
         let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
-        let valid_label = |label: &str| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if name.len() > 253 || !name.split('.').all(valid_label) {
+        if !crate::site::hosts::is_dns_name(&name) {
             return Err(format!("bad host name \"{}\"", text.escape_debug()));
         }
         Ok(Target::Name(name))

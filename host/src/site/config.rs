@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::routing::PhaseScripts;
 use super::routing::{Location, Locations, Match};
-use super::scripts::PhaseScripts;
 use crate::sandbox::Limits;
 
 #[derive(Debug, serde::Deserialize)]

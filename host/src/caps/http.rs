@@ -1,5 +1,8 @@
-//! The host side of `wit/http.wit`'s imports: the response leaving the guest,
-//! its log lines, and the digests of the `ngx` API.
+//! The HTTP capability: the host side of `wit/http.wit`'s imports, the
+//! response leaving the guest, its log lines, and the digests of the `ngx`
+//! API. Its per-run state is the request being served ([`HttpState`]), in
+//! [`super::RunCaps`] like every capability's; a run that serves no request
+//! has none, and these imports then stop it.
 //!
 //! The guest is hostile, so every status, header name and value, body byte
 //! and log line is checked and bounded here before it goes anywhere.
@@ -10,8 +13,11 @@ use hmac::{KeyInit, Mac};
 use hyper::header::{HeaderName, HeaderValue};
 use md5::Digest;
 
-use crate::sandbox::host_api::moonwall::sandbox::{codec, http_types, log, response};
-use crate::sandbox::host_api::{HostStop, RunState};
+use wasmtime::component::{HasSelf, Linker};
+
+use super::RunCaps;
+use crate::bindings::moonwall::sandbox::{codec, http_types, log, response};
+use crate::sandbox::host_api::HostStop;
 use crate::sandbox::outcome::Limit;
 
 /// What a [`ResponseSink`] returns when it may have to wait.
@@ -88,17 +94,25 @@ pub struct HttpState {
     pub(crate) client_gone: bool,
     /// HEAD requests get headers only.
     discard_body: bool,
+    /// Most body bytes the response may have (the run's output limit).
+    body_cap: u64,
     log: RequestLog,
 }
 
 impl HttpState {
-    pub(crate) fn new(sink: Box<dyn ResponseSink>, discard_body: bool, log: RequestLog) -> Self {
+    pub(crate) fn new(
+        sink: Box<dyn ResponseSink>,
+        discard_body: bool,
+        body_cap: usize,
+        log: RequestLog,
+    ) -> Self {
         HttpState {
             sink,
             status_sent: None,
             body_bytes: 0,
             client_gone: false,
             discard_body,
+            body_cap: body_cap as u64,
             log,
         }
     }
@@ -120,27 +134,35 @@ impl HttpState {
         if self.status_sent.is_some() {
             return;
         }
-        let reason = hyper::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        let page = format!(
-            "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n<center><h1>{status} {reason}</h1></center>\r\n<hr><center>moonwall</center>\r\n</body>\r\n</html>\r\n"
-        );
-        let headers = vec![
-            (
-                hyper::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html"),
-            ),
-            (hyper::header::SERVER, HeaderValue::from_static("moonwall")),
-        ];
-        self.sink.send_head(status, headers);
+        let (headers, page) = host_page(status);
+        self.sink.send_head(status, headers.to_vec());
         self.status_sent = Some(status);
         if !self.discard_body {
             self.body_bytes += page.len() as u64;
             self.sink.write(Bytes::from(page)).await;
         }
     }
+}
+
+/// The host's own page for `status`, nginx-like, with its headers: what a
+/// client gets when the guest sent no response, and for every answer the
+/// server gives itself (404, 413, 429, 503...).
+pub fn host_page(status: u16) -> ([(HeaderName, HeaderValue); 2], String) {
+    let reason = hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let page = format!(
+        "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n<center><h1>{status} {reason}</h1></center>\r\n<hr><center>moonwall</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let headers = [
+        (
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html"),
+        ),
+        (hyper::header::SERVER, HeaderValue::from_static("moonwall")),
+    ];
+    (headers, page)
 }
 
 /// Where a request's log lines go, tagged with its request id.
@@ -212,19 +234,23 @@ fn severity(level: log::Level) -> u8 {
     level as u8
 }
 
+/// nginx's level names, most severe first: `ngx.log`'s levels, and the
+/// names a policy's `log_level` accepts.
+pub const LOG_LEVELS: [(&str, log::Level); 9] = [
+    ("stderr", log::Level::Stderr),
+    ("emerg", log::Level::Emerg),
+    ("alert", log::Level::Alert),
+    ("crit", log::Level::Crit),
+    ("error", log::Level::Err),
+    ("warn", log::Level::Warn),
+    ("notice", log::Level::Notice),
+    ("info", log::Level::Info),
+    ("debug", log::Level::Debug),
+];
+
 /// nginx's name for a level.
 fn level_name(level: log::Level) -> &'static str {
-    match level {
-        log::Level::Stderr => "stderr",
-        log::Level::Emerg => "emerg",
-        log::Level::Alert => "alert",
-        log::Level::Crit => "crit",
-        log::Level::Err => "error",
-        log::Level::Warn => "warn",
-        log::Level::Notice => "notice",
-        log::Level::Info => "info",
-        log::Level::Debug => "debug",
-    }
+    LOG_LEVELS[usize::from(severity(level))].0
 }
 
 /// Control bytes and invalid UTF-8 escaped, so a script cannot forge log lines.
@@ -248,7 +274,7 @@ fn escape_log_text(bytes: &[u8], truncated: bool) -> String {
     out
 }
 
-fn http_state(state: &mut RunState) -> wasmtime::Result<&mut HttpState> {
+fn http_state(state: &mut RunCaps) -> wasmtime::Result<&mut HttpState> {
     state
         .http
         .as_mut()
@@ -293,7 +319,7 @@ fn validate_headers(
     Ok(valid)
 }
 
-impl response::Host for RunState {
+impl response::Host for RunCaps {
     fn send_head(
         &mut self,
         status: u16,
@@ -316,11 +342,18 @@ impl response::Host for RunState {
     }
 
     async fn write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        let cap = self.output_cap as u64;
-        let RunState { http, caps, .. } = self;
+        let RunCaps {
+            http,
+            cpu,
+            tasks,
+            deadline,
+            time_limit,
+            ..
+        } = self;
         let http = http.as_mut().ok_or_else(|| {
             wasmtime::Error::msg("an HTTP import was called outside an HTTP request")
         })?;
+        let cap = http.body_cap;
         if http.status_sent.is_none() {
             return Ok(Err("response body before its headers".into()));
         }
@@ -335,7 +368,13 @@ impl response::Host for RunState {
         }
         http.body_bytes = total;
         // A slow client makes the run wait, off the CPU.
-        if !caps.off_cpu(http.sink.write(Bytes::from(bytes))).await? {
+        let waiting = super::Waiting {
+            cpu,
+            ops: &mut tasks.ops,
+            deadline: *deadline,
+            time_limit: *time_limit,
+        };
+        if !waiting.off_cpu(http.sink.write(Bytes::from(bytes))).await? {
             http.client_gone = true;
             return Ok(Err("client closed the connection".into()));
         }
@@ -349,9 +388,9 @@ impl response::Host for RunState {
 }
 
 /// `http-types` holds only types.
-impl http_types::Host for RunState {}
+impl http_types::Host for RunCaps {}
 
-impl log::Host for RunState {
+impl log::Host for RunCaps {
     fn write(&mut self, level: log::Level, message: Vec<u8>) -> wasmtime::Result<()> {
         http_state(self)?.log.line(level, &message);
         Ok(())
@@ -360,7 +399,7 @@ impl log::Host for RunState {
 
 // Every output below is a fixed size or proportional to an input the guest
 // already held in its own memory (at most its memory cap).
-impl codec::Host for RunState {
+impl codec::Host for RunCaps {
     fn md5(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
         Ok(md5::Md5::digest(&data).to_vec())
     }
@@ -400,9 +439,29 @@ impl codec::Host for RunState {
     }
 }
 
+/// Register the HTTP capability's host functions, reaching its state in a
+/// store of `T` through `get`.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: super::Project<T>,
+) -> wasmtime::Result<()> {
+    response::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
+    http_types::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
+    log::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
+    codec::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn level_names_follow_the_wit_order() {
+        for (at, (name, level)) in LOG_LEVELS.iter().enumerate() {
+            assert_eq!(usize::from(severity(*level)), at);
+            assert_eq!(level_name(*level), *name);
+        }
+    }
 
     #[test]
     fn log_text_cannot_forge_lines() {

@@ -14,8 +14,6 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::scripts::PhaseScripts;
-
 /// What serves a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -164,6 +162,41 @@ impl Locations {
             },
             None => Route::NotFound,
         }
+    }
+}
+
+/// Which script handles each phase (`None`: the phase does nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseScripts {
+    pub rewrite: Option<PathBuf>,
+    pub access: Option<PathBuf>,
+    pub content: Option<PathBuf>,
+    pub header_filter: Option<PathBuf>,
+    pub body_filter: Option<PathBuf>,
+    pub log: Option<PathBuf>,
+}
+
+impl PhaseScripts {
+    /// A content handler alone.
+    pub fn content(path: PathBuf) -> Self {
+        PhaseScripts {
+            content: Some(path),
+            ..PhaseScripts::default()
+        }
+    }
+
+    /// The script of each phase, in the order of the fields of the guest's
+    /// `handlers` record (`crate::http::Handlers`).
+    pub fn phases(&self) -> [&Option<PathBuf>; 6] {
+        [
+            &self.rewrite,
+            &self.access,
+            &self.content,
+            &self.header_filter,
+            &self.body_filter,
+            &self.log,
+        ]
     }
 }
 

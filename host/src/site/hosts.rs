@@ -25,16 +25,7 @@ impl HostPattern {
             Some(rest) => (true, rest),
             None => (false, lower.as_str()),
         };
-        let valid_label = |label: &str| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        };
-        if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+        if !is_dns_name(name) {
             return Err(format!(
                 "`{text}` is not a host name (like example.com) or a wildcard (like *.example.com); ports are not part of it"
             ));
@@ -77,16 +68,43 @@ impl std::fmt::Display for HostPattern {
     }
 }
 
+/// Whether `name` (lowercase, without a trailing dot) is a DNS name: at
+/// most 253 bytes of dot-separated labels, each 1 to 63 letters, digits,
+/// `-` or `_`, not starting or ending with `-`. The one rule for every host
+/// name moonwall accepts: site patterns and outbound destinations alike.
+pub fn is_dns_name(name: &str) -> bool {
+    let valid_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_label)
+}
+
+/// The host of an authority without its port: `example.com:8080` →
+/// `example.com`; `[::1]:80` → `[::1]` (an IPv6 literal keeps its brackets).
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map(|end| &authority[..=end])
+            .unwrap_or(authority);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
 /// The host name of a `Host` header or authority: lowercased, without its
 /// port or a trailing dot. `None` if there is no usable name.
 pub fn normalize_host(authority: &str) -> Option<String> {
     let authority = authority.trim();
-    let host = if authority.starts_with('[') {
-        // An IPv6 literal, `[::1]:8080`: keep the brackets.
-        &authority[..=authority.find(']')?]
-    } else {
-        authority.split(':').next()?
-    };
+    if authority.starts_with('[') && !authority.contains(']') {
+        return None;
+    }
+    let host = strip_port(authority);
     let host = host.strip_suffix('.').unwrap_or(host);
     (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
