@@ -17,6 +17,7 @@ use crate::http::server::{self, App, ServerSettings};
 use crate::runtime::Sandbox;
 use crate::sandbox::EngineSettings;
 use crate::site::config::SiteConfig;
+use crate::site::limits::RequestLimit;
 use crate::site::routing::{DocRoot, Router};
 use crate::tenants::metrics::{self, Metrics};
 use crate::tenants::{Registry, ServerConfig, prepare_init};
@@ -86,9 +87,10 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
     pub max_in_flight: Option<usize>,
 
-    /// Largest request body, in KiB (413 beyond).
-    #[arg(long, value_name = "N", default_value_t = ServerSettings::default().max_request_body_bytes / 1024,
-          value_parser = clap::value_parser!(u64).range(0..=(1 << 22)).map(|n| n as usize))]
+    /// Largest request body, in KiB (413 beyond; at most 1 GiB).
+    #[arg(long, value_name = "N", visible_alias = "max-request-body-kib",
+          default_value_t = ServerSettings::default().max_request_body_bytes / 1024,
+          value_parser = super::limits::in_range(RequestLimit::MaxRequestBodyKib.def()).map(|n| n as usize))]
     pub max_body_kib: usize,
 
     /// Largest request head (request line and headers), in KiB.

@@ -39,7 +39,10 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             max_connections: 1024,
-            max_request_body_bytes: 1024 * 1024,
+            max_request_body_bytes: crate::site::limits::RequestLimit::MaxRequestBodyKib
+                .def()
+                .default_value()
+                .map_or(usize::MAX, |kib| (kib as usize) << 10),
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),

@@ -47,6 +47,8 @@ struct LimitsFile {
     fuel: Option<Spanned<u64>>,
     timeout_ms: Option<Spanned<u64>>,
     memory_mib: Option<Spanned<u64>>,
+    /// Also `max_response_body_kib`, its name in policies.
+    #[serde(alias = "max_response_body_kib")]
     max_output_kib: Option<Spanned<u64>>,
 }
 
@@ -198,37 +200,31 @@ impl SiteConfig {
 
         let mut limits = Limits::default();
         if let Some(file_limits) = &site.limits {
-            if let Some(fuel) = &file_limits.fuel {
-                match *fuel.get_ref() {
-                    0 => problems.at(fuel.span(), "fuel must be at least 1"),
-                    value => limits.fuel = value,
-                }
-            }
-            if let Some(timeout) = &file_limits.timeout_ms {
-                match *timeout.get_ref() {
-                    0 => problems.at(timeout.span(), "timeout_ms must be at least 1"),
-                    value => limits.timeout = Duration::from_millis(value),
-                }
-            }
-            if let Some(memory) = &file_limits.memory_mib {
-                let value = *memory.get_ref() as usize;
-                if !(Limits::MIN_MEMORY_MIB..=Limits::MAX_MEMORY_MIB).contains(&value) {
-                    problems.at(
-                        memory.span(),
-                        format!(
-                            "memory_mib must be between {} and {}",
-                            Limits::MIN_MEMORY_MIB,
-                            Limits::MAX_MEMORY_MIB
-                        ),
-                    );
-                } else {
-                    limits.memory_bytes = value << 20;
-                }
-            }
-            if let Some(output) = &file_limits.max_output_kib {
-                match usize::try_from(*output.get_ref()) {
-                    Ok(value) if value <= 1 << 30 => limits.output_bytes = value << 10,
-                    _ => problems.at(output.span(), "max_output_kib must be at most 1073741824"),
+            use super::limits::RequestLimit as L;
+            let written = [
+                (L::Fuel, "fuel", &file_limits.fuel),
+                (L::TimeoutMs, "timeout_ms", &file_limits.timeout_ms),
+                (L::MemoryMib, "memory_mib", &file_limits.memory_mib),
+                (
+                    L::MaxResponseBodyKib,
+                    "max_output_kib",
+                    &file_limits.max_output_kib,
+                ),
+            ];
+            for (limit, name, value) in written {
+                let Some(value) = value else { continue };
+                let checked = match limit.def().check_as(name, *value.get_ref()) {
+                    Ok(checked) => checked,
+                    Err(message) => {
+                        problems.at(value.span(), message);
+                        continue;
+                    }
+                };
+                match limit {
+                    L::Fuel => limits.fuel = checked,
+                    L::TimeoutMs => limits.timeout = Duration::from_millis(checked),
+                    L::MemoryMib => limits.memory_bytes = (checked as usize) << 20,
+                    _ => limits.output_bytes = (checked as usize) << 10,
                 }
             }
         }
@@ -368,7 +364,10 @@ mod tests {
         let problems = errors(
             "[limits]\nfuel = 0\nmemory_mib = 1\n[[location]]\npath = \"api\"\ncontent = \"a.lua\"\n",
         );
-        assert_eq!(problems[0], "site.toml:2:8: fuel must be at least 1");
+        assert_eq!(
+            problems[0],
+            "site.toml:2:8: fuel must be between 1 and 18446744073709551614"
+        );
         assert_eq!(
             problems[1],
             "site.toml:3:14: memory_mib must be between 2 and 4095"

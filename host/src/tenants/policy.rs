@@ -14,12 +14,14 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::admission::AdmissionLimits;
-use crate::sandbox::{EngineSettings, Limits};
+use crate::sandbox::Limits;
 use crate::site::config::{ConfigError, LocationFile, Problems, line_col, parse_locations};
 use crate::site::hosts::HostPattern;
+use crate::site::limits::{LimitValues, RequestLimit};
 use crate::site::routing::Locations;
 
-/// `[limits]` as written, in a policy or (as ceilings) in moonwall.toml.
+/// `[limits]` as written, in a policy or (as ceilings) in moonwall.toml:
+/// one field per limit of [`RequestLimit`], defined in `site::limits`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsFile {
@@ -27,6 +29,9 @@ pub(crate) struct LimitsFile {
     timeout_ms: Option<Spanned<u64>>,
     memory_mib: Option<Spanned<u64>>,
     max_request_body_kib: Option<Spanned<u64>>,
+    /// Also `max_output_kib`, its name in site configs and on the command
+    /// line.
+    #[serde(alias = "max_output_kib")]
     max_response_body_kib: Option<Spanned<u64>>,
     max_concurrency: Option<Spanned<u64>>,
     max_queue: Option<Spanned<u64>>,
@@ -36,143 +41,50 @@ pub(crate) struct LimitsFile {
     max_in_flight: Option<Spanned<u64>>,
 }
 
-/// One limit: its key, the range any value must be in, and the value a
-/// tenant gets when its policy does not set it (before the ceiling).
-struct Key {
-    name: &'static str,
-    min: u64,
-    max: u64,
-    tenant_default: u64,
-}
-
-const KIB_PER_GIB: u64 = 1 << 20;
-/// No rate limit.
-const UNLIMITED: u64 = u64::MAX;
-
-fn keys() -> [Key; 11] {
-    // By default a tenant may hold all cores but one: whatever it runs,
-    // one worker is always left for everyone else (bench/noisy: with a
-    // runaway tenant on every core, another tenant's p99 triples).
-    let cores = std::thread::available_parallelism()
-        .map_or(1, |n| n.get() as u64)
-        .saturating_sub(1)
-        .max(1);
-    // By default a tenant may hold three quarters of the requests the
-    // server can keep in flight: a tenant whose requests all wait on a slow
-    // upstream leaves a quarter of the places to everyone else.
-    let tenant_in_flight = (EngineSettings::default_max_in_flight() * 3 / 4).max(1);
-    [
-        Key {
-            name: "fuel",
-            min: 1,
-            max: u64::MAX - 1,
-            tenant_default: Limits::DEFAULT_FUEL,
-        },
-        Key {
-            name: "timeout_ms",
-            min: 1,
-            max: 3_600_000,
-            tenant_default: Limits::DEFAULT_TIMEOUT_MS,
-        },
-        Key {
-            name: "memory_mib",
-            min: Limits::MIN_MEMORY_MIB as u64,
-            max: Limits::MAX_MEMORY_MIB as u64,
-            tenant_default: Limits::DEFAULT_MEMORY_MIB as u64,
-        },
-        Key {
-            name: "max_request_body_kib",
-            min: 0,
-            max: KIB_PER_GIB,
-            tenant_default: 1024,
-        },
-        Key {
-            name: "max_response_body_kib",
-            min: 0,
-            max: KIB_PER_GIB,
-            tenant_default: Limits::DEFAULT_OUTPUT_KIB as u64,
-        },
-        Key {
-            name: "max_concurrency",
-            min: 1,
-            max: 10_000,
-            tenant_default: cores,
-        },
-        Key {
-            name: "max_queue",
-            min: 0,
-            max: 100_000,
-            // A burst of requests that each need the CPU only briefly
-            // before they wait on I/O (200 clients of a gateway at once)
-            // passes through the queue; --max-connections bounds it too.
-            tenant_default: 1024,
-        },
-        Key {
-            name: "queue_timeout_ms",
-            min: 1,
-            max: 3_600_000,
-            tenant_default: 1000,
-        },
-        Key {
-            name: "requests_per_second",
-            min: 1,
-            max: 1_000_000,
-            tenant_default: UNLIMITED,
-        },
-        Key {
-            name: "burst",
-            min: 1,
-            max: 1_000_000,
-            tenant_default: UNLIMITED,
-        },
-        Key {
-            name: "max_in_flight",
-            min: 1,
-            max: 100_000,
-            tenant_default: tenant_in_flight as u64,
-        },
-    ]
-}
-
 impl LimitsFile {
-    fn values(&self) -> [&Option<Spanned<u64>>; 11] {
+    /// The values as written, in the order of [`RequestLimit::ALL`].
+    fn values(&self) -> [(RequestLimit, &Option<Spanned<u64>>); 11] {
+        use RequestLimit as L;
         [
-            &self.fuel,
-            &self.timeout_ms,
-            &self.memory_mib,
-            &self.max_request_body_kib,
-            &self.max_response_body_kib,
-            &self.max_concurrency,
-            &self.max_queue,
-            &self.queue_timeout_ms,
-            &self.requests_per_second,
-            &self.burst,
-            &self.max_in_flight,
+            (L::Fuel, &self.fuel),
+            (L::TimeoutMs, &self.timeout_ms),
+            (L::MemoryMib, &self.memory_mib),
+            (L::MaxRequestBodyKib, &self.max_request_body_kib),
+            (L::MaxResponseBodyKib, &self.max_response_body_kib),
+            (L::MaxConcurrency, &self.max_concurrency),
+            (L::MaxQueue, &self.max_queue),
+            (L::QueueTimeoutMs, &self.queue_timeout_ms),
+            (L::RequestsPerSecond, &self.requests_per_second),
+            (L::Burst, &self.burst),
+            (L::MaxInFlight, &self.max_in_flight),
         ]
     }
 }
+
+/// No rate limit.
+const UNLIMITED: u64 = u64::MAX;
 
 /// The server's ceilings: the most any policy may grant, each with where it
 /// was set (for messages).
 #[derive(Debug, Clone)]
 pub struct Ceilings {
-    values: [u64; 11],
+    values: LimitValues,
     origins: [String; 11],
 }
 
 impl Default for Ceilings {
     fn default() -> Self {
-        let keys = keys();
-        Ceilings {
+        let mut values = LimitValues::all(UNLIMITED);
+        for limit in RequestLimit::ALL {
+            let def = limit.def();
             // No ceiling on the rate unless the server sets one.
-            values: keys.each_ref().map(|key| {
-                if key.tenant_default == UNLIMITED {
-                    UNLIMITED
-                } else {
-                    key.max
-                }
-            }),
-            origins: keys.each_ref().map(|_| "moonwall's maximum".to_string()),
+            if def.default_value().is_some() {
+                values[limit] = def.max;
+            }
+        }
+        Ceilings {
+            values,
+            origins: RequestLimit::ALL.map(|_| "moonwall's maximum".to_string()),
         }
     }
 }
@@ -181,12 +93,13 @@ impl Ceilings {
     /// Check the `[limits]` of moonwall.toml.
     pub(crate) fn parse(file: &LimitsFile, problems: &mut Problems) -> Ceilings {
         let mut ceilings = Ceilings::default();
-        for (i, (key, value)) in keys().iter().zip(file.values()).enumerate() {
+        for (limit, value) in file.values() {
             let Some(value) = value else { continue };
-            if let Some(checked) = in_range(key, value, problems) {
+            if let Some(checked) = in_range(limit, value, problems) {
                 let (line, column) = line_col(problems.text, value.span().start);
-                ceilings.values[i] = checked;
-                ceilings.origins[i] = format!("{}:{line}:{column}", problems.file.display());
+                ceilings.values[limit] = checked;
+                ceilings.origins[limit as usize] =
+                    format!("{}:{line}:{column}", problems.file.display());
             }
         }
         ceilings
@@ -194,25 +107,23 @@ impl Ceilings {
 
     /// The memory ceiling in bytes: the size of a pooled memory slot.
     pub fn memory_bytes(&self) -> usize {
-        (self.values[2] as usize) << 20
+        (self.values[RequestLimit::MemoryMib] as usize) << 20
     }
 
     /// The concurrency ceiling: how many runs any one tenant may hold.
     pub fn max_concurrency(&self) -> usize {
-        self.values[5] as usize
+        self.values[RequestLimit::MaxConcurrency] as usize
     }
 }
 
-fn in_range(key: &Key, value: &Spanned<u64>, problems: &mut Problems) -> Option<u64> {
-    let v = *value.get_ref();
-    if v < key.min || v > key.max {
-        problems.at(
-            value.span(),
-            format!("{} must be between {} and {}", key.name, key.min, key.max),
-        );
-        return None;
+fn in_range(limit: RequestLimit, value: &Spanned<u64>, problems: &mut Problems) -> Option<u64> {
+    match limit.def().check(*value.get_ref()) {
+        Ok(checked) => Some(checked),
+        Err(message) => {
+            problems.at(value.span(), message);
+            None
+        }
     }
-    Some(v)
 }
 
 /// Everything a tenant's requests are held to.
@@ -226,59 +137,53 @@ pub struct TenantLimits {
 
 impl TenantLimits {
     fn parse(file: &LimitsFile, ceilings: &Ceilings, problems: &mut Problems) -> TenantLimits {
-        let keys = keys();
-        let mut v = [0u64; 11];
-        for (i, (key, value)) in keys.iter().zip(file.values()).enumerate() {
-            v[i] = key.tenant_default.min(ceilings.values[i]);
+        use RequestLimit as L;
+        let mut v = LimitValues::all(UNLIMITED);
+        for (limit, value) in file.values() {
+            let ceiling = ceilings.values[limit];
+            v[limit] = limit
+                .def()
+                .default_value()
+                .unwrap_or(UNLIMITED)
+                .min(ceiling);
             let Some(value) = value else { continue };
-            let Some(checked) = in_range(key, value, problems) else {
+            let Some(checked) = in_range(limit, value, problems) else {
                 continue;
             };
-            if checked > ceilings.values[i] {
+            if checked > ceiling {
                 problems.at(
                     value.span(),
                     format!(
-                        "{} = {checked} is above the server's ceiling of {} ({})",
-                        key.name, ceilings.values[i], ceilings.origins[i]
+                        "{} = {checked} is above the server's ceiling of {ceiling} ({})",
+                        limit.def().key,
+                        ceilings.origins[limit as usize]
                     ),
                 );
                 continue;
             }
-            v[i] = checked;
+            v[limit] = checked;
         }
-        let [
-            fuel,
-            timeout,
-            memory,
-            request,
-            response,
-            concurrency,
-            queue,
-            queue_timeout,
-            rate,
-            burst,
-            in_flight,
-        ] = v;
+        let rate = v[L::RequestsPerSecond];
         let rate = (rate != UNLIMITED).then_some(rate as f64);
         TenantLimits {
             sandbox: Limits {
-                fuel,
-                timeout: Duration::from_millis(timeout),
-                memory_bytes: (memory as usize) << 20,
-                output_bytes: (response as usize) << 10,
+                fuel: v[L::Fuel],
+                timeout: Duration::from_millis(v[L::TimeoutMs]),
+                memory_bytes: (v[L::MemoryMib] as usize) << 20,
+                output_bytes: (v[L::MaxResponseBodyKib] as usize) << 10,
             },
-            max_request_body_bytes: (request as usize) << 10,
+            max_request_body_bytes: (v[L::MaxRequestBodyKib] as usize) << 10,
             admission: AdmissionLimits {
-                max_concurrency: concurrency as usize,
-                max_in_flight: in_flight as usize,
-                max_queue: queue as usize,
-                queue_timeout: Duration::from_millis(queue_timeout),
+                max_concurrency: v[L::MaxConcurrency] as usize,
+                max_in_flight: v[L::MaxInFlight] as usize,
+                max_queue: v[L::MaxQueue] as usize,
+                queue_timeout: Duration::from_millis(v[L::QueueTimeoutMs]),
                 requests_per_second: rate,
                 // The burst defaults to one second of requests.
                 burst: u32::try_from(if file.burst.is_some() {
-                    burst
+                    v[L::Burst]
                 } else {
-                    burst.min(v[8])
+                    v[L::Burst].min(v[L::RequestsPerSecond])
                 })
                 .unwrap_or(u32::MAX)
                 .max(1),
@@ -381,25 +286,24 @@ impl Capabilities {
                 Err(message) => problems.at(range.span(), message),
             }
         }
-        let outbound_limits = [
-            &file.outbound_max_connections,
-            &file.outbound_max_sockets,
-            &file.outbound_max_receive_kib,
-            &file.outbound_connect_timeout_ms,
-            &file.outbound_send_timeout_ms,
-            &file.outbound_read_timeout_ms,
-            &file.outbound_keepalive_pool,
-            &file.outbound_keepalive_timeout_ms,
-        ];
-        for ((key, value), slot) in crate::caps::tcp::rules::LIMIT_KEYS
-            .iter()
-            .zip(outbound_limits)
-            .zip(capabilities.outbound_limits.slots())
         {
-            let Some(value) = value else { continue };
-            match key.check(*value.get_ref()) {
-                Ok(checked) => *slot = checked,
-                Err(message) => problems.at(value.span(), message),
+            use crate::caps::tcp::rules::OutboundLimit as L;
+            let outbound_limits = [
+                (L::MaxConnections, &file.outbound_max_connections),
+                (L::MaxSockets, &file.outbound_max_sockets),
+                (L::MaxReceiveKib, &file.outbound_max_receive_kib),
+                (L::ConnectTimeoutMs, &file.outbound_connect_timeout_ms),
+                (L::SendTimeoutMs, &file.outbound_send_timeout_ms),
+                (L::ReadTimeoutMs, &file.outbound_read_timeout_ms),
+                (L::KeepalivePool, &file.outbound_keepalive_pool),
+                (L::KeepaliveTimeoutMs, &file.outbound_keepalive_timeout_ms),
+            ];
+            for (limit, value) in outbound_limits {
+                let Some(value) = value else { continue };
+                match limit.def().check(*value.get_ref()) {
+                    Ok(checked) => *capabilities.outbound_limits.slot(limit) = checked,
+                    Err(message) => problems.at(value.span(), message),
+                }
             }
         }
         for (list, into) in [

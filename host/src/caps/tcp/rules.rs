@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::site::hosts::HostPattern;
+use crate::site::limits::{DefaultValue, LimitDef};
 
 /// One `outbound` entry: `scheme://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,108 +353,126 @@ pub struct OutboundLimits {
     pub keepalive_timeout_ms: u64,
 }
 
-/// One `[capabilities]` key of [`OutboundLimits`]: its range and default.
-pub struct LimitKey {
-    pub name: &'static str,
-    pub min: u64,
-    pub max: u64,
-    pub default: u64,
+/// One bound of [`OutboundLimits`], a `[capabilities]` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundLimit {
+    MaxConnections,
+    MaxSockets,
+    MaxReceiveKib,
+    ConnectTimeoutMs,
+    SendTimeoutMs,
+    ReadTimeoutMs,
+    KeepalivePool,
+    KeepaliveTimeoutMs,
 }
 
-/// The keys, in the order of [`OutboundLimits::slots`].
-pub const LIMIT_KEYS: [LimitKey; 8] = [
-    LimitKey {
-        name: "outbound_max_connections",
+impl OutboundLimit {
+    pub fn def(self) -> &'static LimitDef {
+        &OUTBOUND_LIMITS[self as usize]
+    }
+}
+
+const HOUR_MS: u64 = 3_600_000;
+const MINUTE_MS: u64 = 60_000;
+
+/// The outbound bounds, defined once, in the order of [`OutboundLimit`].
+pub static OUTBOUND_LIMITS: [LimitDef; 8] = [
+    LimitDef {
+        key: "outbound_max_connections",
+        aliases: &[],
         min: 1,
         max: 10_000,
-        default: 64,
+        default: DefaultValue::Value(64),
+        doc: "connects per request (new or reused)",
     },
-    LimitKey {
-        name: "outbound_max_sockets",
+    LimitDef {
+        key: "outbound_max_sockets",
+        aliases: &[],
         min: 1,
         max: 1024,
-        default: 32,
+        default: DefaultValue::Value(32),
+        doc: "sockets open at once per request",
     },
-    LimitKey {
-        name: "outbound_max_receive_kib",
+    LimitDef {
+        key: "outbound_max_receive_kib",
+        aliases: &[],
         min: 1,
         max: 1 << 20,
-        default: 16 << 10,
+        default: DefaultValue::Value(16 << 10),
+        doc: "KiB received per request, all connections together (the default is 16 MiB, the most 1 GiB)",
     },
-    LimitKey {
-        name: "outbound_connect_timeout_ms",
+    LimitDef {
+        key: "outbound_connect_timeout_ms",
+        aliases: &[],
         min: 1,
-        max: 3_600_000,
-        default: 60_000,
+        max: HOUR_MS,
+        default: DefaultValue::Value(MINUTE_MS),
+        doc: "the connect timeout (name resolution included), and the most `settimeout` may set",
     },
-    LimitKey {
-        name: "outbound_send_timeout_ms",
+    LimitDef {
+        key: "outbound_send_timeout_ms",
+        aliases: &[],
         min: 1,
-        max: 3_600_000,
-        default: 60_000,
+        max: HOUR_MS,
+        default: DefaultValue::Value(MINUTE_MS),
+        doc: "the longest wait for the peer to take data",
     },
-    LimitKey {
-        name: "outbound_read_timeout_ms",
+    LimitDef {
+        key: "outbound_read_timeout_ms",
+        aliases: &[],
         min: 1,
-        max: 3_600_000,
-        default: 60_000,
+        max: HOUR_MS,
+        default: DefaultValue::Value(MINUTE_MS),
+        doc: "the longest wait for data",
     },
-    LimitKey {
-        name: "outbound_keepalive_pool",
+    LimitDef {
+        key: "outbound_keepalive_pool",
+        aliases: &[],
         min: 0,
         max: 1024,
-        default: 32,
+        default: DefaultValue::Value(32),
+        doc: "idle connections the tenant keeps (0: `setkeepalive` closes)",
     },
-    LimitKey {
-        name: "outbound_keepalive_timeout_ms",
+    LimitDef {
+        key: "outbound_keepalive_timeout_ms",
+        aliases: &[],
         min: 1,
-        max: 3_600_000,
-        default: 60_000,
+        max: HOUR_MS,
+        default: DefaultValue::Value(MINUTE_MS),
+        doc: "the longest an idle connection is kept",
     },
 ];
 
 impl Default for OutboundLimits {
     fn default() -> Self {
-        let [a, b, c, d, e, f, g, h] = LIMIT_KEYS.each_ref().map(|key| key.default);
+        let default = |limit: OutboundLimit| limit.def().default_value().unwrap_or(u64::MAX);
+        use OutboundLimit as L;
         OutboundLimits {
-            max_connections: a,
-            max_sockets: b,
-            max_receive_kib: c,
-            connect_timeout_ms: d,
-            send_timeout_ms: e,
-            read_timeout_ms: f,
-            keepalive_pool: g,
-            keepalive_timeout_ms: h,
+            max_connections: default(L::MaxConnections),
+            max_sockets: default(L::MaxSockets),
+            max_receive_kib: default(L::MaxReceiveKib),
+            connect_timeout_ms: default(L::ConnectTimeoutMs),
+            send_timeout_ms: default(L::SendTimeoutMs),
+            read_timeout_ms: default(L::ReadTimeoutMs),
+            keepalive_pool: default(L::KeepalivePool),
+            keepalive_timeout_ms: default(L::KeepaliveTimeoutMs),
         }
     }
 }
 
 impl OutboundLimits {
-    /// The values, in the order of [`LIMIT_KEYS`].
-    pub fn slots(&mut self) -> [&mut u64; 8] {
-        [
-            &mut self.max_connections,
-            &mut self.max_sockets,
-            &mut self.max_receive_kib,
-            &mut self.connect_timeout_ms,
-            &mut self.send_timeout_ms,
-            &mut self.read_timeout_ms,
-            &mut self.keepalive_pool,
-            &mut self.keepalive_timeout_ms,
-        ]
-    }
-}
-
-impl LimitKey {
-    /// `value` if it is in range, else the message.
-    pub fn check(&self, value: u64) -> Result<u64, String> {
-        if (self.min..=self.max).contains(&value) {
-            Ok(value)
-        } else {
-            Err(format!(
-                "{} must be between {} and {}",
-                self.name, self.min, self.max
-            ))
+    /// The value of `limit`, to set.
+    pub fn slot(&mut self, limit: OutboundLimit) -> &mut u64 {
+        use OutboundLimit as L;
+        match limit {
+            L::MaxConnections => &mut self.max_connections,
+            L::MaxSockets => &mut self.max_sockets,
+            L::MaxReceiveKib => &mut self.max_receive_kib,
+            L::ConnectTimeoutMs => &mut self.connect_timeout_ms,
+            L::SendTimeoutMs => &mut self.send_timeout_ms,
+            L::ReadTimeoutMs => &mut self.read_timeout_ms,
+            L::KeepalivePool => &mut self.keepalive_pool,
+            L::KeepaliveTimeoutMs => &mut self.keepalive_timeout_ms,
         }
     }
 }
@@ -461,6 +480,21 @@ impl LimitKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outbound_bounds_are_documented_as_defined() {
+        let keys: Vec<&str> = OUTBOUND_LIMITS.iter().map(|def| def.key).collect();
+        assert_eq!(keys.len(), 8);
+        for (at, def) in OUTBOUND_LIMITS.iter().enumerate() {
+            assert!(
+                def.check(def.default_value().unwrap()).is_ok(),
+                "{}",
+                def.key
+            );
+            assert_eq!(keys.iter().position(|k| *k == def.key), Some(at));
+        }
+        crate::site::limits::assert_documented(&OUTBOUND_LIMITS);
+    }
 
     #[test]
     fn destinations_parse() {
