@@ -1,0 +1,366 @@
+//! One dict on the Redis server ([`RedisDict`]): each [`Store`] operation
+//! a call of the script, its arguments and answer encoded as the script
+//! takes and gives them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::client::{Budget, Client, REPLY_SLACK, Reply, protocol};
+use crate::caps::dict::{
+    DictFuture, ENTRY_OVERHEAD, EXISTS, Error, INTEGER_OVERFLOW, IS_A_LIST, Item,
+    LIST_ITEM_OVERHEAD, Mode, NIL_ADD, NO_MEMORY, NOT_A_LIST, NOT_A_NUMBER, NOT_FOUND, Store,
+    Value, add_numbers,
+};
+
+/// One dict on the Redis server.
+pub struct RedisDict {
+    pub(super) client: Arc<Client>,
+    pub(super) prefix: Vec<u8>,
+    pub(super) capacity: u64,
+}
+
+/// A refusal of the script: the message back as one of ours.
+fn refusal(message: &[u8]) -> Error {
+    const KNOWN: &[&str] = &[
+        EXISTS,
+        NOT_FOUND,
+        NO_MEMORY,
+        NOT_A_NUMBER,
+        NOT_A_LIST,
+        IS_A_LIST,
+        INTEGER_OVERFLOW,
+    ];
+    match KNOWN.iter().find(|known| known.as_bytes() == message) {
+        Some(known) => Error::Refused(known),
+        None => protocol(format!(
+            "unknown refusal {:?}",
+            String::from_utf8_lossy(&message[..message.len().min(100)])
+        )),
+    }
+}
+
+/// A value as the script stores it: its type letter and bytes.
+fn encode(value: &Value) -> (&'static [u8], Vec<u8>) {
+    match value {
+        Value::Str(bytes) => (b"s", bytes.to_vec()),
+        Value::Int(n) => (b"i", n.to_string().into_bytes()),
+        Value::Float(x) => (b"f", format!("{x:?}").into_bytes()),
+        Value::Bool(b) => (b"b", if *b { b"1".to_vec() } else { b"0".to_vec() }),
+    }
+}
+
+/// A float as Lua's `%.17g` or Rust's `{:?}` wrote it.
+fn parse_float(text: &str) -> Option<f64> {
+    match text
+        .trim_start_matches(['-', '+'])
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "nan" => Some(f64::NAN),
+        _ => text.parse().ok(),
+    }
+}
+
+fn decode(kind: &[u8], data: Vec<u8>) -> Result<Value, Error> {
+    let text = || std::str::from_utf8(&data).map_err(|_| protocol("a number that is not text"));
+    match kind {
+        b"s" => Ok(Value::Str(Bytes::from(data))),
+        b"i" => text()?
+            .parse()
+            .map(Value::Int)
+            .map_err(|_| protocol("a bad integer")),
+        b"f" => parse_float(text()?)
+            .map(Value::Float)
+            .ok_or_else(|| protocol("a bad float")),
+        b"b" => Ok(Value::Bool(data == b"1")),
+        _ => Err(protocol("an unknown value type")),
+    }
+}
+
+/// The parts of the script's answer `{0, ...}`, or its refusal `{1, message}`.
+fn answer(reply: Reply) -> Result<Vec<Reply>, Error> {
+    let Reply::Array(mut items) = reply else {
+        return Err(protocol(format!("{reply:?}")));
+    };
+    if items.is_empty() {
+        return Err(protocol("an empty answer"));
+    }
+    match items.remove(0) {
+        Reply::Int(0) => Ok(items),
+        Reply::Int(1) => match items.into_iter().next() {
+            Some(Reply::Bytes(message)) => Err(refusal(&message)),
+            _ => Err(protocol("a refusal without its message")),
+        },
+        other => Err(protocol(format!("{other:?}"))),
+    }
+}
+
+fn int(reply: Option<Reply>) -> Result<i64, Error> {
+    match reply {
+        Some(Reply::Int(n)) => Ok(n),
+        other => Err(protocol(format!("{other:?} for a number"))),
+    }
+}
+
+fn bytes(reply: Option<Reply>) -> Result<Vec<u8>, Error> {
+    match reply {
+        Some(Reply::Bytes(data)) => Ok(data),
+        other => Err(protocol(format!("{other:?} for bytes"))),
+    }
+}
+
+fn flag(reply: Option<Reply>) -> Result<bool, Error> {
+    Ok(int(reply)? != 0)
+}
+
+impl RedisDict {
+    /// Run operation `op` with `args` on this dict; the answer's parts.
+    async fn call(&self, op: &str, args: &[&[u8]], deadline: Instant) -> Result<Vec<Reply>, Error> {
+        let capacity = self.capacity.to_string();
+        let overhead = ENTRY_OVERHEAD.to_string();
+        let item_overhead = LIST_ITEM_OVERHEAD.to_string();
+        let mut all: Vec<&[u8]> = vec![
+            &self.prefix,
+            op.as_bytes(),
+            capacity.as_bytes(),
+            overhead.as_bytes(),
+            item_overhead.as_bytes(),
+        ];
+        all.extend_from_slice(args);
+        let budget = Budget {
+            bytes: self.capacity + REPLY_SLACK,
+            items: (self.capacity / ENTRY_OVERHEAD) as usize + 8,
+        };
+        answer(self.client.eval(&all, budget, deadline).await?)
+    }
+}
+
+fn boxed<'a, T: Send + 'a>(
+    future: impl std::future::Future<Output = Result<T, Error>> + Send + 'a,
+) -> DictFuture<'a, T> {
+    Box::pin(future)
+}
+
+impl Store for RedisDict {
+    fn free_space(&self, deadline: Instant) -> DictFuture<'_, u64> {
+        boxed(async move {
+            let mut parts = self.call("free_space", &[], deadline).await?.into_iter();
+            Ok(int(parts.next())?.max(0) as u64)
+        })
+    }
+
+    fn get(&self, key: Vec<u8>, stale: bool, deadline: Instant) -> DictFuture<'_, Option<Item>> {
+        boxed(async move {
+            let stale_arg: &[u8] = if stale { b"1" } else { b"0" };
+            let mut parts = self
+                .call("get", &[&key, stale_arg], deadline)
+                .await?
+                .into_iter();
+            let Some(kind) = parts.next() else {
+                return Ok(None);
+            };
+            let kind = bytes(Some(kind))?;
+            let value = decode(&kind, bytes(parts.next())?)?;
+            let flags = u32::try_from(int(parts.next())?).map_err(|_| protocol("bad flags"))?;
+            let stale = flag(parts.next())?;
+            Ok(Some(Item {
+                value,
+                flags,
+                stale,
+            }))
+        })
+    }
+
+    fn store(
+        &self,
+        key: Vec<u8>,
+        value: Option<Value>,
+        ttl_ms: u64,
+        flags: u32,
+        mode: Mode,
+        deadline: Instant,
+    ) -> DictFuture<'_, bool> {
+        boxed(async move {
+            if value.is_none() && matches!(mode, Mode::Add | Mode::SafeAdd | Mode::Replace) {
+                return Err(Error::Refused(NIL_ADD));
+            }
+            let mode: &[u8] = match mode {
+                Mode::Set => b"set",
+                Mode::SafeSet => b"safe_set",
+                Mode::Add => b"add",
+                Mode::SafeAdd => b"safe_add",
+                Mode::Replace => b"replace",
+            };
+            let (kind, data) = match &value {
+                Some(value) => encode(value),
+                None => (&b""[..], Vec::new()),
+            };
+            let ttl = ttl_ms.to_string();
+            let flags = flags.to_string();
+            let mut parts = self
+                .call(
+                    "store",
+                    &[&key, mode, kind, &data, ttl.as_bytes(), flags.as_bytes()],
+                    deadline,
+                )
+                .await?
+                .into_iter();
+            flag(parts.next())
+        })
+    }
+
+    fn incr(
+        &self,
+        key: Vec<u8>,
+        delta: Value,
+        init: Option<Value>,
+        init_ttl_ms: u64,
+        deadline: Instant,
+    ) -> DictFuture<'_, (Value, bool)> {
+        boxed(async move {
+            let (delta_kind, delta_data) = encode(&delta);
+            // A missing key starts at init + delta, computed here exactly.
+            let start = init.map(|init| add_numbers(&init, &delta)).transpose()?;
+            let (start_kind, start_data) = match &start {
+                Some(start) => encode(start),
+                None => (&b""[..], Vec::new()),
+            };
+            let ttl = init_ttl_ms.to_string();
+            let mut parts = self
+                .call(
+                    "incr",
+                    &[
+                        &key,
+                        delta_kind,
+                        &delta_data,
+                        start_kind,
+                        &start_data,
+                        ttl.as_bytes(),
+                    ],
+                    deadline,
+                )
+                .await?
+                .into_iter();
+            let kind = bytes(parts.next())?;
+            let value = decode(&kind, bytes(parts.next())?)?;
+            if !matches!(value, Value::Int(_) | Value::Float(_)) {
+                return Err(protocol("incr gave a value that is not a number"));
+            }
+            Ok((value, flag(parts.next())?))
+        })
+    }
+
+    fn ttl(&self, key: Vec<u8>, deadline: Instant) -> DictFuture<'_, u64> {
+        boxed(async move {
+            let mut parts = self.call("ttl", &[&key], deadline).await?.into_iter();
+            Ok(int(parts.next())?.max(0) as u64)
+        })
+    }
+
+    fn expire(&self, key: Vec<u8>, ttl_ms: u64, deadline: Instant) -> DictFuture<'_, ()> {
+        boxed(async move {
+            let ttl = ttl_ms.to_string();
+            self.call("expire", &[&key, ttl.as_bytes()], deadline)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn flush_all(&self, deadline: Instant) -> DictFuture<'_, ()> {
+        boxed(async move {
+            self.call("flush_all", &[], deadline).await?;
+            Ok(())
+        })
+    }
+
+    fn flush_expired(&self, max: u32, deadline: Instant) -> DictFuture<'_, u32> {
+        boxed(async move {
+            let max = max.to_string();
+            let mut parts = self
+                .call("flush_expired", &[max.as_bytes()], deadline)
+                .await?
+                .into_iter();
+            u32::try_from(int(parts.next())?).map_err(|_| protocol("a bad count"))
+        })
+    }
+
+    fn get_keys(&self, max: u32, deadline: Instant) -> DictFuture<'_, Vec<Vec<u8>>> {
+        boxed(async move {
+            let max = max.to_string();
+            self.call("get_keys", &[max.as_bytes()], deadline)
+                .await?
+                .into_iter()
+                .map(|key| bytes(Some(key)))
+                .collect()
+        })
+    }
+
+    fn push(
+        &self,
+        key: Vec<u8>,
+        value: Value,
+        front: bool,
+        deadline: Instant,
+    ) -> DictFuture<'_, u64> {
+        boxed(async move {
+            let (kind, data) = encode(&value);
+            let mut item = Vec::with_capacity(1 + data.len());
+            item.extend_from_slice(kind);
+            item.extend_from_slice(&data);
+            let front: &[u8] = if front { b"1" } else { b"0" };
+            let mut parts = self
+                .call("push", &[&key, front, &item], deadline)
+                .await?
+                .into_iter();
+            Ok(int(parts.next())?.max(0) as u64)
+        })
+    }
+
+    fn pop(&self, key: Vec<u8>, front: bool, deadline: Instant) -> DictFuture<'_, Option<Value>> {
+        boxed(async move {
+            let front: &[u8] = if front { b"1" } else { b"0" };
+            let mut parts = self
+                .call("pop", &[&key, front], deadline)
+                .await?
+                .into_iter();
+            let Some(kind) = parts.next() else {
+                return Ok(None);
+            };
+            let kind = bytes(Some(kind))?;
+            Ok(Some(decode(&kind, bytes(parts.next())?)?))
+        })
+    }
+
+    fn llen(&self, key: Vec<u8>, deadline: Instant) -> DictFuture<'_, u64> {
+        boxed(async move {
+            let mut parts = self.call("llen", &[&key], deadline).await?.into_iter();
+            Ok(int(parts.next())?.max(0) as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_through_their_encoding() {
+        for value in [
+            Value::Str(Bytes::from_static(b"\0bytes\xff")),
+            Value::Int(i64::MIN),
+            Value::Float(0.1),
+            Value::Float(-1e300),
+            Value::Float(f64::INFINITY),
+            Value::Bool(true),
+            Value::Bool(false),
+        ] {
+            let (kind, data) = encode(&value);
+            assert_eq!(decode(kind, data).unwrap(), value);
+        }
+        assert!(parse_float("-nan").unwrap().is_nan());
+        // Lua's %.17g writes exponents with a sign.
+        assert_eq!(parse_float("1.2500000000000000e+300"), Some(1.25e300));
+    }
+}

@@ -1,0 +1,148 @@
+//! `ngx.re`: regular expressions on a linear-time engine (`regex-automata`,
+//! the engine of the `regex` crate).
+//!
+//! Patterns arrive in PCRE syntax, as OpenResty takes them.
+//! [`pcre::translate`] rewrites them for the engine, and refuses, naming the
+//! feature, what a linear-time engine cannot do (backreferences, look-around,
+//! atomic groups, possessive quantifiers, recursion, `\K`, ...). No pattern
+//! can then take more than linear time in its subject.
+//!
+//! Regular expressions are computation: every tenant has them, nothing is
+//! granted. The hostile cases are bounded here, on the host:
+//! - a pattern is at most [`pcre::MAX_PATTERN_BYTES`], nests at most
+//!   [`pcre::MAX_NESTING`] groups deep, and compiles to at most
+//!   [`cache::NFA_SIZE_LIMIT`] (so `a{60000}{60000}` is refused as too big);
+//! - compiled patterns live in one process-wide cache bounded in entries,
+//!   pattern bytes and memory, least recently used out first;
+//! - one `scan` returns at most [`cache::MAX_OFFSETS`] offsets, and stops at
+//!   the run's deadline; the strings (captures, `gsub`'s result) are built by
+//!   the guest, in its own capped memory.
+//!
+//! The files:
+//! - this one: the grant, the per-run state, the options a pattern compiles
+//!   with ([`Syntax`]) and the WIT functions;
+//! - [`pcre`]: the translator from PCRE syntax to the engine's;
+//! - [`cache`]: compiled patterns, their search ([`cache::Compiled::scan`])
+//!   and the process-wide [`Cache`] of them.
+
+pub mod cache;
+pub mod pcre;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use self::cache::Cache;
+use super::Capabilities;
+use super::RunCaps;
+use crate::bindings::moonwall::sandbox::regex as wit;
+
+/// Regular expressions are computation: every tenant has them.
+#[derive(Debug, Default)]
+pub struct Grant {}
+
+impl Grant {
+    pub fn from_policy(_capabilities: &Capabilities) -> Grant {
+        Grant {}
+    }
+}
+
+/// Per-run state: none. Compiled patterns are process-wide ([`Cache`]).
+#[derive(Default)]
+pub struct State {}
+
+/// The options that change how a pattern compiles (part of its cache key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Syntax {
+    pub caseless: bool,
+    pub multiline: bool,
+    pub dotall: bool,
+    pub extended: bool,
+    pub utf8: bool,
+    pub dupnames: bool,
+}
+
+impl Syntax {
+    fn of(options: wit::Options) -> Syntax {
+        Syntax {
+            caseless: options.contains(wit::Options::CASELESS),
+            multiline: options.contains(wit::Options::MULTILINE),
+            dotall: options.contains(wit::Options::DOTALL),
+            extended: options.contains(wit::Options::EXTENDED),
+            utf8: options.contains(wit::Options::UTF8),
+            dupnames: options.contains(wit::Options::DUPNAMES),
+        }
+    }
+
+    fn key_byte(self) -> u8 {
+        u8::from(self.caseless)
+            | u8::from(self.multiline) << 1
+            | u8::from(self.dotall) << 2
+            | u8::from(self.extended) << 3
+            | u8::from(self.utf8) << 4
+            | u8::from(self.dupnames) << 5
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The WIT functions
+
+impl wit::Host for RunCaps {
+    fn compile(
+        &mut self,
+        pattern: Vec<u8>,
+        options: wit::Options,
+    ) -> wasmtime::Result<Result<wit::PatternInfo, String>> {
+        Ok(
+            Cache::get(pattern, Syntax::of(options)).map(|compiled| wit::PatternInfo {
+                groups: compiled.groups,
+                names: compiled.names.clone(),
+            }),
+        )
+    }
+
+    fn scan(
+        &mut self,
+        pattern: Vec<u8>,
+        options: wit::Options,
+        subject: Vec<u8>,
+        start: u32,
+        want_groups: u32,
+        max_matches: u32,
+    ) -> wasmtime::Result<Result<wit::Matches, String>> {
+        let compiled = match Cache::get(pattern, Syntax::of(options)) {
+            Ok(compiled) => compiled,
+            Err(error) => return Ok(Err(error)),
+        };
+        let checks_utf8 =
+            options.contains(wit::Options::UTF8) && !options.contains(wit::Options::NO_UTF8_CHECK);
+        if checks_utf8 && let Err(error) = std::str::from_utf8(&subject) {
+            return Ok(Err(format!(
+                "the subject is not valid UTF-8 (at byte {}): \
+                 the \"u\" option needs UTF-8, \"U\" skips this check",
+                error.valid_up_to()
+            )));
+        }
+        match compiled.scan(
+            &subject,
+            start,
+            want_groups,
+            max_matches,
+            options.contains(wit::Options::ANCHORED),
+            Some(self.deadline),
+        ) {
+            Ok((groups, offsets, next)) => Ok(Ok(wit::Matches {
+                groups,
+                offsets,
+                next,
+            })),
+            Err(Some(error)) => Ok(Err(error)),
+            Err(None) => Err(self.deadline_passed()),
+        }
+    }
+}
+
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: super::Project<T>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
+}
