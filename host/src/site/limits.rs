@@ -89,7 +89,7 @@ fn grouped(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (at, digit) in digits.chars().enumerate() {
-        if at > 0 && (digits.len() - at) % 3 == 0 {
+        if at > 0 && (digits.len() - at).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -297,6 +297,19 @@ impl std::ops::IndexMut<RequestLimit> for LimitValues {
     }
 }
 
+/// Fail unless docs/policies.md has each of `defs`' rows as defined.
+#[cfg(test)]
+pub(crate) fn assert_documented(defs: &[LimitDef]) {
+    let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/policies.md");
+    let doc = std::fs::read_to_string(doc).unwrap();
+    for row in defs.iter().map(LimitDef::doc_row) {
+        assert!(
+            doc.lines().any(|line| line == row),
+            "docs/policies.md lacks this row (or it differs):\n{row}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,18 +360,5 @@ mod tests {
     #[test]
     fn the_policy_docs_show_every_limit_as_defined() {
         assert_documented(&REQUEST_LIMITS);
-    }
-}
-
-/// Fail unless docs/policies.md has each of `defs`' rows as defined.
-#[cfg(test)]
-pub(crate) fn assert_documented(defs: &[LimitDef]) {
-    let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/policies.md");
-    let doc = std::fs::read_to_string(doc).unwrap();
-    for row in defs.iter().map(LimitDef::doc_row) {
-        assert!(
-            doc.lines().any(|line| line == row),
-            "docs/policies.md lacks this row (or it differs):\n{row}"
-        );
     }
 }
