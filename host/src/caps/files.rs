@@ -710,6 +710,44 @@ impl env_wit::Host for RunCaps {
     }
 }
 
+/// The files capability's keys of a policy's `[capabilities]`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Section {
+    /// Directories `io.open` and `io.lines` may read.
+    read_dirs: Option<Vec<toml::Spanned<PathBuf>>>,
+    /// Directories `require` loads modules from.
+    lib_dirs: Option<Vec<toml::Spanned<PathBuf>>>,
+    /// Environment variables `os.getenv` may see.
+    env: Option<Vec<toml::Spanned<String>>>,
+}
+
+impl super::policy::PolicySection for Section {
+    fn apply(self, cx: &mut super::policy::PolicyContext, capabilities: &mut Capabilities) {
+        for (list, into) in [
+            (&self.read_dirs, &mut capabilities.read_dirs),
+            (&self.lib_dirs, &mut capabilities.lib_dirs),
+        ] {
+            for dir in list.iter().flatten() {
+                let real =
+                    crate::site::config::allowed_dir(dir, cx.base, cx.allowed_roots, cx.problems);
+                into.extend(real);
+            }
+        }
+        for name in self.env.iter().flatten() {
+            if crate::site::config::valid_name(name.get_ref(), b"")
+                && !name.get_ref().starts_with(|c: char| c.is_ascii_digit())
+            {
+                capabilities.env.push(name.get_ref().clone());
+            } else {
+                cx.problems.at(
+                    name.span(),
+                    format!("`{}` is not an environment variable name", name.get_ref()),
+                );
+            }
+        }
+    }
+}
+
 pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: super::Project<T>,

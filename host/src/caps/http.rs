@@ -439,6 +439,30 @@ impl codec::Host for RunCaps {
     }
 }
 
+/// The log capability's key of a policy's `[capabilities]`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Section {
+    /// The most verbose `ngx.log` level that reaches the server's log.
+    log_level: Option<toml::Spanned<String>>,
+}
+
+impl super::policy::PolicySection for Section {
+    fn apply(self, cx: &mut super::policy::PolicyContext, capabilities: &mut super::Capabilities) {
+        let Some(level) = &self.log_level else { return };
+        match LOG_LEVELS.iter().find(|(name, _)| name == level.get_ref()) {
+            Some(&(_, level)) => capabilities.log_level = level,
+            None => cx.problems.at(
+                level.span(),
+                format!(
+                    "log_level `{}` is not one of {}",
+                    level.get_ref(),
+                    LOG_LEVELS.map(|(name, _)| name).join(", ")
+                ),
+            ),
+        }
+    }
+}
+
 /// Register the HTTP capability's host functions, reaching its state in a
 /// store of `T` through `get`.
 pub(crate) fn add_to_linker<T: Send + 'static>(

@@ -31,6 +31,7 @@
 pub mod dict;
 pub mod files;
 pub mod http;
+pub mod policy;
 pub mod regex;
 pub mod tasks;
 pub mod tcp;
@@ -42,16 +43,16 @@ use wasmtime::component::Linker;
 
 use crate::bindings::moonwall::sandbox::log::Level;
 
-/// What a tenant may use beyond computation. The capabilities themselves
-/// plug in here; until one is granted, it is denied.
+/// What a tenant may use beyond computation, as its policy's sections
+/// ([`policy`]) checked it; until one is granted, it is denied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
     /// Shared dicts by name, with their size in bytes.
     pub shared_dicts: Vec<(String, u64)>,
     /// Outbound destinations, `scheme://host[:port]` (host may be `*.name`).
-    pub outbound: Vec<String>,
+    pub outbound: Vec<policy::Written<tcp::rules::Destination>>,
     /// Non-public addresses outbound connections may reach (`addr[/bits]`).
-    pub outbound_private: Vec<String>,
+    pub outbound_private: Vec<policy::Written<tcp::rules::AddressRange>>,
     /// Per-request bounds on outbound connections, and the keepalive pool's.
     pub outbound_limits: tcp::rules::OutboundLimits,
     /// Directories scripts may read (real paths, inside the allowed roots).
@@ -128,7 +129,7 @@ impl Grants {
                 &settings.dict_backend,
             )?,
             regex: regex::Grant::from_policy(capabilities),
-            tcp: tcp::Grant::from_policy(capabilities)?,
+            tcp: tcp::Grant::from_policy(capabilities),
             files: files::Grant::from_policy(capabilities, settings.module_compiler.clone()),
         })
     }

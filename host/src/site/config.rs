@@ -341,6 +341,52 @@ pub(crate) fn parse_locations(
     locations
 }
 
+/// A directory from a policy: it must exist, and its real path must lie in
+/// one of the allowed roots.
+pub(crate) fn allowed_dir(
+    dir: &Spanned<PathBuf>,
+    base: &Path,
+    allowed_roots: &[PathBuf],
+    problems: &mut Problems,
+) -> Option<PathBuf> {
+    let joined = base.join(dir.get_ref());
+    let real = match joined.canonicalize() {
+        Ok(real) if real.is_dir() => real,
+        _ => {
+            problems.at(
+                dir.span(),
+                format!("{} is not a directory", dir.get_ref().display()),
+            );
+            return None;
+        }
+    };
+    if !allowed_roots.iter().any(|root| real.starts_with(root)) {
+        problems.at(
+            dir.span(),
+            format!(
+                "{} is outside the allowed roots ({})",
+                dir.get_ref().display(),
+                allowed_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        return None;
+    }
+    Some(real)
+}
+
+/// A name of 1 to 64 letters, digits, `_` and the bytes of `extra`.
+pub(crate) fn valid_name(name: &str, extra: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || extra.contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,6 @@
 //! are ceilings: a policy cannot grant its tenant more. The reference of
 //! every key is docs/policies.md.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +14,9 @@ use toml::Spanned;
 
 use super::admission::AdmissionLimits;
 use crate::sandbox::Limits;
-use crate::site::config::{ConfigError, LocationFile, Problems, line_col, parse_locations};
+use crate::site::config::{
+    ConfigError, LocationFile, Problems, allowed_dir, line_col, parse_locations, valid_name,
+};
 use crate::site::hosts::HostPattern;
 use crate::site::limits::{LimitValues, RequestLimit};
 use crate::site::routing::Locations;
@@ -29,9 +30,6 @@ pub(crate) struct LimitsFile {
     timeout_ms: Option<Spanned<u64>>,
     memory_mib: Option<Spanned<u64>>,
     max_request_body_kib: Option<Spanned<u64>>,
-    /// Also `max_output_kib`, its name in site configs and on the command
-    /// line.
-    #[serde(alias = "max_output_kib")]
     max_response_body_kib: Option<Spanned<u64>>,
     max_concurrency: Option<Spanned<u64>>,
     max_queue: Option<Spanned<u64>>,
@@ -192,201 +190,9 @@ impl TenantLimits {
     }
 }
 
-/// `[capabilities]` as written. Each is denied unless granted here.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CapabilitiesFile {
-    shared_dicts: Option<BTreeMap<String, Spanned<String>>>,
-    outbound: Option<Vec<Spanned<String>>>,
-    outbound_private: Option<Vec<Spanned<String>>>,
-    outbound_max_connections: Option<Spanned<u64>>,
-    outbound_max_sockets: Option<Spanned<u64>>,
-    outbound_max_receive_kib: Option<Spanned<u64>>,
-    outbound_connect_timeout_ms: Option<Spanned<u64>>,
-    outbound_send_timeout_ms: Option<Spanned<u64>>,
-    outbound_read_timeout_ms: Option<Spanned<u64>>,
-    outbound_keepalive_pool: Option<Spanned<u64>>,
-    outbound_keepalive_timeout_ms: Option<Spanned<u64>>,
-    read_dirs: Option<Vec<Spanned<PathBuf>>>,
-    lib_dirs: Option<Vec<Spanned<PathBuf>>>,
-    env: Option<Vec<Spanned<String>>>,
-    log_level: Option<Spanned<String>>,
-}
-
 pub use crate::caps::Capabilities;
 
 pub use crate::caps::http::LOG_LEVELS;
-
-/// Parse a size like nginx's: `512k`, `10m`, `1g`, or bytes.
-fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim().to_ascii_lowercase();
-    let (digits, unit) = match text.strip_suffix(['k', 'm', 'g']) {
-        Some(digits) => (digits, text.as_bytes()[text.len() - 1]),
-        None => (text.as_str(), b'b'),
-    };
-    let number: u64 = digits.parse().ok()?;
-    let shift = match unit {
-        b'k' => 10,
-        b'm' => 20,
-        b'g' => 30,
-        _ => 0,
-    };
-    number.checked_mul(1 << shift)
-}
-
-fn valid_name(name: &str, extra: &[u8]) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || extra.contains(&b))
-}
-
-/// The largest shared dict one tenant may declare.
-const MAX_DICT_BYTES: u64 = 1 << 30;
-
-impl Capabilities {
-    fn parse(
-        file: &CapabilitiesFile,
-        base: &Path,
-        allowed_roots: &[PathBuf],
-        problems: &mut Problems,
-    ) -> Capabilities {
-        let mut capabilities = Capabilities::default();
-        for (name, size) in file.shared_dicts.iter().flatten() {
-            if !valid_name(name, b"-") {
-                problems.at(
-                    size.span(),
-                    format!("shared dict name `{name}`: use letters, digits, '_' and '-'"),
-                );
-                continue;
-            }
-            match parse_size(size.get_ref()) {
-                Some(bytes) if (1..=MAX_DICT_BYTES).contains(&bytes) => {
-                    capabilities.shared_dicts.push((name.clone(), bytes))
-                }
-                _ => problems.at(
-                    size.span(),
-                    format!(
-                        "shared dict `{name}`: `{}` is not a size between 1 and 1g (like \"10m\")",
-                        size.get_ref()
-                    ),
-                ),
-            }
-        }
-        for destination in file.outbound.iter().flatten() {
-            match check_outbound(destination.get_ref()) {
-                Ok(()) => capabilities.outbound.push(destination.get_ref().clone()),
-                Err(message) => problems.at(destination.span(), message),
-            }
-        }
-        for range in file.outbound_private.iter().flatten() {
-            match crate::caps::tcp::rules::AddressRange::parse(range.get_ref()) {
-                Ok(_) => capabilities.outbound_private.push(range.get_ref().clone()),
-                Err(message) => problems.at(range.span(), message),
-            }
-        }
-        {
-            use crate::caps::tcp::rules::OutboundLimit as L;
-            let outbound_limits = [
-                (L::MaxConnections, &file.outbound_max_connections),
-                (L::MaxSockets, &file.outbound_max_sockets),
-                (L::MaxReceiveKib, &file.outbound_max_receive_kib),
-                (L::ConnectTimeoutMs, &file.outbound_connect_timeout_ms),
-                (L::SendTimeoutMs, &file.outbound_send_timeout_ms),
-                (L::ReadTimeoutMs, &file.outbound_read_timeout_ms),
-                (L::KeepalivePool, &file.outbound_keepalive_pool),
-                (L::KeepaliveTimeoutMs, &file.outbound_keepalive_timeout_ms),
-            ];
-            for (limit, value) in outbound_limits {
-                let Some(value) = value else { continue };
-                match limit.def().check(*value.get_ref()) {
-                    Ok(checked) => *capabilities.outbound_limits.slot(limit) = checked,
-                    Err(message) => problems.at(value.span(), message),
-                }
-            }
-        }
-        for (list, into) in [
-            (&file.read_dirs, &mut capabilities.read_dirs),
-            (&file.lib_dirs, &mut capabilities.lib_dirs),
-        ] {
-            for dir in list.iter().flatten() {
-                if let Some(real) = allowed_dir(dir, base, allowed_roots, problems) {
-                    into.push(real);
-                }
-            }
-        }
-        for name in file.env.iter().flatten() {
-            if valid_name(name.get_ref(), b"")
-                && !name.get_ref().starts_with(|c: char| c.is_ascii_digit())
-            {
-                capabilities.env.push(name.get_ref().clone());
-            } else {
-                problems.at(
-                    name.span(),
-                    format!("`{}` is not an environment variable name", name.get_ref()),
-                );
-            }
-        }
-        if let Some(level) = &file.log_level {
-            match LOG_LEVELS.iter().find(|(name, _)| name == level.get_ref()) {
-                Some(&(_, level)) => capabilities.log_level = level,
-                None => problems.at(
-                    level.span(),
-                    format!(
-                        "log_level `{}` is not one of {}",
-                        level.get_ref(),
-                        LOG_LEVELS.map(|(name, _)| name).join(", ")
-                    ),
-                ),
-            }
-        }
-        capabilities
-    }
-}
-
-/// `scheme://host[:port]`, host a name, a `*.` wildcard or an IP literal
-/// (caps/tcp/rules.rs, which also says what it grants).
-fn check_outbound(text: &str) -> Result<(), String> {
-    crate::caps::tcp::rules::Destination::parse(text).map(|_| ())
-}
-
-/// A directory from a policy: it must exist, and its real path must lie in
-/// one of the allowed roots.
-fn allowed_dir(
-    dir: &Spanned<PathBuf>,
-    base: &Path,
-    allowed_roots: &[PathBuf],
-    problems: &mut Problems,
-) -> Option<PathBuf> {
-    let joined = base.join(dir.get_ref());
-    let real = match joined.canonicalize() {
-        Ok(real) if real.is_dir() => real,
-        _ => {
-            problems.at(
-                dir.span(),
-                format!("{} is not a directory", dir.get_ref().display()),
-            );
-            return None;
-        }
-    };
-    if !allowed_roots.iter().any(|root| real.starts_with(root)) {
-        problems.at(
-            dir.span(),
-            format!(
-                "{} is outside the allowed roots ({})",
-                dir.get_ref().display(),
-                allowed_roots
-                    .iter()
-                    .map(|r| r.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        );
-        return None;
-    }
-    Some(real)
-}
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -401,8 +207,10 @@ struct PolicyFile {
     init_script: Option<Spanned<PathBuf>>,
     #[serde(default)]
     limits: LimitsFile,
+    /// Each key is checked by the capability whose section owns it
+    /// (`caps::policy`); here, only their names.
     #[serde(default)]
-    capabilities: CapabilitiesFile,
+    capabilities: std::collections::BTreeMap<Spanned<String>, serde::de::IgnoredAny>,
     #[serde(default, rename = "location")]
     locations: Vec<LocationFile>,
 }
@@ -493,8 +301,15 @@ impl Policy {
             _ => None,
         };
         let limits = TenantLimits::parse(&policy.limits, ceilings, &mut problems);
-        let capabilities =
-            Capabilities::parse(&policy.capabilities, &base, allowed_roots, &mut problems);
+        let written: Vec<Spanned<String>> = policy.capabilities.into_keys().collect();
+        let capabilities = crate::caps::policy::parse(
+            &written,
+            &mut crate::caps::policy::PolicyContext {
+                base: &base,
+                allowed_roots,
+                problems: &mut problems,
+            },
+        );
 
         let Some(root) = root else {
             return Err(problems.into_error());
@@ -518,43 +333,5 @@ impl Policy {
             limits,
             capabilities,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_like_nginx() {
-        assert_eq!(parse_size("10m"), Some(10 << 20));
-        assert_eq!(parse_size("512k"), Some(512 << 10));
-        assert_eq!(parse_size("1G"), Some(1 << 30));
-        assert_eq!(parse_size("100"), Some(100));
-        assert_eq!(parse_size("m"), None);
-        assert_eq!(parse_size("-1k"), None);
-        assert_eq!(parse_size("99999999999999999g"), None);
-    }
-
-    #[test]
-    fn outbound_destinations() {
-        for good in [
-            "https://api.example.com",
-            "http://*.example.com:8080",
-            "tcp://10.0.0.1:6379",
-            "http://[::1]:80",
-        ] {
-            assert!(check_outbound(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "api.example.com",
-            "ftp://a.com",
-            "http://a.com:0",
-            "http://a.com:x",
-            "tcp://a.com",
-            "http://",
-        ] {
-            assert!(check_outbound(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -598,3 +598,72 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
 }
+
+/// The dict capability's keys of a policy's `[capabilities]`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Section {
+    /// `{ NAME = "SIZE", ... }`: the tenant's dicts and their sizes.
+    shared_dicts: Option<std::collections::BTreeMap<String, toml::Spanned<String>>>,
+}
+
+impl super::policy::PolicySection for Section {
+    fn apply(self, cx: &mut super::policy::PolicyContext, capabilities: &mut Capabilities) {
+        for (name, size) in self.shared_dicts.iter().flatten() {
+            if !crate::site::config::valid_name(name, b"-") {
+                cx.problems.at(
+                    size.span(),
+                    format!("shared dict name `{name}`: use letters, digits, '_' and '-'"),
+                );
+                continue;
+            }
+            match parse_size(size.get_ref()) {
+                Some(bytes) if (1..=MAX_DICT_BYTES).contains(&bytes) => {
+                    capabilities.shared_dicts.push((name.clone(), bytes))
+                }
+                _ => cx.problems.at(
+                    size.span(),
+                    format!(
+                        "shared dict `{name}`: `{}` is not a size between 1 and 1g (like \"10m\")",
+                        size.get_ref()
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// Parse a size like nginx's: `512k`, `10m`, `1g`, or bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match text.strip_suffix(['k', 'm', 'g']) {
+        Some(digits) => (digits, text.as_bytes()[text.len() - 1]),
+        None => (text.as_str(), b'b'),
+    };
+    let number: u64 = digits.parse().ok()?;
+    let shift = match unit {
+        b'k' => 10,
+        b'm' => 20,
+        b'g' => 30,
+        _ => 0,
+    };
+    number.checked_mul(1 << shift)
+}
+
+/// The largest shared dict one tenant may declare.
+const MAX_DICT_BYTES: u64 = 1 << 30;
+
+#[cfg(test)]
+mod section_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_nginx() {
+        assert_eq!(parse_size("10m"), Some(10 << 20));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("m"), None);
+        assert_eq!(parse_size("-1k"), None);
+        assert_eq!(parse_size("99999999999999999g"), None);
+    }
+}

@@ -61,21 +61,19 @@ pub struct Grant {
 }
 
 impl Grant {
-    pub fn from_policy(capabilities: &Capabilities) -> Result<Grant, String> {
-        Ok(Grant {
-            destinations: capabilities
-                .outbound
-                .iter()
-                .map(|text| Destination::parse(text))
-                .collect::<Result<_, _>>()?,
-            private: capabilities
-                .outbound_private
-                .iter()
-                .map(|text| AddressRange::parse(text))
-                .collect::<Result<_, _>>()?,
+    /// The grant of what the policy's section checked (nothing is parsed
+    /// again).
+    pub fn from_policy(capabilities: &Capabilities) -> Grant {
+        Grant {
+            destinations: (capabilities.outbound.iter())
+                .map(|written| written.value.clone())
+                .collect(),
+            private: (capabilities.outbound_private.iter())
+                .map(|written| written.value)
+                .collect(),
             limits: capabilities.outbound_limits,
             pool: Arc::new(Pool::default()),
-        })
+        }
     }
 
     /// Whether the connection to `address`, which `target` resolved to (or
@@ -533,6 +531,65 @@ impl RunCaps {
         let done = self.tasks.ops.finish::<Done<T>>(op)?;
         self.tcp.give_back(done.sock, done.serial, done.socket);
         Ok(done.result)
+    }
+}
+
+/// The outbound capability's keys of a policy's `[capabilities]`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Section {
+    /// Destinations, `scheme://host[:port]`.
+    outbound: Option<Vec<toml::Spanned<String>>>,
+    /// Non-public addresses or ranges names may resolve to.
+    outbound_private: Option<Vec<toml::Spanned<String>>>,
+    outbound_max_connections: Option<toml::Spanned<u64>>,
+    outbound_max_sockets: Option<toml::Spanned<u64>>,
+    outbound_max_receive_kib: Option<toml::Spanned<u64>>,
+    outbound_connect_timeout_ms: Option<toml::Spanned<u64>>,
+    outbound_send_timeout_ms: Option<toml::Spanned<u64>>,
+    outbound_read_timeout_ms: Option<toml::Spanned<u64>>,
+    outbound_keepalive_pool: Option<toml::Spanned<u64>>,
+    outbound_keepalive_timeout_ms: Option<toml::Spanned<u64>>,
+}
+
+impl super::policy::PolicySection for Section {
+    fn apply(self, cx: &mut super::policy::PolicyContext, capabilities: &mut Capabilities) {
+        use super::policy::Written;
+        for destination in self.outbound.iter().flatten() {
+            match Destination::parse(destination.get_ref()) {
+                Ok(value) => capabilities.outbound.push(Written {
+                    text: destination.get_ref().clone(),
+                    value,
+                }),
+                Err(message) => cx.problems.at(destination.span(), message),
+            }
+        }
+        for range in self.outbound_private.iter().flatten() {
+            match AddressRange::parse(range.get_ref()) {
+                Ok(value) => capabilities.outbound_private.push(Written {
+                    text: range.get_ref().clone(),
+                    value,
+                }),
+                Err(message) => cx.problems.at(range.span(), message),
+            }
+        }
+        use rules::OutboundLimit as L;
+        let limits = [
+            (L::MaxConnections, &self.outbound_max_connections),
+            (L::MaxSockets, &self.outbound_max_sockets),
+            (L::MaxReceiveKib, &self.outbound_max_receive_kib),
+            (L::ConnectTimeoutMs, &self.outbound_connect_timeout_ms),
+            (L::SendTimeoutMs, &self.outbound_send_timeout_ms),
+            (L::ReadTimeoutMs, &self.outbound_read_timeout_ms),
+            (L::KeepalivePool, &self.outbound_keepalive_pool),
+            (L::KeepaliveTimeoutMs, &self.outbound_keepalive_timeout_ms),
+        ];
+        for (limit, value) in limits {
+            let Some(value) = value else { continue };
+            match limit.def().check(*value.get_ref()) {
+                Ok(checked) => *capabilities.outbound_limits.slot(limit) = checked,
+                Err(message) => cx.problems.at(value.span(), message),
+            }
+        }
     }
 }
 

@@ -482,6 +482,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn outbound_destinations() {
+        for good in [
+            "https://api.example.com",
+            "http://*.example.com:8080",
+            "tcp://10.0.0.1:6379",
+            "http://[::1]:80",
+        ] {
+            assert!(Destination::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "api.example.com",
+            "ftp://a.com",
+            "http://a.com:0",
+            "http://a.com:x",
+            "tcp://a.com",
+            "http://",
+        ] {
+            assert!(Destination::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn the_outbound_bounds_are_documented_as_defined() {
         let keys: Vec<&str> = OUTBOUND_LIMITS.iter().map(|def| def.key).collect();
         assert_eq!(keys.len(), 8);
