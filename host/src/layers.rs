@@ -5,6 +5,7 @@
 
 /// Each top-level module, bottom first, with what it may use.
 const LAYERS: &[(&str, &[&str])] = &[
+    ("accept", &[]),
     ("bindings", &[]),
     ("sandbox", &["bindings"]),
     ("site", &["bindings", "sandbox"]),
@@ -12,16 +13,18 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("runtime", &["bindings", "sandbox", "caps"]),
     (
         "tenants",
-        &["bindings", "sandbox", "site", "caps", "runtime"],
+        &["accept", "bindings", "sandbox", "site", "caps", "runtime"],
     ),
     (
         "http",
-        &["bindings", "sandbox", "site", "caps", "runtime", "tenants"],
+        &[
+            "accept", "bindings", "sandbox", "site", "caps", "runtime", "tenants",
+        ],
     ),
     (
         "cli",
         &[
-            "bindings", "sandbox", "site", "caps", "runtime", "tenants", "http",
+            "accept", "bindings", "sandbox", "site", "caps", "runtime", "tenants", "http",
         ],
     ),
 ];

@@ -21,7 +21,11 @@
 //!   and tenants' init states ([`sandbox::prepared`]), host-produced
 //!   bytecode ([`sandbox::bytecode`]) and the cache of compiled guest code
 //!   ([`sandbox::cache`]).
+//! - [`accept`]: serving a TCP listener's connections with hyper (a cap on
+//!   connections, a deadline for request heads, graceful shutdown), for the
+//!   server and the metrics endpoint alike.
 
+pub mod accept;
 pub mod bindings;
 pub mod caps;
 pub mod cli;

@@ -5,7 +5,8 @@
 //! - [`super::listener`]: connections (a semaphore, waiting before accept),
 //!   header bytes and count, the time to read a request's headers (slow
 //!   clients: slowloris), the graceful shutdown, which drains in-flight
-//!   requests;
+//!   requests (the accept loop itself is [`crate::accept`]'s, which the
+//!   metrics endpoint uses too);
 //! - [`super::dispatch`]: one request: its tenant, route, admission (requests
 //!   in flight and runs on a CPU, see `tenants::admission`), the request
 //!   body (413), the run, the access log;
