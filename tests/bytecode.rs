@@ -3,7 +3,7 @@
 //! then loaded by every request. Errors still name `script:line`, and the
 //! guest loads bytecode only when the host says the code is its own.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! `os.getenv`, end to end through a server; and every way out of the
 //! granted directories refused.
 
-mod common;
+use crate::common;
 
 use common::site::Site;
 

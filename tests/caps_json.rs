@@ -2,7 +2,7 @@
 //! OpenResty ships it. Pure guest computation, available without a grant.
 //! Expected messages are lua-cjson's own (checked against it).
 
-mod common;
+use crate::common;
 
 use common::site::Site;
 use common::{run, run_with, stdout_of, test_limits};

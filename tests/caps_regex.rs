@@ -3,7 +3,7 @@
 //! `ctx.pos`, templates, the features the engine refuses, and hostile
 //! patterns and sizes. No policy key is involved: every tenant has ngx.re.
 
-mod common;
+use crate::common;
 
 use common::site::Site;
 

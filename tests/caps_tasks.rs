@@ -1,7 +1,7 @@
 //! ngx.sleep, light threads (ngx.thread.*) and subrequests
 //! (ngx.location.capture*), end to end through a server.
 
-mod common;
+use crate::common;
 
 use common::site::Site;
 

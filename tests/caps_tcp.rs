@@ -3,7 +3,7 @@
 //! destinations and address rules, the per-request bounds, timeouts, the
 //! deadline, keepalive, and light threads overlapping their I/O.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -1,7 +1,7 @@
 //! The command line as users and scripts call it: output, exit codes and the
 //! messages on stderr of `moonwall exec`, `moonwall request` and `moonwall serve`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

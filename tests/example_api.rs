@@ -4,7 +4,7 @@
 //! upstream called through resty.http, JSON in and out. The upstream is a
 //! real HTTP server on loopback, run by the test.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};

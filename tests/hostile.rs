@@ -10,7 +10,7 @@
 //! All of them run in one process, one after another; after each, a normal
 //! script must still run correctly. Nothing may fault or escape.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `moonwall serve` end to end: a real server on an ephemeral port, real
 //! sockets. Raw TCP where the test must control the bytes on the wire.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

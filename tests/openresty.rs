@@ -21,7 +21,7 @@
 //! error_contains = "..."                      # for lua-error: part of the message
 //! ```
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

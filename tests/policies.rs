@@ -4,7 +4,7 @@
 //! `moonwall check` on all of it. Every problem is asserted as the exact
 //! `file:line:col: message` the server prints.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -791,7 +791,7 @@ fn policy_outbound_ipv6_without_port() {
     );
     let (set, problems) = site.load_all(PLAIN_SERVER);
     assert_eq!(problems, Vec::<String>::new());
-    assert_eq!(set.tenants[0].capabilities.outbound, ["https://[::1]"]);
+    assert_eq!(set.tenants[0].capabilities.tcp.outbound, ["https://[::1]"]);
 }
 
 #[test]
@@ -865,23 +865,23 @@ fn policy_granted_capabilities_are_kept() {
     assert_eq!(problems, Vec::<String>::new());
     let capabilities = &set.tenants[0].capabilities;
     assert_eq!(
-        capabilities.shared_dicts,
+        capabilities.dict.shared_dicts,
         [
             ("cache".to_string(), 10 << 20),
             ("small".to_string(), 512 << 10)
         ]
     );
     assert_eq!(
-        capabilities.outbound,
+        capabilities.tcp.outbound,
         [
             "https://api.example.com",
             "tcp://127.0.0.1:6379",
             "http://*.example.com:8080"
         ]
     );
-    assert_eq!(capabilities.lib_dirs, [site.path("lib")]);
-    assert!(capabilities.read_dirs.is_empty());
-    assert_eq!(capabilities.env, ["MODE"]);
+    assert_eq!(capabilities.files.lib_dirs, [site.path("lib")]);
+    assert!(capabilities.files.read_dirs.is_empty());
+    assert_eq!(capabilities.files.env, ["MODE"]);
 }
 
 // ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! The library API end to end: Lua's error semantics inside the sandbox, the
 //! sandbox's standard library, every limit, and a long series of runs.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! The tests hold one lock while they run: they measure time and flood the
 //! server, and on a 2-core machine they would otherwise disturb each other.
 
-mod common;
+use crate::common;
 
 use common::site::{Reply, capture_logs, logged, send, shared_sandbox as sandbox};
 

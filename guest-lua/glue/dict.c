@@ -15,13 +15,6 @@
 
 typedef moonwall_sandbox_shared_dict_value_t dict_value;
 
-static int push_error(lua_State *L, sandbox_string_t *err) {
-  lua_pushnil(L);
-  lua_pushlstring(L, (const char *)err->ptr, err->len);
-  sandbox_string_free(err);
-  return 2;
-}
-
 static uint32_t check_handle(lua_State *L, int index) {
   lua_Integer h = luaL_checkinteger(L, index);
   return (h < 0 || h > 0xffffffffLL) ? 0xffffffffu : (uint32_t)h;
@@ -29,13 +22,6 @@ static uint32_t check_handle(lua_State *L, int index) {
 
 /* A key (or name) borrowed from the Lua string at `index`: it stays alive on
  * the stack while the host reads it. */
-static sandbox_list_u8_t borrowed_bytes(lua_State *L, int index) {
-  size_t len;
-  const char *bytes = luaL_checklstring(L, index, &len);
-  sandbox_list_u8_t list = {(uint8_t *)bytes, len};
-  return list;
-}
-
 /* A non-negative integer argument, saturated to what the host takes. */
 static uint64_t check_u64(lua_State *L, int index) {
   lua_Integer n = luaL_checkinteger(L, index);
@@ -98,11 +84,11 @@ static void push_value(lua_State *L, dict_value *value) {
 
 /* open(name) -> handle | nil, err */
 static int p_open(lua_State *L) {
-  sandbox_list_u8_t name = borrowed_bytes(L, 1);
+  sandbox_list_u8_t name = moonwall_borrowed_bytes(L, 1);
   uint32_t handle;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_open(&name, &handle, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, handle);
   return 1;
 }
@@ -112,7 +98,7 @@ static int p_capacity(lua_State *L) {
   uint64_t bytes;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_capacity(check_handle(L, 1), &bytes, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, (lua_Integer)bytes);
   return 1;
 }
@@ -122,7 +108,7 @@ static int p_free_space(lua_State *L) {
   uint64_t bytes;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_free_space(check_handle(L, 1), &bytes, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, (lua_Integer)bytes);
   return 1;
 }
@@ -130,11 +116,11 @@ static int p_free_space(lua_State *L) {
 /* get(h, key, stale) -> true, value, flags, stale | false | nil, err */
 static int p_get(lua_State *L) {
   uint32_t handle = check_handle(L, 1);
-  sandbox_list_u8_t key = borrowed_bytes(L, 2);
+  sandbox_list_u8_t key = moonwall_borrowed_bytes(L, 2);
   moonwall_sandbox_shared_dict_option_item_t found;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_get(handle, &key, lua_toboolean(L, 3), &found, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   if (!found.is_some) {
     lua_pushboolean(L, 0);
     return 1;
@@ -149,7 +135,7 @@ static int p_get(lua_State *L) {
 /* store(h, key, value|nil, ttl_ms, flags, mode) -> forcible | nil, err */
 static int p_store(lua_State *L) {
   uint32_t handle = check_handle(L, 1);
-  sandbox_list_u8_t key = borrowed_bytes(L, 2);
+  sandbox_list_u8_t key = moonwall_borrowed_bytes(L, 2);
   dict_value value;
   dict_value *maybe_value = NULL;
   if (!lua_isnoneornil(L, 3)) {
@@ -167,7 +153,7 @@ static int p_store(lua_State *L) {
   if (!moonwall_sandbox_shared_dict_store(handle, &key, maybe_value, ttl_ms, flags,
                                           (moonwall_sandbox_shared_dict_store_mode_t)mode,
                                           &forcible, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushboolean(L, forcible);
   return 1;
 }
@@ -175,7 +161,7 @@ static int p_store(lua_State *L) {
 /* incr(h, key, delta, init|nil, init_ttl_ms) -> value, forcible | nil, err */
 static int p_incr(lua_State *L) {
   uint32_t handle = check_handle(L, 1);
-  sandbox_list_u8_t key = borrowed_bytes(L, 2);
+  sandbox_list_u8_t key = moonwall_borrowed_bytes(L, 2);
   dict_value delta, init;
   dict_value *maybe_init = NULL;
   luaL_checktype(L, 3, LUA_TNUMBER);
@@ -190,7 +176,7 @@ static int p_incr(lua_State *L) {
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_incr(handle, &key, &delta, maybe_init, init_ttl_ms, &result,
                                          &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   push_value(L, &result.f0);
   lua_pushboolean(L, result.f1);
   return 2;
@@ -199,11 +185,11 @@ static int p_incr(lua_State *L) {
 /* ttl(h, key) -> ms | nil, err */
 static int p_ttl(lua_State *L) {
   uint32_t handle = check_handle(L, 1);
-  sandbox_list_u8_t key = borrowed_bytes(L, 2);
+  sandbox_list_u8_t key = moonwall_borrowed_bytes(L, 2);
   uint64_t ms;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_ttl(handle, &key, &ms, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, (lua_Integer)ms);
   return 1;
 }
@@ -211,10 +197,10 @@ static int p_ttl(lua_State *L) {
 /* expire(h, key, ttl_ms) -> true | nil, err */
 static int p_expire(lua_State *L) {
   uint32_t handle = check_handle(L, 1);
-  sandbox_list_u8_t key = borrowed_bytes(L, 2);
+  sandbox_list_u8_t key = moonwall_borrowed_bytes(L, 2);
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_expire(handle, &key, check_u64(L, 3), &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -223,7 +209,7 @@ static int p_expire(lua_State *L) {
 static int p_flush_all(lua_State *L) {
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_flush_all(check_handle(L, 1), &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -234,7 +220,7 @@ static int p_flush_expired(lua_State *L) {
   uint32_t count;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_flush_expired(handle, check_u32(L, 2), &count, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, count);
   return 1;
 }
@@ -245,7 +231,7 @@ static int p_get_keys(lua_State *L) {
   sandbox_list_list_u8_t keys;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_get_keys(handle, check_u32(L, 2), &keys, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_createtable(L, keys.len > 0x7fffffff ? 0x7fffffff : (int)keys.len, 0);
   for (size_t i = 0; i < keys.len; i++) {
     lua_pushlstring(L, (const char *)keys.ptr[i].ptr, keys.ptr[i].len);
@@ -258,14 +244,14 @@ static int p_get_keys(lua_State *L) {
 /* push(h, key, value, front) -> length | nil, err */
 static int p_push(lua_State *L) {
   uint32_t handle = check_handle(L, 1);
-  sandbox_list_u8_t key = borrowed_bytes(L, 2);
+  sandbox_list_u8_t key = moonwall_borrowed_bytes(L, 2);
   dict_value value;
   if (!to_value(L, 3, &value))
     return luaL_error(L, "push: bad value type");
   uint64_t length;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_push(handle, &key, &value, lua_toboolean(L, 4), &length, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, (lua_Integer)length);
   return 1;
 }
@@ -273,11 +259,11 @@ static int p_push(lua_State *L) {
 /* pop(h, key, front) -> true, value | false | nil, err */
 static int p_pop(lua_State *L) {
   uint32_t handle = check_handle(L, 1);
-  sandbox_list_u8_t key = borrowed_bytes(L, 2);
+  sandbox_list_u8_t key = moonwall_borrowed_bytes(L, 2);
   moonwall_sandbox_shared_dict_option_value_t found;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_pop(handle, &key, lua_toboolean(L, 3), &found, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   if (!found.is_some) {
     lua_pushboolean(L, 0);
     return 1;
@@ -290,11 +276,11 @@ static int p_pop(lua_State *L) {
 /* llen(h, key) -> length | nil, err */
 static int p_llen(lua_State *L) {
   uint32_t handle = check_handle(L, 1);
-  sandbox_list_u8_t key = borrowed_bytes(L, 2);
+  sandbox_list_u8_t key = moonwall_borrowed_bytes(L, 2);
   uint64_t length;
   sandbox_string_t err;
   if (!moonwall_sandbox_shared_dict_llen(handle, &key, &length, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, (lua_Integer)length);
   return 1;
 }

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 
+#include "lauxlib.h"
 #include "lua.h"
 #include "sandbox.h"
 
@@ -18,6 +19,23 @@ _Noreturn void moonwall_memory_exhausted(void);
 /* Copy bytes, or the string at `index`, into a list the host will read. */
 void moonwall_copy_out(sandbox_list_u8_t *out, const char *bytes, size_t len);
 void moonwall_copy_value(sandbox_list_u8_t *out, lua_State *L, int index);
+
+/* Return `nil, err` to Lua from an import's error, freeing it. */
+static inline int moonwall_push_error(lua_State *L, sandbox_string_t *err) {
+  lua_pushnil(L);
+  lua_pushlstring(L, (const char *)err->ptr, err->len);
+  sandbox_string_free(err);
+  return 2;
+}
+
+/* The string argument at `index`, borrowed (not copied) for an import: it
+ * stays alive on the Lua stack while the host reads it. */
+static inline sandbox_list_u8_t moonwall_borrowed_bytes(lua_State *L, int index) {
+  size_t len;
+  const char *bytes = luaL_checklstring(L, index, &len);
+  sandbox_list_u8_t list = {(uint8_t *)bytes, len};
+  return list;
+}
 
 /* `require` and the `package` table (modules.c). */
 void moonwall_open_require(lua_State *L);

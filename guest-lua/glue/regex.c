@@ -30,20 +30,6 @@ typedef struct {
   uint32_t offsets[];
 } batch_t;
 
-static int push_error(lua_State *L, sandbox_string_t *err) {
-  lua_pushnil(L);
-  lua_pushlstring(L, (const char *)err->ptr, err->len);
-  sandbox_string_free(err);
-  return 2;
-}
-
-static sandbox_list_u8_t borrowed_bytes(lua_State *L, int index) {
-  size_t len;
-  const char *bytes = luaL_checklstring(L, index, &len);
-  sandbox_list_u8_t list = {(uint8_t *)bytes, len};
-  return list;
-}
-
 static uint32_t check_u32(lua_State *L, int index) {
   lua_Integer n = luaL_checkinteger(L, index);
   return n < 0 ? 0 : n > 0xffffffffLL ? 0xffffffffu : (uint32_t)n;
@@ -94,11 +80,11 @@ static int p_options(lua_State *L) {
 
 /* compile(pattern, flags) -> groups, names (flat table, or false) | nil, err */
 static int p_compile(lua_State *L) {
-  sandbox_list_u8_t pattern = borrowed_bytes(L, 1);
+  sandbox_list_u8_t pattern = moonwall_borrowed_bytes(L, 1);
   moonwall_sandbox_regex_pattern_info_t info;
   sandbox_string_t err;
   if (!moonwall_sandbox_regex_compile(&pattern, check_options(L, 2), &info, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, info.groups);
   if (info.names.len == 0) {
     lua_pushboolean(L, 0);
@@ -132,11 +118,11 @@ static int scan(lua_State *L, int pattern_index, moonwall_sandbox_regex_options_
                     !(flags & MOONWALL_SANDBOX_REGEX_OPTIONS_NO_UTF8_CHECK);
   if (!checks_utf8 && start > CONTEXT_BYTES)
     base = start - CONTEXT_BYTES;
-  sandbox_list_u8_t pattern = borrowed_bytes(L, pattern_index);
+  sandbox_list_u8_t pattern = moonwall_borrowed_bytes(L, pattern_index);
   sandbox_list_u8_t subj = {(uint8_t *)subject + base, subject_len - base};
   sandbox_string_t err;
   if (!moonwall_sandbox_regex_scan(&pattern, flags, &subj, start - base, want, max, out, &err)) {
-    push_error(L, &err);
+    moonwall_push_error(L, &err);
     return 0;
   }
   if (base > 0) {

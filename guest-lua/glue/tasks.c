@@ -11,13 +11,6 @@
 #include "lua.h"
 #include "sandbox.h"
 
-static int push_error(lua_State *L, sandbox_string_t *err) {
-  lua_pushnil(L);
-  lua_pushlstring(L, (const char *)err->ptr, err->len);
-  sandbox_string_free(err);
-  return 2;
-}
-
 /* wait_any({op, ...} [, timeout_ms]) -> op | false (timed out) | nil, err */
 static int p_wait_any(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -41,7 +34,7 @@ static int p_wait_any(lua_State *L) {
   sandbox_option_u32_t ready;
   sandbox_string_t err;
   if (!moonwall_sandbox_tasks_wait_any(&list, maybe_timeout, &ready, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   if (ready.is_some)
     lua_pushinteger(L, ready.val);
   else
@@ -60,7 +53,7 @@ static int p_sleep(lua_State *L) {
   uint32_t op;
   sandbox_string_t err;
   if (!moonwall_sandbox_tasks_sleep(ms < 0 ? 0 : ms > 0xffffffffLL ? 0xffffffffu : (uint32_t)ms, &op, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, op);
   return 1;
 }
@@ -68,7 +61,7 @@ static int p_sleep(lua_State *L) {
 static int p_finish_sleep(lua_State *L) {
   sandbox_string_t err;
   if (!moonwall_sandbox_tasks_finish_sleep((uint32_t)luaL_checkinteger(L, 1), &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -117,7 +110,7 @@ static int p_capture(lua_State *L) {
   uint32_t op;
   sandbox_string_t err;
   if (!moonwall_sandbox_tasks_capture(&request, &op, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, op);
   return 1;
 }
@@ -127,7 +120,7 @@ static int p_finish_capture(lua_State *L) {
   moonwall_sandbox_tasks_subresponse_t response;
   sandbox_string_t err;
   if (!moonwall_sandbox_tasks_finish_capture((uint32_t)luaL_checkinteger(L, 1), &response, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_createtable(L, 0, 4);
   lua_pushinteger(L, response.status);
   lua_setfield(L, -2, "status");

@@ -13,13 +13,6 @@
 #include "lua.h"
 #include "sandbox.h"
 
-static int push_error(lua_State *L, sandbox_string_t *err) {
-  lua_pushnil(L);
-  lua_pushlstring(L, (const char *)err->ptr, err->len);
-  sandbox_string_free(err);
-  return 2;
-}
-
 static uint32_t check_id(lua_State *L, int index) {
   lua_Integer id = luaL_checkinteger(L, index);
   luaL_argcheck(L, id >= 0 && id <= 0xffffffffLL, index, "bad id");
@@ -35,16 +28,9 @@ static uint32_t *opt_timeout(lua_State *L, int index, uint32_t *slot) {
   return slot;
 }
 
-static sandbox_list_u8_t borrowed_bytes(lua_State *L, int index) {
-  size_t len;
-  const char *bytes = luaL_checklstring(L, index, &len);
-  sandbox_list_u8_t list = {(uint8_t *)bytes, len};
-  return list;
-}
-
 static int push_op(lua_State *L, bool ok, uint32_t op, sandbox_string_t *err) {
   if (!ok)
-    return push_error(L, err);
+    return moonwall_push_error(L, err);
   lua_pushinteger(L, op);
   return 1;
 }
@@ -65,13 +51,13 @@ static int p_close(lua_State *L) {
 /* connect(id, host, port, pool?, timeout_ms?) -> op | nil, err */
 static int p_connect(lua_State *L) {
   uint32_t id = check_id(L, 1);
-  sandbox_list_u8_t host = borrowed_bytes(L, 2);
+  sandbox_list_u8_t host = moonwall_borrowed_bytes(L, 2);
   lua_Integer port = luaL_checkinteger(L, 3);
   luaL_argcheck(L, port >= 0 && port <= 65535, 3, "bad port");
   sandbox_list_u8_t pool;
   sandbox_list_u8_t *maybe_pool = NULL;
   if (!lua_isnoneornil(L, 4)) {
-    pool = borrowed_bytes(L, 4);
+    pool = moonwall_borrowed_bytes(L, 4);
     maybe_pool = &pool;
   }
   uint32_t timeout;
@@ -88,7 +74,7 @@ static int p_finish_connect(lua_State *L) {
   uint32_t reused;
   sandbox_string_t err;
   if (!moonwall_sandbox_tcp_finish_connect(check_id(L, 1), &reused, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, reused);
   return 1;
 }
@@ -96,7 +82,7 @@ static int p_finish_connect(lua_State *L) {
 /* send(id, data, timeout_ms?) -> op | nil, err */
 static int p_send(lua_State *L) {
   uint32_t id = check_id(L, 1);
-  sandbox_list_u8_t data = borrowed_bytes(L, 2);
+  sandbox_list_u8_t data = moonwall_borrowed_bytes(L, 2);
   uint32_t timeout;
   uint32_t *maybe_timeout = opt_timeout(L, 3, &timeout);
   uint32_t op;
@@ -110,7 +96,7 @@ static int p_finish_send(lua_State *L) {
   uint64_t sent;
   sandbox_string_t err;
   if (!moonwall_sandbox_tcp_finish_send(check_id(L, 1), &sent, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushinteger(L, (lua_Integer)sent);
   return 1;
 }
@@ -148,7 +134,7 @@ static int p_receive_until(lua_State *L) {
   moonwall_sandbox_tcp_receive_pattern_t pattern;
   memset(&pattern, 0, sizeof pattern);
   pattern.tag = MOONWALL_SANDBOX_TCP_RECEIVE_PATTERN_UNTIL;
-  pattern.val.until.pattern = borrowed_bytes(L, 2);
+  pattern.val.until.pattern = moonwall_borrowed_bytes(L, 2);
   pattern.val.until.inclusive = lua_toboolean(L, 3);
   if (!lua_isnoneornil(L, 4)) {
     lua_Integer max = luaL_checkinteger(L, 4);
@@ -190,7 +176,7 @@ static int p_setkeepalive(lua_State *L) {
   uint32_t *maybe_size = opt_timeout(L, 3, &size);
   sandbox_string_t err;
   if (!moonwall_sandbox_tcp_set_keepalive(id, maybe_timeout, maybe_size, &err))
-    return push_error(L, &err);
+    return moonwall_push_error(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -278,7 +278,10 @@ fn required_modules(c: &mut Criterion, sandbox: &Arc<Sandbox>, request: &Request
 ",
     );
     let capabilities = Capabilities {
-        lib_dirs: vec![lib.canonicalize().unwrap()],
+        files: moonwall::caps::files::Config {
+            lib_dirs: vec![lib.canonicalize().unwrap()],
+            ..Default::default()
+        },
         ..Capabilities::default()
     };
     let settings = CapsSettings {

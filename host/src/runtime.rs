@@ -39,10 +39,9 @@ impl RunData for RunState {
     type Setup = Setup;
 
     fn assemble(base: RunBase, setup: Setup, start: RunStart) -> Self {
-        RunState {
-            base,
-            caps: RunCaps::new(setup.caps, setup.http, start),
-        }
+        let mut caps = RunCaps::new(setup.caps, start);
+        caps.http = setup.http;
+        RunState { base, caps }
     }
 
     fn base(&self) -> &RunBase {

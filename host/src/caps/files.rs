@@ -35,7 +35,6 @@ use std::time::{Duration, Instant, SystemTime};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use wasmtime::component::{HasSelf, Linker};
 
-use super::Capabilities;
 use super::RunCaps;
 use crate::bindings::moonwall::sandbox::{env as env_wit, files as wit};
 
@@ -174,10 +173,7 @@ pub struct Grant {
 }
 
 impl Grant {
-    pub fn from_policy(
-        capabilities: &Capabilities,
-        compiler: Option<Arc<dyn ModuleCompiler>>,
-    ) -> Grant {
+    pub fn from_policy(capabilities: &Config, compiler: Option<Arc<dyn ModuleCompiler>>) -> Grant {
         Grant {
             read_dirs: capabilities
                 .read_dirs
@@ -721,8 +717,22 @@ pub struct Section {
     env: Option<Vec<toml::Spanned<String>>>,
 }
 
+/// What a policy's files section checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Directories scripts may read (real paths, inside the allowed roots).
+    pub read_dirs: Vec<PathBuf>,
+    /// Directories `require` loads Lua modules from.
+    pub lib_dirs: Vec<PathBuf>,
+    /// Environment variables `os.getenv` may see.
+    pub env: Vec<String>,
+}
+
 impl super::policy::PolicySection for Section {
-    fn apply(self, cx: &mut super::policy::PolicyContext, capabilities: &mut Capabilities) {
+    type Config = Config;
+
+    fn apply(self, cx: &mut super::policy::PolicyContext) -> Config {
+        let mut capabilities = Config::default();
         for (list, into) in [
             (&self.read_dirs, &mut capabilities.read_dirs),
             (&self.lib_dirs, &mut capabilities.lib_dirs),
@@ -745,6 +755,7 @@ impl super::policy::PolicySection for Section {
                 );
             }
         }
+        capabilities
     }
 }
 
@@ -754,6 +765,36 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
     env_wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
+}
+
+/// The capability: files to read, modules to `require`, environment variables.
+pub struct Files;
+
+impl super::Capability for Files {
+    type Section = Section;
+    type Config = Config;
+    type Grant = Grant;
+    type State = State;
+
+    fn grant(
+        _: &str,
+        config: &Config,
+        _: Option<&Grant>,
+        settings: &super::CapsSettings,
+    ) -> Result<Grant, String> {
+        Ok(Grant::from_policy(config, settings.module_compiler.clone()))
+    }
+
+    fn state(_: &super::RequestCaps) -> State {
+        State::default()
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: super::Project<T>,
+    ) -> wasmtime::Result<()> {
+        add_to_linker(linker, get)
+    }
 }
 
 #[cfg(test)]
@@ -778,10 +819,10 @@ mod tests {
         compiler: Option<Arc<dyn ModuleCompiler>>,
     ) -> Grant {
         Grant::from_policy(
-            &Capabilities {
+            &Config {
                 read_dirs: read.iter().map(|p| p.to_path_buf()).collect(),
                 lib_dirs: lib.iter().map(|p| p.to_path_buf()).collect(),
-                ..Capabilities::default()
+                ..Config::default()
             },
             compiler,
         )

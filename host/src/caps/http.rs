@@ -446,11 +446,31 @@ pub struct Section {
     log_level: Option<toml::Spanned<String>>,
 }
 
+/// What a policy's log section checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The most verbose `ngx.log` level that reaches the server's log.
+    pub log_level: log::Level,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            log_level: log::Level::Warn,
+        }
+    }
+}
+
 impl super::policy::PolicySection for Section {
-    fn apply(self, cx: &mut super::policy::PolicyContext, capabilities: &mut super::Capabilities) {
-        let Some(level) = &self.log_level else { return };
+    type Config = Config;
+
+    fn apply(self, cx: &mut super::policy::PolicyContext) -> Config {
+        let mut config = Config::default();
+        let Some(level) = &self.log_level else {
+            return config;
+        };
         match LOG_LEVELS.iter().find(|(name, _)| name == level.get_ref()) {
-            Some(&(_, level)) => capabilities.log_level = level,
+            Some(&(_, level)) => config.log_level = level,
             None => cx.problems.at(
                 level.span(),
                 format!(
@@ -460,6 +480,7 @@ impl super::policy::PolicySection for Section {
                 ),
             ),
         }
+        config
     }
 }
 
@@ -473,6 +494,37 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
     http_types::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
     log::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
     codec::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
+}
+
+/// The capability: the response, the log and the digests; its per-run state is the request being served (set by whoever runs it).
+pub struct Http;
+
+impl super::Capability for Http {
+    type Section = Section;
+    type Config = Config;
+    type Grant = ();
+    type State = Option<HttpState>;
+
+    fn grant(
+        _: &str,
+        config: &Config,
+        _: Option<&()>,
+        settings: &super::CapsSettings,
+    ) -> Result<(), String> {
+        let _ = (config, settings);
+        Ok(())
+    }
+
+    fn state(_: &super::RequestCaps) -> Option<HttpState> {
+        None
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: super::Project<T>,
+    ) -> wasmtime::Result<()> {
+        add_to_linker(linker, get)
+    }
 }
 
 #[cfg(test)]

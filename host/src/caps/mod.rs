@@ -1,12 +1,19 @@
 //! Capabilities: what a script may use beyond computation, each granted by
 //! the tenant's policy (`[capabilities]`) and denied otherwise.
 //!
-//! Every capability is a module of its own that owns three things, so that
+//! Every capability is a module of its own that owns four things, so that
 //! adding one touches nothing else (the shape of Spin's "factors"):
 //! - its WIT interface (`wit/<name>.wit`) and the host functions behind it,
 //!   registered by its `add_to_linker`;
+//! - its policy section: the keys of `[capabilities]` it reads, checked
+//!   once into its config ([`policy`], [`Capabilities`]);
 //! - its grant: what the policy allows, built once per tenant ([`Grants`]);
 //! - its per-run state, kept in [`RunCaps`] and dropped with the instance.
+//!
+//! Its module says so by implementing [`Capability`] on a type of its own;
+//! its one line in `capabilities!` (below) adds its field to
+//! [`Capabilities`], [`Grants`] and [`RunCaps`], its host functions to the
+//! linker and its section to the policy.
 //!
 //! The checks happen here, on the host side of the WIT boundary: the guest's
 //! Lua wrappers only give scripts OpenResty's shapes and clear errors.
@@ -41,45 +48,6 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Linker;
 
-use crate::bindings::moonwall::sandbox::log::Level;
-
-/// What a tenant may use beyond computation, as its policy's sections
-/// ([`policy`]) checked it; until one is granted, it is denied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capabilities {
-    /// Shared dicts by name, with their size in bytes.
-    pub shared_dicts: Vec<(String, u64)>,
-    /// Outbound destinations, `scheme://host[:port]` (host may be `*.name`).
-    pub outbound: Vec<policy::Written<tcp::rules::Destination>>,
-    /// Non-public addresses outbound connections may reach (`addr[/bits]`).
-    pub outbound_private: Vec<policy::Written<tcp::rules::AddressRange>>,
-    /// Per-request bounds on outbound connections, and the keepalive pool's.
-    pub outbound_limits: tcp::rules::OutboundLimits,
-    /// Directories scripts may read (real paths, inside the allowed roots).
-    pub read_dirs: Vec<std::path::PathBuf>,
-    /// Directories `require` loads Lua modules from.
-    pub lib_dirs: Vec<std::path::PathBuf>,
-    /// Environment variables `os.getenv` may see.
-    pub env: Vec<String>,
-    /// The most verbose `ngx.log` level that reaches the server's log.
-    pub log_level: Level,
-}
-
-impl Default for Capabilities {
-    fn default() -> Self {
-        Capabilities {
-            shared_dicts: Vec::new(),
-            outbound: Vec::new(),
-            outbound_private: Vec::new(),
-            outbound_limits: Default::default(),
-            read_dirs: Vec::new(),
-            lib_dirs: Vec::new(),
-            env: Vec::new(),
-            log_level: Level::Warn,
-        }
-    }
-}
-
 /// Server-wide settings the capabilities need (from the server config, not
 /// from tenants' policies).
 #[derive(Debug, Clone, Default)]
@@ -92,15 +60,147 @@ pub struct CapsSettings {
     pub module_compiler: Option<Arc<dyn files::ModuleCompiler>>,
 }
 
-/// What one tenant's policy grants, built once per tenant (and kept across
-/// reloads where unchanged, so that shared dicts keep their contents).
-#[derive(Default)]
-pub struct Grants {
-    pub tenant: String,
-    pub dicts: dict::Grant,
-    pub regex: regex::Grant,
-    pub tcp: tcp::Grant,
-    pub files: files::Grant,
+/// What makes a capability, defined in its module: its policy section and
+/// what that checks into, its grant, its per-run state, its host functions.
+/// [`capabilities!`] below turns the list of them into the tenant's
+/// [`Capabilities`], its [`Grants`], a run's [`RunCaps`] and the linker's
+/// host functions.
+pub trait Capability {
+    /// Its keys of a policy's `[capabilities]` ([`policy::NoSection`] if it
+    /// has none).
+    type Section: policy::PolicySection<Config = Self::Config>;
+    /// What its section checked, for the tenant.
+    type Config: std::fmt::Debug + Clone + PartialEq + Eq + Default;
+    /// What a tenant's policy grants, built once per tenant version.
+    type Grant: Default + Send + Sync + 'static;
+    /// Per-run state, dropped with the instance.
+    type State: Send + 'static;
+
+    /// The grant of `config` for `tenant`; `previous`, the tenant's grant
+    /// before a reload, keeps what did not change (a dict's contents).
+    fn grant(
+        tenant: &str,
+        config: &Self::Config,
+        previous: Option<&Self::Grant>,
+        settings: &CapsSettings,
+    ) -> Result<Self::Grant, String>;
+
+    /// The state of a run that may use `request`.
+    fn state(request: &RequestCaps) -> Self::State;
+
+    /// Register its host functions, reaching its state in a store of `T`
+    /// through `get`.
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: Project<T>,
+    ) -> wasmtime::Result<()>;
+}
+
+/// Every capability: one line each (`field: module::Type`), in the order of
+/// their policy keys in messages. This is the list to extend.
+macro_rules! capabilities {
+    ($($(#[$doc:meta])* $name:ident: $cap:ty,)*) => {
+        /// What a tenant may use beyond computation, as its policy's
+        /// sections ([`policy`]) checked it: one field per capability;
+        /// until one is granted, it is denied.
+        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        pub struct Capabilities {
+            $($(#[$doc])* pub $name: <$cap as Capability>::Config,)*
+        }
+
+        /// What one tenant's policy grants, built once per tenant (and kept
+        /// across reloads where unchanged, so that shared dicts keep their
+        /// contents).
+        #[derive(Default)]
+        pub struct Grants {
+            pub tenant: String,
+            $(pub $name: <$cap as Capability>::Grant,)*
+        }
+
+        impl Grants {
+            /// The grants of `capabilities` for `tenant`. `previous` is the
+            /// tenant's grants before a reload: what did not change is kept
+            /// (a shared dict keeps its contents).
+            pub fn from_policy(
+                tenant: &str,
+                capabilities: &Capabilities,
+                previous: Option<&Grants>,
+                settings: &CapsSettings,
+            ) -> Result<Grants, String> {
+                let previous = previous.filter(|p| p.tenant == tenant);
+                Ok(Grants {
+                    tenant: tenant.to_string(),
+                    $($name: <$cap as Capability>::grant(
+                        tenant,
+                        &capabilities.$name,
+                        previous.map(|p| &p.$name),
+                        settings,
+                    )?,)*
+                })
+            }
+        }
+
+        /// The capabilities' state for one run.
+        pub struct RunCaps {
+            pub grants: Arc<Grants>,
+            /// When the run's time is up: waits end there.
+            pub deadline: Instant,
+            /// The run's time limit, for the error that names it.
+            pub time_limit: Duration,
+            /// The CPU slots the run holds while its guest code executes,
+            /// given back while it waits.
+            pub cpu: crate::sandbox::CpuSlots,
+            $(pub $name: <$cap as Capability>::State,)*
+        }
+
+        impl RunCaps {
+            pub fn new(request: RequestCaps, start: crate::sandbox::RunStart) -> RunCaps {
+                RunCaps {
+                    $($name: <$cap as Capability>::state(&request),)*
+                    grants: request.grants,
+                    deadline: start.deadline,
+                    time_limit: start.time_limit,
+                    cpu: start.cpu,
+                }
+            }
+        }
+
+        /// Register every capability's host functions, each reaching its
+        /// state in a store of `T` through `get`.
+        pub fn add_to_linker<T: Send + 'static>(
+            linker: &mut Linker<T>,
+            get: Project<T>,
+        ) -> wasmtime::Result<()> {
+            $(<$cap as Capability>::add_to_linker(linker, get)?;)*
+            Ok(())
+        }
+
+        /// Every capability's policy section.
+        pub(crate) const SECTIONS: &[policy::Section] = &[
+            $(policy::Section {
+                keys: policy::fields_of::<<$cap as Capability>::Section>,
+                read: |cx, capabilities| {
+                    capabilities.$name =
+                        policy::read_section::<<$cap as Capability>::Section>(cx)
+                },
+            },)*
+        ];
+    };
+}
+
+capabilities! {
+    /// `ngx.sleep`, light threads, subrequests: nothing to grant.
+    tasks: tasks::Tasks,
+    /// Shared dicts by name, with their size in bytes.
+    dict: dict::Dicts,
+    /// `ngx.re`: computation, granted to every tenant.
+    regex: regex::Regex,
+    /// Outbound TCP (and HTTP over it): destinations, private ranges, bounds.
+    tcp: tcp::Outbound,
+    /// Directories to read, to `require` from, environment variables.
+    files: files::Files,
+    /// The response and the log: the most verbose `ngx.log` level kept.
+    http: http::Http,
 }
 
 impl Grants {
@@ -109,29 +209,6 @@ impl Grants {
     pub fn none() -> Arc<Grants> {
         static NONE: std::sync::OnceLock<Arc<Grants>> = std::sync::OnceLock::new();
         NONE.get_or_init(|| Arc::new(Grants::default())).clone()
-    }
-
-    /// The grants of `capabilities` for `tenant`. `previous` is the tenant's
-    /// grants before a reload: what did not change is kept (a shared dict
-    /// keeps its contents).
-    pub fn from_policy(
-        tenant: &str,
-        capabilities: &Capabilities,
-        previous: Option<&Grants>,
-        settings: &CapsSettings,
-    ) -> Result<Grants, String> {
-        Ok(Grants {
-            tenant: tenant.to_string(),
-            dicts: dict::Grant::from_policy(
-                tenant,
-                capabilities,
-                previous.map(|p| &p.dicts),
-                &settings.dict_backend,
-            )?,
-            regex: regex::Grant::from_policy(capabilities),
-            tcp: tcp::Grant::from_policy(capabilities),
-            files: files::Grant::from_policy(capabilities, settings.module_compiler.clone()),
-        })
     }
 }
 
@@ -179,49 +256,7 @@ impl RequestCaps {
     }
 }
 
-/// The capabilities' state for one run.
-pub struct RunCaps {
-    pub grants: Arc<Grants>,
-    /// When the run's time is up: waits end there.
-    pub deadline: Instant,
-    /// The run's time limit, for the error that names it.
-    pub time_limit: Duration,
-    /// The CPU slots the run holds while its guest code executes, given
-    /// back while it waits.
-    pub cpu: crate::sandbox::CpuSlots,
-    /// The request, when the run serves one: its response and log lines.
-    pub http: Option<http::HttpState>,
-    pub tasks: tasks::State,
-    pub dict: dict::State,
-    pub regex: regex::State,
-    pub tcp: tcp::State,
-    pub files: files::State,
-}
-
 impl RunCaps {
-    pub fn new(
-        request: RequestCaps,
-        http: Option<http::HttpState>,
-        start: crate::sandbox::RunStart,
-    ) -> RunCaps {
-        RunCaps {
-            grants: request.grants,
-            deadline: start.deadline,
-            time_limit: start.time_limit,
-            cpu: start.cpu,
-            http,
-            tasks: tasks::State {
-                depth: request.depth,
-                subrequests: request.subrequests,
-                ops: tasks::Ops::refusing_if(request.init),
-            },
-            dict: dict::State::default(),
-            regex: regex::State::default(),
-            tcp: tcp::State::default(),
-            files: files::State::default(),
-        }
-    }
-
     /// Wait for `future` without holding the run's CPU slots: host work
     /// that finishes at once keeps them; otherwise they are given back while
     /// it waits, and taken again before the guest resumes.
@@ -301,18 +336,3 @@ fn deadline_passed(time_limit: Duration) -> wasmtime::Error {
 
 /// Where a store of `T` keeps its capabilities' state.
 pub type Project<T> = fn(&mut T) -> &mut RunCaps;
-
-/// Register every capability's host functions, each reaching its state in
-/// a store of `T` through `get`. Adding a capability adds its line here.
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: Project<T>,
-) -> wasmtime::Result<()> {
-    http::add_to_linker(linker, get)?;
-    tasks::add_to_linker(linker, get)?;
-    dict::add_to_linker(linker, get)?;
-    regex::add_to_linker(linker, get)?;
-    tcp::add_to_linker(linker, get)?;
-    files::add_to_linker(linker, get)?;
-    Ok(())
-}

@@ -3,8 +3,9 @@
 //! Each capability owns the keys it reads: it declares them as a serde
 //! struct (with spans, so that every problem is reported as
 //! `file:line:col`) and checks them once, into the typed values its grant is
-//! built from ([`PolicySection`]). The policy composes the sections listed
-//! in [`SECTIONS`]; a key no section owns is an error that lists every key.
+//! built from ([`PolicySection`]). The policy composes the sections of the
+//! capabilities' list (`super::SECTIONS`, from `capabilities!`); a key no
+//! section owns is an error that lists every key.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -28,51 +29,48 @@ impl<T> PartialEq<&str> for Written<T> {
 }
 
 /// What a section's checks need from the policy around it.
-pub(crate) struct PolicyContext<'a, 'p> {
+pub struct PolicyContext<'a, 'p> {
     /// The policy file's directory: relative paths start there.
-    pub base: &'a Path,
+    pub(crate) base: &'a Path,
     /// Directories every path a policy grants must lie inside.
-    pub allowed_roots: &'a [PathBuf],
-    pub problems: &'a mut Problems<'p>,
+    pub(crate) allowed_roots: &'a [PathBuf],
+    pub(crate) problems: &'a mut Problems<'p>,
 }
 
 /// A capability's keys of `[capabilities]`.
-pub(crate) trait PolicySection: DeserializeOwned + Default {
-    /// Check the section, reporting each problem at its place, and record
-    /// what it grants in `capabilities`.
-    fn apply(self, cx: &mut PolicyContext, capabilities: &mut Capabilities);
+pub trait PolicySection: DeserializeOwned + Default {
+    /// What the section checks into.
+    type Config;
+    /// Check the section, reporting each problem at its place.
+    fn apply(self, cx: &mut PolicyContext) -> Self::Config;
 }
 
-/// One capability's section, for the list below.
+/// The section of a capability that has no keys.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct NoSection {}
+
+impl PolicySection for NoSection {
+    type Config = ();
+    fn apply(self, _: &mut PolicyContext) {}
+}
+
+/// One capability's section, for [`super::SECTIONS`].
 pub(crate) struct Section {
     /// The keys it owns, in the order it declares them.
-    keys: fn() -> &'static [&'static str],
-    read: fn(&mut PolicyContext, &mut Capabilities),
+    pub(crate) keys: fn() -> &'static [&'static str],
+    /// Read and check it into its field of [`Capabilities`].
+    pub(crate) read: fn(&mut PolicyContext, &mut Capabilities),
 }
-
-impl Section {
-    const fn of<S: PolicySection>() -> Section {
-        Section {
-            keys: fields_of::<S>,
-            read: read_section::<S>,
-        }
-    }
-}
-
-/// Every capability with a policy section, in the order their keys are
-/// listed in messages. Adding a capability with keys adds its line here.
-pub(crate) const SECTIONS: &[Section] = &[
-    Section::of::<super::dict::Section>(),
-    Section::of::<super::tcp::Section>(),
-    Section::of::<super::files::Section>(),
-    Section::of::<super::http::Section>(),
-];
 
 /// Every key of `[capabilities]`, section by section.
 pub fn keys() -> &'static [&'static str] {
     static KEYS: OnceLock<&'static [&'static str]> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let all: Vec<&'static str> = SECTIONS.iter().flat_map(|s| (s.keys)()).copied().collect();
+        let all: Vec<&'static str> = super::SECTIONS
+            .iter()
+            .flat_map(|s| (s.keys)())
+            .copied()
+            .collect();
         Vec::leak(all)
     })
 }
@@ -89,29 +87,33 @@ pub(crate) fn parse(written: &[toml::Spanned<String>], cx: &mut PolicyContext) -
         }
     }
     let mut capabilities = Capabilities::default();
-    for section in SECTIONS {
+    for section in super::SECTIONS {
         (section.read)(cx, &mut capabilities);
     }
     capabilities
 }
 
 /// Deserialize section `S` from the policy's `[capabilities]` (its other
-/// keys belong to other sections), then apply it.
-fn read_section<S: PolicySection>(cx: &mut PolicyContext, capabilities: &mut Capabilities) {
+/// keys belong to other sections), then check it.
+pub(crate) fn read_section<S: PolicySection>(cx: &mut PolicyContext) -> S::Config
+where
+    S::Config: Default,
+{
     #[derive(serde::Deserialize)]
     #[serde(bound = "S: PolicySection")]
     struct Policy<S> {
         #[serde(default)]
         capabilities: S,
     }
-    if let Some(policy) = cx.problems.parse::<Policy<S>>() {
-        policy.capabilities.apply(cx, capabilities);
+    match cx.problems.parse::<Policy<S>>() {
+        Some(policy) => policy.capabilities.apply(cx),
+        None => S::Config::default(),
     }
 }
 
 /// The field names of a struct that derives `Deserialize`: what its
 /// derived code passes to `deserialize_struct`.
-fn fields_of<S: DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn fields_of<S: DeserializeOwned>() -> &'static [&'static str] {
     struct Fields(Option<&'static [&'static str]>);
     #[derive(Debug)]
     struct Stop;

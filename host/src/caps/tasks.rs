@@ -269,3 +269,31 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
 }
+/// The capability: nothing to grant; per run, its operations in progress.
+pub struct Tasks;
+
+impl super::Capability for Tasks {
+    type Section = super::policy::NoSection;
+    type Config = ();
+    type Grant = ();
+    type State = State;
+
+    fn grant(_: &str, _: &(), _: Option<&()>, _: &super::CapsSettings) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn state(request: &super::RequestCaps) -> State {
+        State {
+            depth: request.depth,
+            subrequests: request.subrequests.clone(),
+            ops: Ops::refusing_if(request.init),
+        }
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: super::Project<T>,
+    ) -> wasmtime::Result<()> {
+        add_to_linker(linker, get)
+    }
+}

@@ -49,7 +49,7 @@ pub fn run(args: CheckArgs) -> u8 {
                     // run when a server loads the tenant).
                     scripts.extend(tenant.init_script().map(Path::to_path_buf));
                     // The Lua modules `require` can load.
-                    for dir in &tenant.capabilities.lib_dirs {
+                    for dir in &tenant.capabilities.files.lib_dirs {
                         collect_lua_files(dir, dir, &mut scripts);
                     }
                 }

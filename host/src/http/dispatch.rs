@@ -209,7 +209,7 @@ async fn run_script(
         .clone()
         .expect("scripts run only for a tenant");
     let log = RequestLog::new(access.id, access.path.clone())
-        .with_max_level(tenant.capabilities.log_level);
+        .with_max_level(tenant.capabilities.http.log_level);
     let app = app.clone();
     let subrequests = super::subrequests::TenantSubrequests::new(
         app.clone(),

@@ -142,7 +142,7 @@ impl TenantSubrequests {
             self.request_id,
             String::from_utf8_lossy(&request.uri).into_owned(),
         )
-        .with_max_level(self.tenant.capabilities.log_level);
+        .with_max_level(self.tenant.capabilities.http.log_level);
         let caps = RequestCaps {
             grants: self.tenant.grants.clone(),
             subrequests: Some(self.clone()),

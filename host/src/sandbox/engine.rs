@@ -1,6 +1,7 @@
-//! Engine configuration: the one place that decides how guests are limited.
-//!
-//! Every limit a run is held to is set here, and only here:
+//! Engine configuration: the one place that decides how a guest is held to
+//! its limits. Which values a request gets (defaults, ranges, the names in
+//! policies, site configs and flags) is defined once in `site::limits`;
+//! this module enforces them:
 //! - **fuel** (`consume_fuel`): a budget of wasm instructions per run;
 //! - **time** (epoch interruption): one shared ticker thread advances the
 //!   engine's epoch every [`EngineSettings::epoch_tick`]; each run checks its own
@@ -9,7 +10,8 @@
 //!   linear memory, with the high-water mark recorded;
 //! - **native stack** (`max_wasm_stack`): how deep guest code may recurse on
 //!   the host's machine stack;
-//! - **output**: bytes a run may write (enforced in `host_api.rs`, sized here);
+//! - **output**: bytes a run may write (enforced in `host_api.rs`, and for a
+//!   response body in `caps::http`);
 //! - the **pooling instance allocator** with copy-on-write memory images, so
 //!   a fresh instance per run costs microseconds.
 

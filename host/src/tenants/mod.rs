@@ -1,237 +1,36 @@
 //! Tenants: many sites on one server, each confined by its own policy file.
 //!
 //! In the order a request meets them:
-//! - [`hosts`]: the `Host` (or `:authority`) picks the tenant.
+//! - [`hosts`] (from [`crate::site`]): the `Host` (or `:authority`) picks
+//!   the tenant.
 //! - [`admission`]: the tenant's request rate and concurrency cap, with a
 //!   bounded queue.
 //! - [`policy`]: what each tenant is allowed: limits under the server's
 //!   ceilings, capabilities denied unless granted.
 //! - [`metrics`]: per-tenant accounting for operators (Prometheus).
 //!
-//! The server config (`moonwall.toml`) names the listen addresses, the
-//! ceilings and the policies directory. The set of tenants is one immutable
+//! The server config (`moonwall.toml`, [`config`]) names the listen
+//! addresses, the ceilings and the policies directory. The set of tenants is one immutable
 //! [`TenantSet`]; a reload builds a new set and swaps it in, and a request
 //! keeps the set (and so the tenant version) it started with to its end.
 
 pub mod admission;
+pub mod config;
 pub use crate::site::hosts;
 pub mod metrics;
 pub mod policy;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
-
-use toml::Spanned;
+use std::time::SystemTime;
 
 use crate::runtime::PreparedGuest;
-use crate::site::config::{ConfigError, Problems, read_config};
+use crate::site::config::ConfigError;
 use crate::site::hosts::{HostPattern, HostTable, normalize_host};
 use crate::site::routing::{DocRoot, Router};
 use admission::Admission;
-use policy::{Capabilities, Ceilings, LimitsFile, Policy, TenantLimits};
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerFile {
-    /// One address or a list of them.
-    listen: Option<Spanned<toml::Value>>,
-    metrics_listen: Option<Spanned<String>>,
-    policies: Spanned<PathBuf>,
-    default_tenant: Option<Spanned<String>>,
-    allowed_roots: Option<Vec<Spanned<PathBuf>>>,
-    reload_poll_ms: Option<Spanned<u64>>,
-    /// Where shared dicts live: "memory" (the default) or a redis:// URL.
-    shared_dicts_backend: Option<Spanned<String>>,
-    #[serde(default)]
-    limits: LimitsFile,
-}
-
-/// The server config of a multi-tenant server (`moonwall.toml`), checked.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub file: PathBuf,
-    pub listen: Vec<SocketAddr>,
-    pub metrics_listen: Option<SocketAddr>,
-    pub policies_dir: PathBuf,
-    pub default_tenant: Option<String>,
-    /// Where `default_tenant` is written (`file:line:col`).
-    default_tenant_place: String,
-    /// Real paths; every tenant root and granted directory lies in one.
-    pub allowed_roots: Vec<PathBuf>,
-    /// How often policy files are checked for changes (`None`: only on SIGHUP).
-    pub reload_poll: Option<Duration>,
-    pub ceilings: Ceilings,
-    /// Server-wide settings of the capabilities (where shared dicts live).
-    pub caps: crate::caps::CapsSettings,
-    /// What runs tenants' init scripts (the server's sandbox); without one
-    /// (`moonwall check`), an init script is checked but not run.
-    pub sandbox: Option<Arc<crate::runtime::Sandbox>>,
-}
-
-impl ServerConfig {
-    /// Whether `text` is a multi-tenant server config (it names a
-    /// `policies` directory) rather than a single site's config.
-    pub fn is_server_config(text: &str) -> bool {
-        toml::from_str::<toml::Table>(text).is_ok_and(|table| table.contains_key("policies"))
-    }
-
-    pub fn load(file: &Path) -> Result<ServerConfig, ConfigError> {
-        Self::parse(file, &read_config(file)?)
-    }
-
-    pub fn parse(file: &Path, text: &str) -> Result<ServerConfig, ConfigError> {
-        let mut problems = Problems::new(file, text);
-        let Some(server) = problems.parse::<ServerFile>() else {
-            return Err(problems.into_error());
-        };
-        // Paths are relative to the config's directory, and shown so.
-        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let real_base = if base.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base.clone()
-        };
-        let mut listen: Vec<SocketAddr> = Vec::new();
-        if let Some(value) = &server.listen {
-            let texts: Vec<Option<&str>> = match value.get_ref() {
-                toml::Value::String(one) => vec![Some(one.as_str())],
-                toml::Value::Array(many) => many.iter().map(|v| v.as_str()).collect(),
-                _ => vec![None],
-            };
-            for text in texts {
-                match text.map(str::parse::<SocketAddr>) {
-                    Some(Ok(address)) => listen.push(address),
-                    Some(Err(_)) => {
-                        // Point at the entry itself inside a list.
-                        let bad = text.unwrap_or("");
-                        let span = value.span();
-                        let start = problems.text[span.clone()]
-                            .find(&format!("\"{bad}\""))
-                            .map_or(span.start, |offset| span.start + offset);
-                        problems.at(
-                            start..span.end,
-                            format!("`{bad}` is not an address like 127.0.0.1:8080"),
-                        )
-                    }
-                    None => problems.at(
-                        value.span(),
-                        "listen must be an address like \"127.0.0.1:8080\" or a list of them",
-                    ),
-                }
-            }
-        }
-        let mut address = |text: &Spanned<String>| match text.get_ref().parse::<SocketAddr>() {
-            Ok(address) => Some(address),
-            Err(_) => {
-                problems.at(
-                    text.span(),
-                    format!("`{}` is not an address like 127.0.0.1:8080", text.get_ref()),
-                );
-                None
-            }
-        };
-        let metrics_listen = server.metrics_listen.as_ref().and_then(&mut address);
-
-        let real_dir = |dir: &Spanned<PathBuf>, what: &str, problems: &mut Problems| match real_base
-            .join(dir.get_ref())
-            .canonicalize()
-        {
-            Ok(real) if real.is_dir() => Some(real),
-            _ => {
-                problems.at(
-                    dir.span(),
-                    format!("{what} {} is not a directory", dir.get_ref().display()),
-                );
-                None
-            }
-        };
-        // Policy files are named as the config names them, in messages.
-        let policies_dir = real_dir(&server.policies, "policies", &mut problems)
-            .map(|_| base.join(server.policies.get_ref()));
-        let allowed_roots = match &server.allowed_roots {
-            Some(roots) if roots.is_empty() => {
-                problems.file("allowed_roots is empty: no tenant root could be allowed");
-                Vec::new()
-            }
-            Some(roots) => roots
-                .iter()
-                .filter_map(|root| real_dir(root, "allowed root", &mut problems))
-                .collect(),
-            // By default, tenants' files must lie beside the server config.
-            None => real_base.canonicalize().into_iter().collect(),
-        };
-        let reload_poll = match &server.reload_poll_ms {
-            None => Some(Duration::from_secs(1)),
-            Some(ms) if *ms.get_ref() == 0 => None,
-            Some(ms) if *ms.get_ref() <= 3_600_000 => Some(Duration::from_millis(*ms.get_ref())),
-            Some(ms) => {
-                problems.at(
-                    ms.span(),
-                    "reload_poll_ms must be at most 3600000 (0: only on SIGHUP)",
-                );
-                None
-            }
-        };
-        let ceilings = Ceilings::parse(&server.limits, &mut problems);
-        let dict_backend = match &server.shared_dicts_backend {
-            None => crate::caps::dict::BackendConfig::default(),
-            Some(text) => {
-                crate::caps::dict::BackendConfig::parse(text.get_ref()).unwrap_or_else(|message| {
-                    problems.at(text.span(), message);
-                    crate::caps::dict::BackendConfig::default()
-                })
-            }
-        };
-        let default_tenant = server.default_tenant.as_ref().map(|t| t.get_ref().clone());
-        let default_tenant_place = server
-            .default_tenant
-            .as_ref()
-            .map(|t| {
-                let (line, column) = crate::site::config::line_col(text, t.span().start);
-                format!("{}:{line}:{column}", file.display())
-            })
-            .unwrap_or_default();
-        let Some(policies_dir) = policies_dir else {
-            return Err(problems.into_error());
-        };
-        if !problems.list.is_empty() {
-            return Err(problems.into_error());
-        }
-        Ok(ServerConfig {
-            file: file.to_path_buf(),
-            listen,
-            metrics_listen,
-            policies_dir,
-            default_tenant,
-            default_tenant_place,
-            allowed_roots,
-            reload_poll,
-            ceilings,
-            caps: crate::caps::CapsSettings {
-                dict_backend,
-                module_compiler: None,
-            },
-            sandbox: None,
-        })
-    }
-
-    /// The policy files, in name order.
-    pub fn policy_files(&self) -> std::io::Result<Vec<PathBuf>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.policies_dir)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| {
-                path.extension().is_some_and(|ext| ext == "toml")
-                    && !path
-                        .file_name()
-                        .is_some_and(|name| name.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        files.sort();
-        Ok(files)
-    }
-}
+pub use config::ServerConfig;
+use policy::{Capabilities, Policy, TenantLimits};
 
 /// One tenant, as a request sees it: immutable; a reload makes a new one.
 pub struct Tenant {
@@ -271,7 +70,9 @@ impl Tenant {
             admission: Arc::new(Admission::new(limits.admission.clone())),
             limits,
             capabilities: Capabilities {
-                log_level: crate::bindings::moonwall::sandbox::log::Level::Debug,
+                http: crate::caps::http::Config {
+                    log_level: crate::bindings::moonwall::sandbox::log::Level::Debug,
+                },
                 ..Capabilities::default()
             },
             grants: crate::caps::Grants::none(),

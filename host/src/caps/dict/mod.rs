@@ -30,7 +30,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::Capabilities;
 use super::RunCaps;
 use crate::bindings::moonwall::sandbox::shared_dict as wit;
 
@@ -257,12 +256,12 @@ impl Grant {
     /// and backend is kept, contents and all.
     pub fn from_policy(
         tenant: &str,
-        capabilities: &Capabilities,
+        config: &Config,
         previous: Option<&Grant>,
         backend: &BackendConfig,
     ) -> Result<Grant, String> {
         let previous = previous.filter(|p| p.tenant == tenant);
-        let dicts = capabilities
+        let dicts = config
             .shared_dicts
             .iter()
             .map(|(name, capacity)| {
@@ -364,7 +363,7 @@ fn is_number(value: &Value) -> bool {
 
 impl RunCaps {
     fn dict_store(&self, handle: u32) -> Result<Arc<dyn Store>, Error> {
-        Ok(self.grants.dicts.dict(handle)?.store.clone())
+        Ok(self.grants.dict.dict(handle)?.store.clone())
     }
 
     /// The guest's answer: refusals and backend failures are Lua errors; a
@@ -381,11 +380,11 @@ impl RunCaps {
 
 impl wit::Host for RunCaps {
     async fn open(&mut self, name: Vec<u8>) -> wasmtime::Result<Result<u32, String>> {
-        Ok(self.grants.dicts.open(&name))
+        Ok(self.grants.dict.open(&name))
     }
 
     async fn capacity(&mut self, dict: u32) -> wasmtime::Result<Result<u64, String>> {
-        let result = self.grants.dicts.dict(dict).map(|d| d.capacity);
+        let result = self.grants.dict.dict(dict).map(|d| d.capacity);
         self.dict_answer(result)
     }
 
@@ -606,8 +605,18 @@ pub struct Section {
     shared_dicts: Option<std::collections::BTreeMap<String, toml::Spanned<String>>>,
 }
 
+/// What a policy's dict section checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Shared dicts by name, with their size in bytes.
+    pub shared_dicts: Vec<(String, u64)>,
+}
+
 impl super::policy::PolicySection for Section {
-    fn apply(self, cx: &mut super::policy::PolicyContext, capabilities: &mut Capabilities) {
+    type Config = Config;
+
+    fn apply(self, cx: &mut super::policy::PolicyContext) -> Config {
+        let mut config = Config::default();
         for (name, size) in self.shared_dicts.iter().flatten() {
             if !crate::site::config::valid_name(name, b"-") {
                 cx.problems.at(
@@ -618,7 +627,7 @@ impl super::policy::PolicySection for Section {
             }
             match parse_size(size.get_ref()) {
                 Some(bytes) if (1..=MAX_DICT_BYTES).contains(&bytes) => {
-                    capabilities.shared_dicts.push((name.clone(), bytes))
+                    config.shared_dicts.push((name.clone(), bytes))
                 }
                 _ => cx.problems.at(
                     size.span(),
@@ -629,6 +638,7 @@ impl super::policy::PolicySection for Section {
                 ),
             }
         }
+        config
     }
 }
 
@@ -651,6 +661,36 @@ fn parse_size(text: &str) -> Option<u64> {
 
 /// The largest shared dict one tenant may declare.
 const MAX_DICT_BYTES: u64 = 1 << 30;
+
+/// The capability: the tenant's shared dicts.
+pub struct Dicts;
+
+impl super::Capability for Dicts {
+    type Section = Section;
+    type Config = Config;
+    type Grant = Grant;
+    type State = State;
+
+    fn grant(
+        tenant: &str,
+        config: &Config,
+        previous: Option<&Grant>,
+        settings: &super::CapsSettings,
+    ) -> Result<Grant, String> {
+        Grant::from_policy(tenant, config, previous, &settings.dict_backend)
+    }
+
+    fn state(_: &super::RequestCaps) -> State {
+        State::default()
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: super::Project<T>,
+    ) -> wasmtime::Result<()> {
+        add_to_linker(linker, get)
+    }
+}
 
 #[cfg(test)]
 mod section_tests {

@@ -31,19 +31,12 @@ pub mod pcre;
 use wasmtime::component::{HasSelf, Linker};
 
 use self::cache::Cache;
-use super::Capabilities;
 use super::RunCaps;
 use crate::bindings::moonwall::sandbox::regex as wit;
 
 /// Regular expressions are computation: every tenant has them.
 #[derive(Debug, Default)]
 pub struct Grant {}
-
-impl Grant {
-    pub fn from_policy(_capabilities: &Capabilities) -> Grant {
-        Grant {}
-    }
-}
 
 /// Per-run state: none. Compiled patterns are process-wide ([`Cache`]).
 #[derive(Default)]
@@ -145,4 +138,28 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
     get: super::Project<T>,
 ) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
+}
+/// The capability: granted to every tenant, nothing per run.
+pub struct Regex;
+
+impl super::Capability for Regex {
+    type Section = super::policy::NoSection;
+    type Config = ();
+    type Grant = Grant;
+    type State = State;
+
+    fn grant(_: &str, _: &(), _: Option<&Grant>, _: &super::CapsSettings) -> Result<Grant, String> {
+        Ok(Grant {})
+    }
+
+    fn state(_: &super::RequestCaps) -> State {
+        State::default()
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: super::Project<T>,
+    ) -> wasmtime::Result<()> {
+        add_to_linker(linker, get)
+    }
 }

@@ -42,7 +42,6 @@ use wasmtime::component::{HasSelf, Linker};
 use self::conn::{Conn, MAX_PATTERN, Pattern, ReadBounds};
 use self::pool::Pool;
 use self::rules::{AddressRange, Destination, OutboundLimits, Target, non_public};
-use super::Capabilities;
 use super::{Grants, RunCaps};
 use crate::bindings::moonwall::sandbox::tcp as wit;
 
@@ -63,7 +62,7 @@ pub struct Grant {
 impl Grant {
     /// The grant of what the policy's section checked (nothing is parsed
     /// again).
-    pub fn from_policy(capabilities: &Capabilities) -> Grant {
+    pub fn from_policy(capabilities: &Config) -> Grant {
         Grant {
             destinations: (capabilities.outbound.iter())
                 .map(|written| written.value.clone())
@@ -551,9 +550,23 @@ pub struct Section {
     outbound_keepalive_timeout_ms: Option<toml::Spanned<u64>>,
 }
 
+/// What a policy's outbound section checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Outbound destinations, `scheme://host[:port]` (host may be `*.name`).
+    pub outbound: Vec<super::policy::Written<Destination>>,
+    /// Non-public addresses outbound connections may reach (`addr[/bits]`).
+    pub outbound_private: Vec<super::policy::Written<AddressRange>>,
+    /// Per-request bounds on outbound connections, and the keepalive pool's.
+    pub outbound_limits: OutboundLimits,
+}
+
 impl super::policy::PolicySection for Section {
-    fn apply(self, cx: &mut super::policy::PolicyContext, capabilities: &mut Capabilities) {
+    type Config = Config;
+
+    fn apply(self, cx: &mut super::policy::PolicyContext) -> Config {
         use super::policy::Written;
+        let mut capabilities = Config::default();
         for destination in self.outbound.iter().flatten() {
             match Destination::parse(destination.get_ref()) {
                 Ok(value) => capabilities.outbound.push(Written {
@@ -590,6 +603,7 @@ impl super::policy::PolicySection for Section {
                 Err(message) => cx.problems.at(value.span(), message),
             }
         }
+        capabilities
     }
 }
 
@@ -598,4 +612,34 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
     get: super::Project<T>,
 ) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
+}
+/// The capability: outbound TCP, and HTTP over it.
+pub struct Outbound;
+
+impl super::Capability for Outbound {
+    type Section = Section;
+    type Config = Config;
+    type Grant = Grant;
+    type State = State;
+
+    fn grant(
+        _: &str,
+        config: &Config,
+        _: Option<&Grant>,
+        settings: &super::CapsSettings,
+    ) -> Result<Grant, String> {
+        let _ = settings;
+        Ok(Grant::from_policy(config))
+    }
+
+    fn state(_: &super::RequestCaps) -> State {
+        State::default()
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: super::Project<T>,
+    ) -> wasmtime::Result<()> {
+        add_to_linker(linker, get)
+    }
 }

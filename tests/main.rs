@@ -1,0 +1,21 @@
+//! moonwall's integration tests: one binary, a module per area (each file
+//! of this directory), sharing `common`. Run one area with
+//! `cargo test --test integration AREA::` (for example `caps_dict::`).
+
+mod common;
+
+mod bytecode;
+mod caps_dict;
+mod caps_files;
+mod caps_json;
+mod caps_regex;
+mod caps_tasks;
+mod caps_tcp;
+mod cli;
+mod example_api;
+mod hostile;
+mod http_server;
+mod openresty;
+mod policies;
+mod sandbox_api;
+mod tenants;
