@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use moonwall::http::config::SiteConfig;
 use moonwall::http::routing::{DocRoot, Router};
-use moonwall::http::server::{App, ServerSettings, serve};
+use moonwall::http::server::{App, Server, ServerSettings, ServerThread};
 use moonwall::{EngineSettings, Limits, Sandbox};
 
 struct TestServer {
     addr: SocketAddr,
     metrics: Arc<moonwall::tenants::metrics::Metrics>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl TestServer {
@@ -31,50 +30,19 @@ impl TestServer {
             })
             .unwrap(),
         );
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let app = App::new(sandbox, router, limits, settings);
-                addr_tx
-                    .send((listener.local_addr().unwrap(), app.registry.metrics.clone()))
-                    .unwrap();
-                serve(app, listener, async {
-                    let _ = shutdown_rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let (addr, metrics) = addr_rx.recv().unwrap();
+        let app = App::new(sandbox, router, limits, settings);
+        let metrics = app.registry.metrics.clone();
+        let server = Server::spawn(app, &[([127, 0, 0, 1], 0).into()], None, 2).unwrap();
         TestServer {
-            addr,
+            addr: server.addr(),
             metrics,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            server,
         }
     }
 
     /// Begin a graceful shutdown; returns once the server has stopped.
     fn stop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop().unwrap();
     }
 }
 

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use moonwall::http::server::{App, ServerSettings, serve};
-use moonwall::tenants::metrics::{self, Metrics};
+use moonwall::http::server::{App, Server as HttpServer, ServerSettings, ServerThread};
+use moonwall::tenants::metrics::Metrics;
 use moonwall::tenants::{Registry, ServerConfig};
 
 // ---------------------------------------------------------------------------
@@ -114,8 +114,8 @@ struct Server {
     addr: SocketAddr,
     metrics_addr: SocketAddr,
     registry: Arc<Registry>,
-    shutdown: Option<tokio::sync::watch::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Stopped gracefully when the server is dropped.
+    _server: ServerThread,
 }
 
 impl Server {
@@ -135,42 +135,13 @@ impl Server {
                 ..ServerSettings::default()
             },
         );
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx
-                    .send((
-                        listener.local_addr().unwrap(),
-                        metrics_listener.local_addr().unwrap(),
-                    ))
-                    .unwrap();
-                let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                };
-                let metrics = app.registry.metrics.clone();
-                let (served, metrics_served) = tokio::join!(
-                    serve(app, listener, stopped(shutdown_rx.clone())),
-                    metrics::serve(metrics, metrics_listener, stopped(shutdown_rx)),
-                );
-                served.unwrap();
-                metrics_served.unwrap();
-            });
-        });
-        let (addr, metrics_addr) = addr_rx.recv().unwrap();
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let server = HttpServer::spawn(app, &[loopback], Some(loopback), 2).unwrap();
         Server {
-            addr,
-            metrics_addr,
+            addr: server.addr(),
+            metrics_addr: server.metrics_addr.expect("a metrics address was given"),
             registry,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -202,17 +173,6 @@ impl Server {
             panic!("missing {missing:#?} in:\n{text}");
         }
         text
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(true);
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

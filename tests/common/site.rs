@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use moonwall::http::scripts::SandboxCompiler;
-use moonwall::http::server::{App, ServerSettings, serve};
+use moonwall::http::server::{App, Server, ServerSettings, ServerThread};
 use moonwall::tenants::metrics::Metrics;
 use moonwall::tenants::{Registry, ServerConfig};
 use moonwall::{EngineSettings, Sandbox};
@@ -74,8 +74,8 @@ pub struct Site {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub registry: Arc<Registry>,
-    shutdown: Option<tokio::sync::watch::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Stopped gracefully when the site is dropped.
+    server: ServerThread,
 }
 
 impl Site {
@@ -136,30 +136,12 @@ impl Site {
                 ..ServerSettings::default()
             },
         );
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let stopped = async move {
-                    let _ = shutdown_rx.wait_for(|stop| *stop).await;
-                };
-                serve(app, listener, stopped).await.unwrap();
-            });
-        });
-        let addr = addr_rx.recv().unwrap();
+        let server = Server::spawn(app, &[([127, 0, 0, 1], 0).into()], None, 2).unwrap();
         Site {
-            addr,
+            addr: server.addr(),
             dir,
             registry,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            server,
         }
     }
 
@@ -219,17 +201,6 @@ impl Site {
         let path = self.dir.join(relative);
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).unwrap();
         std::fs::write(path, contents).unwrap();
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(true);
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -105,6 +105,10 @@ where
         #[serde(default)]
         capabilities: S,
     }
+    // A section without keys has nothing to read: skip the parse.
+    if fields_of::<S>().is_empty() {
+        return S::Config::default();
+    }
     match cx.problems.parse::<Policy<S>>() {
         Some(policy) => policy.capabilities.apply(cx),
         None => S::Config::default(),

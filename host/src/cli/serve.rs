@@ -19,7 +19,7 @@ use crate::sandbox::EngineSettings;
 use crate::site::config::SiteConfig;
 use crate::site::limits::RequestLimit;
 use crate::site::routing::{DocRoot, Router};
-use crate::tenants::metrics::{self, Metrics};
+use crate::tenants::metrics::Metrics;
 use crate::tenants::{Registry, ServerConfig, prepare_init};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -251,61 +251,21 @@ async fn serve_all(
     metrics_listen: Option<SocketAddr>,
     reload_poll: Option<Duration>,
 ) -> u8 {
-    let mut listeners = Vec::new();
-    for address in &listen {
-        match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => listeners.push(listener),
-            Err(error) => return usage(format!("cannot listen on {address}: {error}")),
-        }
-    }
-    let metrics_listener = match metrics_listen {
-        Some(address) => match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => Some(listener),
-            Err(error) => return usage(format!("cannot listen on {address} for metrics: {error}")),
-        },
-        None => None,
+    let server = match server::Server::bind(app.clone(), &listen, metrics_listen).await {
+        Ok(server) => server,
+        Err(error) => return usage(error.to_string()),
     };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
-    let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
-        let address = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        tracing::info!("moonwall listening on http://{address}");
-        servers.spawn(server::serve(app.clone(), listener, until_stopped()));
-    }
-    if let Some(listener) = metrics_listener {
-        let address = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        tracing::info!("metrics on http://{address}/metrics");
-        servers.spawn(metrics::serve(
-            app.registry.metrics.clone(),
-            listener,
-            until_stopped(),
-        ));
-    }
     if app.registry.config().is_some() {
         tokio::spawn(reload_loop(app.registry.clone(), reload_poll));
     }
     shutdown_signal().await;
-    let _ = stop.send(true);
-    let mut code = exit::OK;
-    while let Some(result) = servers.join_next().await {
-        if let Ok(Err(error)) = result {
+    match server.stop().await {
+        Ok(()) => exit::OK,
+        Err(error) => {
             eprintln!("error: {error}");
-            code = exit::INTERNAL;
+            exit::INTERNAL
         }
     }
-    code
 }
 
 /// Reload the tenants on SIGHUP, and when a policy file changes (checked

@@ -134,9 +134,10 @@ impl RequestLimit {
     }
 }
 
-const KIB_PER_GIB: u64 = 1 << 20;
-/// The longest time any limit may be: an hour.
-const HOUR_MS: u64 = 3_600_000;
+/// A GiB, in KiB: the most of any byte limit.
+pub const KIB_PER_GIB: u64 = 1 << 20;
+/// The longest time any limit may be: an hour, in milliseconds.
+pub const HOUR_MS: u64 = 3_600_000;
 
 /// By default a tenant may hold all cores but one: whatever it runs, one
 /// worker is always left for everyone else (bench/noisy: with a runaway

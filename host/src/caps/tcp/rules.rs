@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::site::hosts::HostPattern;
-use crate::site::limits::{DefaultValue, LimitDef};
+use crate::site::limits::{DefaultValue, HOUR_MS, KIB_PER_GIB, LimitDef};
 
 /// One `outbound` entry: `scheme://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,7 +372,6 @@ impl OutboundLimit {
     }
 }
 
-const HOUR_MS: u64 = 3_600_000;
 const MINUTE_MS: u64 = 60_000;
 
 /// The outbound bounds, defined once, in the order of [`OutboundLimit`].
@@ -397,7 +396,7 @@ pub static OUTBOUND_LIMITS: [LimitDef; 8] = [
         key: "outbound_max_receive_kib",
         aliases: &[],
         min: 1,
-        max: 1 << 20,
+        max: KIB_PER_GIB,
         default: DefaultValue::Value(16 << 10),
         doc: "KiB received per request, all connections together (the default is 16 MiB, the most 1 GiB)",
     },
