@@ -785,10 +785,6 @@ impl super::Capability for Files {
         Ok(Grant::from_policy(config, settings.module_compiler.clone()))
     }
 
-    fn state(_: &super::RequestCaps) -> State {
-        State::default()
-    }
-
     fn add_to_linker<T: Send + 'static>(
         linker: &mut Linker<T>,
         get: super::Project<T>,

@@ -515,10 +515,6 @@ impl super::Capability for Http {
         Ok(())
     }
 
-    fn state(_: &super::RequestCaps) -> Option<HttpState> {
-        None
-    }
-
     fn add_to_linker<T: Send + 'static>(
         linker: &mut Linker<T>,
         get: super::Project<T>,

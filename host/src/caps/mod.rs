@@ -74,7 +74,7 @@ pub trait Capability {
     /// What a tenant's policy grants, built once per tenant version.
     type Grant: Default + Send + Sync + 'static;
     /// Per-run state, dropped with the instance.
-    type State: Send + 'static;
+    type State: Default + Send + 'static;
 
     /// The grant of `config` for `tenant`; `previous`, the tenant's grant
     /// before a reload, keeps what did not change (a dict's contents).
@@ -85,8 +85,11 @@ pub trait Capability {
         settings: &CapsSettings,
     ) -> Result<Self::Grant, String>;
 
-    /// The state of a run that may use `request`.
-    fn state(request: &RequestCaps) -> Self::State;
+    /// The state of a run that may use `request` (by default, empty).
+    fn state(request: &RequestCaps) -> Self::State {
+        let _ = request;
+        Self::State::default()
+    }
 
     /// Register its host functions, reaching its state in a store of `T`
     /// through `get`.

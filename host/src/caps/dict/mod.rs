@@ -680,10 +680,6 @@ impl super::Capability for Dicts {
         Grant::from_policy(tenant, config, previous, &settings.dict_backend)
     }
 
-    fn state(_: &super::RequestCaps) -> State {
-        State::default()
-    }
-
     fn add_to_linker<T: Send + 'static>(
         linker: &mut Linker<T>,
         get: super::Project<T>,

@@ -152,10 +152,6 @@ impl super::Capability for Regex {
         Ok(Grant {})
     }
 
-    fn state(_: &super::RequestCaps) -> State {
-        State::default()
-    }
-
     fn add_to_linker<T: Send + 'static>(
         linker: &mut Linker<T>,
         get: super::Project<T>,

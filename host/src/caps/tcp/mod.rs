@@ -632,10 +632,6 @@ impl super::Capability for Outbound {
         Ok(Grant::from_policy(config))
     }
 
-    fn state(_: &super::RequestCaps) -> State {
-        State::default()
-    }
-
     fn add_to_linker<T: Send + 'static>(
         linker: &mut Linker<T>,
         get: super::Project<T>,
