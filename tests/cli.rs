@@ -277,6 +277,35 @@ fn request_answers_500_and_503_and_still_exits_0() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("fuel limit of 1000000 exhausted"));
 }
 
+/// 1xx statuses (an upgrade to 101, interim responses) belong to the
+/// connection: a script that asks for one gets an error, the client a 500.
+#[test]
+fn request_refuses_informational_statuses_from_scripts() {
+    for status in [100, 101, 103, 199] {
+        let upgrade = script(
+            &format!("request_status_{status}.lua"),
+            &format!("ngx.status = {status} ngx.header['Upgrade'] = 'websocket' ngx.say('hi')"),
+        );
+        let output = moonwall(&["request", "--content", upgrade.to_str().unwrap(), "/"]);
+        assert_eq!(output.status.code(), Some(0));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{status}: {stdout}"
+        );
+        assert!(!stdout.contains("hi"), "{status}: {stdout}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr)
+                .contains(&format!("invalid response status {status}")),
+            "{status}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let ok = script("request_status_200.lua", "ngx.status = 200 ngx.say('hi')");
+    let output = moonwall(&["request", "--content", ok.to_str().unwrap(), "/"]);
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("HTTP/1.1 200 OK\r\n"));
+}
+
 #[test]
 fn request_and_serve_usage_errors_exit_2() {
     for args in [
@@ -518,6 +547,93 @@ fn logs_to_a_pipe_or_a_file_have_no_terminal_colours() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("request_colour.lua:1: boom"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+/// `moonwall serve` raises its soft limit on open files to the hard limit:
+/// started with a soft limit of 256, it runs with the hard one.
+#[test]
+fn serve_raises_its_open_files_limit_to_the_hard_limit() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+    if hard.rlim_max <= 256 {
+        eprintln!("skipped: the hard limit on open files is {}", hard.rlim_max);
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-nofile");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.lua"), "ngx.say('hi')").unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_moonwall"));
+    command
+        .args([
+            "serve",
+            "--root",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("MOONWALL_CACHE_DIR", common::cache_dir())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: between fork and exec the child only calls setrlimit, which
+    // is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = 256;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut listening = false;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.contains("http://") {
+            listening = true;
+            break;
+        }
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "no listening line in {seen}");
+    assert!(
+        seen.contains(&format!("soft limit raised from 256 to {}", hard.rlim_max)),
+        "{seen}"
+    );
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-files line in {limits}"));
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    let hard_text = hard.rlim_max.to_string();
+    assert_eq!(
+        numbers,
+        [hard_text.as_str(), hard_text.as_str()],
+        "{open_files}"
+    );
 }
 
 #[test]

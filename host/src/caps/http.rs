@@ -329,7 +329,9 @@ impl response::Host for RunCaps {
         if http.status_sent.is_some() {
             return Ok(Err("response headers already sent".into()));
         }
-        if !(100..=599).contains(&status) {
+        // 1xx are the connection's business (an upgrade to a protocol the
+        // host does not speak, interim responses), never a script's.
+        if !(200..=599).contains(&status) {
             return Ok(Err(format!("invalid response status {status}")));
         }
         let headers = match validate_headers(headers) {

@@ -116,6 +116,33 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 }
 
+/// Raise this process's soft limit on open files to its hard limit: every
+/// connection, outbound socket and file a script opens is a descriptor, and
+/// the common soft default of 1,024 is reached by a few hundred clients,
+/// after which `accept` fails for every tenant. `Ok(Some((from, to)))` when
+/// it was raised, `Ok(None)` when it was already at the hard limit.
+fn raise_open_files_limit() -> std::io::Result<Option<(u64, u64)>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, which lives here.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(None);
+    }
+    let from = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads the struct it is given; raising the soft
+    // limit up to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some((from, limit.rlim_max)))
+}
+
 fn usage(message: impl std::fmt::Display) -> u8 {
     eprintln!("error: {message}");
     exit::USAGE
@@ -123,6 +150,11 @@ fn usage(message: impl std::fmt::Display) -> u8 {
 
 pub fn run(args: ServeArgs) -> u8 {
     super::init_logging(matches!(args.log_format, LogFormat::Json));
+    match raise_open_files_limit() {
+        Ok(Some((from, to))) => tracing::info!("open files: soft limit raised from {from} to {to}"),
+        Ok(None) => {}
+        Err(error) => tracing::warn!("open files: the soft limit stays as it is: {error}"),
+    }
     let settings = ServerSettings {
         max_connections: args.max_connections,
         max_request_body_bytes: args.max_body_kib * 1024,

@@ -225,6 +225,9 @@ pub enum Special {
     Multicast,
     Broadcast,
     Reserved,
+    /// `64:ff9b:1::/48`, local-use NAT64 (RFC 8215): translated by a
+    /// network's own gateway, so where it leads is not public knowledge.
+    LocalNat64,
 }
 
 impl Special {
@@ -242,6 +245,7 @@ impl Special {
             Special::Multicast => "a multicast address",
             Special::Broadcast => "a broadcast address",
             Special::Reserved => "a reserved address",
+            Special::LocalNat64 => "a local-use NAT64 address",
         }
     }
 
@@ -306,9 +310,15 @@ fn non_public_v6(address: Ipv6Addr) -> Option<Special> {
     if let Some(v4) = address.to_ipv4_mapped() {
         return non_public_v4(v4);
     }
+    // Local-use NAT64 (64:ff9b:1::/48) is whatever the local network's
+    // translator makes of it, whatever IPv4 address it seems to embed: the
+    // whole prefix is non-public.
+    if within(0x0064_ff9b_0001 << 80, 48) {
+        return Some(Special::LocalNat64);
+    }
     // Forms that embed an IPv4 address: judged by it (NAT64's well-known
-    // prefixes and 6to4); a public IPv4 inside is public.
-    if within(0x0064_ff9b << 96, 96) || within(0x0064_ff9b_0001 << 80, 48) {
+    // prefix and 6to4); a public IPv4 inside is public.
+    if within(0x0064_ff9b << 96, 96) {
         return non_public_v4(Ipv4Addr::from(value as u32));
     }
     if within(0x2002 << 112, 16) {
@@ -610,5 +620,10 @@ mod tests {
         assert_eq!(kind("172.32.0.1"), None);
         assert_eq!(kind("2606:4700::1111"), None);
         assert_eq!(kind("64:ff9b::8.8.8.8"), None);
+        // Local-use NAT64: the whole /48, whatever it seems to embed.
+        assert_eq!(kind("64:ff9b:1::8.8.8.8"), Some(Special::LocalNat64));
+        assert_eq!(kind("64:ff9b:1:ffff::1"), Some(Special::LocalNat64));
+        // Next to it, the rest of ::/8 is reserved anyway.
+        assert_eq!(kind("64:ff9b:2::8.8.8.8"), Some(Special::Reserved));
     }
 }
