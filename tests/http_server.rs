@@ -728,3 +728,29 @@ fn a_client_that_leaves_mid_response_is_not_a_script_error() {
     assert!(counted, "{text}");
     assert!(!text.contains("outcome=\"lua-error\""), "{text}");
 }
+
+/// The host of a request is decided once: with an absolute-form target, its
+/// authority (RFC 9112: the `Host` header is then ignored) both picks the
+/// tenant and is `ngx.var.host`; a script that sets the Host header sees it
+/// there, as in ngx_lua.
+#[test]
+fn the_host_of_an_absolute_form_request_is_its_authority() {
+    let site = common::site::Site::start(
+        "absolute_form_host",
+        "",
+        "",
+        "",
+        &[
+            ("root/host.lua", "ngx.say(ngx.var.host)"),
+            (
+                "root/set.lua",
+                "ngx.req.set_header('Host', 'Other.Example:81') ngx.say(ngx.var.host)",
+            ),
+        ],
+    );
+    let reply = site.get("http://Target.Example:8080/host.lua");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "target.example\n");
+    assert_eq!(site.get("/host.lua").body, "localhost\n");
+    assert_eq!(site.get("/set.lua").body, "other.example\n");
+}

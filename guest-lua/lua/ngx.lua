@@ -100,6 +100,7 @@ local phase = "init"     -- ngx.get_phase()
 local handlers = {}      -- compiled phase handlers
 local method             -- $request_method (ngx.req.set_method changes it)
 local req_headers = {}   -- { {name = as sent, key = lowercase name, value = string}, ... } in order
+local host_header_set = false  -- a script changed or cleared the Host header
 local uri, query         -- current $uri and $args (rewritable)
 local body_state = "unread"  -- "unread", "read" or "discarded"
 local user_vars = {}     -- ngx.var assignments to names moonwall does not define (lowercase names)
@@ -780,6 +781,7 @@ local function header_name_arg(name, fname)
 end
 
 local function clear_request_header(key)
+  if key == "host" then host_header_set = true end
   for i = #req_headers, 1, -1 do
     if req_headers[i].key == key then remove(req_headers, i) end
   end
@@ -844,8 +846,11 @@ local function sent_http_value(name)
   return entry.value
 end
 
--- $host: the Host header without its port, else the server's name.
+-- $host: the host decided the request's host (the target's authority, else
+-- the Host header; without its port, lowercase); once a script sets the Host
+-- header, that header, as in ngx_lua.
 local function host_value()
+  if not host_header_set then return request.host end
   local host = find_header("host")
   if type(host) == "table" then host = host[1] end
   if not host or host == "" then return request.host end
@@ -1102,6 +1107,7 @@ local function begin(req)
   method = req.method
   uri, query = req.uri, req.query
   for i, h in ipairs(req.headers) do req_headers[i] = { name = h.name, key = lower(h.name), value = h.value } end
+  host_header_set = false
   cached_now = req.start_time
   _G.ngx = ngx
 end

@@ -81,13 +81,7 @@ pub(crate) async fn handle(
     // The tenant set of this moment serves the request to its end, whatever
     // reloads happen meanwhile.
     let tenants = app.registry.current();
-    let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-        parts
-            .headers
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    });
-    let tenant = tenants.for_host(authority).cloned();
+    let tenant = tenants.for_host(super::request::authority(&parts)).cloned();
     let access = Access {
         id,
         tenant: tenant.clone(),

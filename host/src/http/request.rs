@@ -85,11 +85,7 @@ impl RequestHead {
             .path_and_query()
             .map(|pq| pq.as_str().to_string())
             .unwrap_or_else(|| path.to_string());
-        let host = parts
-            .headers
-            .get(hyper::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        let host = authority(parts)
             .map(crate::site::hosts::strip_port)
             .unwrap_or_default()
             .to_ascii_lowercase();
@@ -146,6 +142,20 @@ impl RequestHead {
             start_time,
         }
     }
+}
+
+/// The host a request is for, decided once for routing to a tenant and for
+/// `ngx.var.host` alike: the authority of the request target when it has
+/// one (an absolute-form URI, or HTTP/2's `:authority`; RFC 9112 says a
+/// `Host` header is then ignored, and nginx's `$host` takes it first), else
+/// the `Host` header.
+pub fn authority(parts: &hyper::http::request::Parts) -> Option<&str> {
+    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 #[cfg(test)]
