@@ -759,14 +759,6 @@ impl super::policy::PolicySection for Section {
     }
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: super::Project<T>,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
-    env_wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
-}
-
 /// The capability: files to read, modules to `require`, environment variables.
 pub struct Files;
 
@@ -789,7 +781,8 @@ impl super::Capability for Files {
         linker: &mut Linker<T>,
         get: super::Project<T>,
     ) -> wasmtime::Result<()> {
-        add_to_linker(linker, get)
+        wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
+        env_wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
     }
 }
 

@@ -486,18 +486,6 @@ impl super::policy::PolicySection for Section {
     }
 }
 
-/// Register the HTTP capability's host functions, reaching its state in a
-/// store of `T` through `get`.
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: super::Project<T>,
-) -> wasmtime::Result<()> {
-    response::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
-    http_types::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
-    log::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
-    codec::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
-}
-
 /// The capability: the response, the log and the digests; its per-run state is the request being served (set by whoever runs it).
 pub struct Http;
 
@@ -521,7 +509,10 @@ impl super::Capability for Http {
         linker: &mut Linker<T>,
         get: super::Project<T>,
     ) -> wasmtime::Result<()> {
-        add_to_linker(linker, get)
+        response::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
+        http_types::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
+        log::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)?;
+        codec::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
     }
 }
 

@@ -263,12 +263,6 @@ impl wit::Host for RunCaps {
     }
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: super::Project<T>,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
-}
 /// The capability: nothing to grant; per run, its operations in progress.
 pub struct Tasks;
 
@@ -294,6 +288,6 @@ impl super::Capability for Tasks {
         linker: &mut Linker<T>,
         get: super::Project<T>,
     ) -> wasmtime::Result<()> {
-        add_to_linker(linker, get)
+        wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
     }
 }

@@ -591,13 +591,6 @@ impl wit::Host for RunCaps {
     }
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: super::Project<T>,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
-}
-
 /// The dict capability's keys of a policy's `[capabilities]`.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Section {
@@ -684,7 +677,7 @@ impl super::Capability for Dicts {
         linker: &mut Linker<T>,
         get: super::Project<T>,
     ) -> wasmtime::Result<()> {
-        add_to_linker(linker, get)
+        wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
     }
 }
 

@@ -318,17 +318,6 @@ impl Cache {
 mod tests {
     use super::*;
 
-    fn plain() -> Syntax {
-        Syntax {
-            caseless: false,
-            multiline: false,
-            dotall: false,
-            extended: false,
-            utf8: false,
-            dupnames: false,
-        }
-    }
-
     fn find(p: &str, s: &str, syntax: Syntax) -> Vec<(u32, u32)> {
         let compiled = Compiled::new(p.as_bytes(), syntax).unwrap();
         let (stride, offsets, _) = compiled.scan(s.as_bytes(), 0, 1, 100, false, None).unwrap();
@@ -339,20 +328,26 @@ mod tests {
     #[test]
     fn pathological_patterns_are_linear() {
         let subject = "a".repeat(100_000);
-        assert!(find("(a*)*b", &subject, plain()).is_empty());
+        assert!(find("(a*)*b", &subject, Syntax::default()).is_empty());
         let subject = "x".repeat(100_000);
-        assert!(find("(x+x+)+y", &subject, plain()).is_empty());
+        assert!(find("(x+x+)+y", &subject, Syntax::default()).is_empty());
     }
 
     #[test]
     fn empty_matches_advance_one_character() {
         let utf8 = Syntax {
             utf8: true,
-            ..plain()
+            ..Syntax::default()
         };
         assert_eq!(find("", "\u{e9}a", utf8), vec![(0, 0), (2, 2), (3, 3)]);
-        assert_eq!(find("", "\u{e9}", plain()), vec![(0, 0), (1, 1), (2, 2)]);
-        assert_eq!(find("a*", "baa", plain()), vec![(0, 0), (1, 3), (3, 3)]);
+        assert_eq!(
+            find("", "\u{e9}", Syntax::default()),
+            vec![(0, 0), (1, 1), (2, 2)]
+        );
+        assert_eq!(
+            find("a*", "baa", Syntax::default()),
+            vec![(0, 0), (1, 3), (3, 3)]
+        );
     }
 
     /// Random patterns and options: the translator and the engine never
@@ -415,7 +410,7 @@ mod tests {
     #[test]
     fn the_cache_stays_within_bounds() {
         for n in 0..(CACHE_MAX_ENTRIES + 50) {
-            Cache::get(format!("bound-test-{n}").into_bytes(), plain()).unwrap();
+            Cache::get(format!("bound-test-{n}").into_bytes(), Syntax::default()).unwrap();
         }
         let (entries, bytes, memory) = Cache::stats();
         assert!(entries <= CACHE_MAX_ENTRIES);

@@ -42,8 +42,9 @@ pub struct Grant {}
 #[derive(Default)]
 pub struct State {}
 
-/// The options that change how a pattern compiles (part of its cache key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The options that change how a pattern compiles (part of its cache key);
+/// by default, none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Syntax {
     pub caseless: bool,
     pub multiline: bool,
@@ -133,12 +134,6 @@ impl wit::Host for RunCaps {
     }
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: super::Project<T>,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
-}
 /// The capability: granted to every tenant, nothing per run.
 pub struct Regex;
 
@@ -156,6 +151,6 @@ impl super::Capability for Regex {
         linker: &mut Linker<T>,
         get: super::Project<T>,
     ) -> wasmtime::Result<()> {
-        add_to_linker(linker, get)
+        wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
     }
 }

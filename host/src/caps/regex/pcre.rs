@@ -949,19 +949,8 @@ fn regex_meta(c: char) -> bool {
 mod tests {
     use super::*;
 
-    fn plain() -> Syntax {
-        Syntax {
-            caseless: false,
-            multiline: false,
-            dotall: false,
-            extended: false,
-            utf8: false,
-            dupnames: false,
-        }
-    }
-
     fn tr(p: &str) -> Result<String, String> {
-        translate(p.as_bytes(), plain()).map(|t| t.pattern)
+        translate(p.as_bytes(), Syntax::default()).map(|t| t.pattern)
     }
 
     #[test]

@@ -607,12 +607,6 @@ impl super::policy::PolicySection for Section {
     }
 }
 
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: super::Project<T>,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
-}
 /// The capability: outbound TCP, and HTTP over it.
 pub struct Outbound;
 
@@ -636,6 +630,6 @@ impl super::Capability for Outbound {
         linker: &mut Linker<T>,
         get: super::Project<T>,
     ) -> wasmtime::Result<()> {
-        add_to_linker(linker, get)
+        wit::add_to_linker::<T, HasSelf<RunCaps>>(linker, get)
     }
 }
