@@ -1543,6 +1543,84 @@ fn a_tenants_log_level_filters_its_script_log_lines() {
 }
 
 #[test]
+fn guest_text_reaches_the_log_escaped_filtered_and_within_budget() {
+    let _serial = serial();
+    // Lua output, warnings and errors are guest text like ngx.log's: a
+    // CR/LF in them must not start a log line of the script's making, the
+    // tenant's log_level filters them, and a request's log has a budget.
+    let forge = "\\r\\n127.0.0.1 GET /forged-by-TENANT 200";
+    let script = format!(
+        "io.write(NAME .. '-write-marker{forge}') \
+         print(NAME .. '-print-marker') \
+         if FLOOD then for i = 1, 1000 do io.write(('flood-line '):rep(90), '\\n') end end \
+         error(NAME .. '-error{forge}')"
+    );
+    let dir = layout(
+        "log-guest-text",
+        "",
+        &[
+            (
+                "policies/quiet.toml",
+                &policy("quiet", &["quiet.test"], "", "log_level = \"warn\""),
+            ),
+            (
+                "policies/chatty.toml",
+                &policy("chatty", &["chatty.test"], "", "log_level = \"info\""),
+            ),
+            (
+                "roots/quiet/index.lua",
+                &(script.replace("NAME", "'quiet'").replace("TENANT", "quiet"))
+                    .replace("FLOOD", "false"),
+            ),
+            (
+                "roots/chatty/index.lua",
+                &(script
+                    .replace("NAME", "'chatty'")
+                    .replace("TENANT", "chatty"))
+                .replace("FLOOD", "true"),
+            ),
+        ],
+    );
+    let server = Binary::start(&dir.join("moonwall.toml"), &[]);
+    assert_eq!(server.get("quiet.test", "/").status, 500);
+    assert_eq!(server.get("chatty.test", "/").status, 500);
+    for tenant in ["quiet", "chatty"] {
+        assert!(
+            server.wait_log(&format!("{tenant} GET / 500"), Duration::from_secs(10)),
+            "{}",
+            server.log()
+        );
+    }
+    let log = server.log();
+    // No line of the log starts where a script put a line break...
+    assert!(
+        !log.lines()
+            .any(|line| line.starts_with("127.0.0.1 GET /forged")),
+        "{log}"
+    );
+    // ...the text is there, escaped, below the tenant's log level only...
+    assert!(
+        log.contains("chatty-write-marker\\r\\n127.0.0.1 GET /forged-by-chatty 200"),
+        "{log}"
+    );
+    assert!(log.contains("chatty-print-marker"), "{log}");
+    assert!(!log.contains("quiet-write-marker"), "{log}");
+    assert!(!log.contains("quiet-print-marker"), "{log}");
+    // ...a script's error is always logged, escaped, whatever its level...
+    for tenant in ["quiet", "chatty"] {
+        let error = format!("{tenant}-error\\r\\n127.0.0.1 GET /forged-by-{tenant} 200");
+        assert!(log.contains(&error), "{log}");
+    }
+    // ...and a flood of output stops at the request's log budget (64 KiB).
+    assert!(log.contains("log limit of 65536 bytes reached"), "{log}");
+    let flooded = log.matches("flood-line").count() * "flood-line ".len();
+    assert!(
+        (64 * 1024..2 * 64 * 1024).contains(&flooded),
+        "{flooded} bytes of flood in the log"
+    );
+}
+
+#[test]
 fn sighup_reloads_the_policies_at_once() {
     let _serial = serial();
     // No polling: only SIGHUP reloads.

@@ -7,6 +7,9 @@
 //! The guest is hostile, so every status, header name and value, body byte
 //! and log line is checked and bounded here before it goes anywhere.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
@@ -18,6 +21,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::RunCaps;
 use crate::bindings::moonwall::sandbox::{codec, http_types, log, response};
 use crate::sandbox::host_api::HostStop;
+use crate::sandbox::log_text;
 use crate::sandbox::outcome::Limit;
 
 /// What a [`ResponseSink`] returns when it may have to wait.
@@ -66,8 +70,7 @@ impl ResponseSink for CollectedResponse {
 pub const MAX_RESPONSE_HEADERS: usize = 256;
 /// Most bytes of response headers (names and values) a script may send.
 pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
-/// A log line longer than this is cut.
-pub const MAX_LOG_LINE_BYTES: usize = 4096;
+pub use crate::sandbox::log_text::MAX_LOG_LINE_BYTES;
 /// Log bytes one request may write; past this its lines are dropped.
 pub const MAX_LOG_BYTES_PER_REQUEST: usize = 64 * 1024;
 
@@ -125,6 +128,11 @@ impl HttpState {
         self.log.request_id
     }
 
+    /// Where the request's guest text goes.
+    pub(crate) fn log(&self) -> &RequestLog {
+        &self.log
+    }
+
     pub(crate) async fn abort(&mut self) {
         self.sink.abort().await;
     }
@@ -165,14 +173,22 @@ pub fn host_page(status: u16) -> ([(HeaderName, HeaderValue); 2], String) {
     (headers, page)
 }
 
-/// Where a request's log lines go, tagged with its request id.
+/// Where a request's log lines go, tagged with its request id. Clones share
+/// one budget: a request, its subrequests and its Lua output together write
+/// at most [`MAX_LOG_BYTES_PER_REQUEST`].
+#[derive(Clone)]
 pub struct RequestLog {
     pub request_id: u64,
     pub target: String,
-    written: usize,
-    dropped: bool,
+    budget: Arc<LogBudget>,
     /// Lines more verbose than this are dropped (the tenant's `log_level`).
     max_level: log::Level,
+}
+
+#[derive(Default)]
+struct LogBudget {
+    written: AtomicUsize,
+    dropped: AtomicBool,
 }
 
 impl RequestLog {
@@ -180,8 +196,7 @@ impl RequestLog {
         RequestLog {
             request_id,
             target,
-            written: 0,
-            dropped: false,
+            budget: Arc::default(),
             max_level: log::Level::Debug,
         }
     }
@@ -192,13 +207,35 @@ impl RequestLog {
         self
     }
 
-    pub(crate) fn line(&mut self, level: log::Level, message: &[u8]) {
+    /// The log of a subrequest to `target`: the same request id, level and
+    /// budget.
+    pub fn for_subrequest(&self, target: String) -> Self {
+        RequestLog {
+            target,
+            ..self.clone()
+        }
+    }
+
+    /// Log how the request's script failed (its Lua error and traceback):
+    /// escaped and cut like every line, but outside the budget and the
+    /// tenant's `log_level`, so a script cannot hide its own failure from
+    /// the operator. A run fails once, so this is one line per run.
+    pub fn failure(&self, text: &[u8]) {
+        let text = log_text::escape(text);
+        tracing::error!(request_id = self.request_id, path = %self.target, "{text}");
+    }
+
+    /// Log guest text at `level`: dropped if more verbose than the tenant's
+    /// `log_level` or past the request's budget, else escaped and cut
+    /// ([`crate::sandbox::log_text`]).
+    pub fn line(&self, level: log::Level, message: &[u8]) {
         if severity(level) > severity(self.max_level) {
             return;
         }
-        if self.written >= MAX_LOG_BYTES_PER_REQUEST {
-            if !self.dropped {
-                self.dropped = true;
+        let cut = message.len().min(MAX_LOG_LINE_BYTES);
+        let before = self.budget.written.fetch_add(cut, Ordering::Relaxed);
+        if before >= MAX_LOG_BYTES_PER_REQUEST {
+            if !self.budget.dropped.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     request_id = self.request_id,
                     "log limit of {MAX_LOG_BYTES_PER_REQUEST} bytes reached; dropping this request's further log lines"
@@ -206,9 +243,7 @@ impl RequestLog {
             }
             return;
         }
-        let cut = &message[..message.len().min(MAX_LOG_LINE_BYTES)];
-        self.written += cut.len();
-        let text = escape_log_text(cut, message.len() > cut.len());
+        let text = log_text::escape(message);
         let id = self.request_id;
         let script = self.target.as_str();
         let name = level_name(level);
@@ -251,27 +286,6 @@ pub const LOG_LEVELS: [(&str, log::Level); 9] = [
 /// nginx's name for a level.
 fn level_name(level: log::Level) -> &'static str {
     LOG_LEVELS[usize::from(severity(level))].0
-}
-
-/// Control bytes and invalid UTF-8 escaped, so a script cannot forge log lines.
-fn escape_log_text(bytes: &[u8], truncated: bool) -> String {
-    let mut out = String::with_capacity(bytes.len() + 8);
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() && c != '\t' {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    if truncated {
-        out.push_str(" [...]");
-    }
-    out
 }
 
 fn http_state(state: &mut RunCaps) -> wasmtime::Result<&mut HttpState> {
@@ -526,15 +540,6 @@ mod tests {
             assert_eq!(usize::from(severity(*level)), at);
             assert_eq!(level_name(*level), *name);
         }
-    }
-
-    #[test]
-    fn log_text_cannot_forge_lines() {
-        assert_eq!(
-            escape_log_text(b"a\nb\r\x1b[31m\xff", false),
-            "a\\nb\\r\\u{1b}[31m\\xff"
-        );
-        assert_eq!(escape_log_text(b"tab\there", true), "tab\there [...]");
     }
 
     #[test]

@@ -209,7 +209,7 @@ async fn run_script(
         app.clone(),
         tenant.clone(),
         &request,
-        access.id,
+        log.clone(),
     );
     let Admitted { in_flight, cpu, .. } = admitted;
     let mut run = RunToTheEnd(Some(Box::pin(async move {

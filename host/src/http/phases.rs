@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bindings::moonwall::sandbox::http_types::{Handlers, Phase, Request, Source};
+use crate::bindings::moonwall::sandbox::log;
 use crate::caps::RequestCaps;
 use crate::caps::http::{HttpState, RequestLog, ResponseSink};
 use crate::runtime::{PreparedGuest, RunSetup, Sandbox, Setup};
@@ -207,11 +208,12 @@ impl Sandbox {
             guest,
         } = job;
         let request_id = log.request_id;
+        let output = LogOutput { log: log.clone() };
         let discard_body = request.method == "HEAD";
         let mut run = self
             .start_run(RunSetup {
                 limits: limits.clone(),
-                output: Box::new(LogOutput { request_id }),
+                output: Box::new(output.clone()),
                 cpu,
                 guest: guest.clone(),
                 setup: Setup {
@@ -257,7 +259,8 @@ impl Sandbox {
                 message,
                 traceback,
             } => {
-                tracing::error!(request_id, "{phase} phase: {message}\n{traceback}");
+                let text = format!("{phase} phase: {message}\n{traceback}");
+                http.log().failure(text.as_bytes());
             }
             HttpOutcome::LimitExceeded(limit) => tracing::error!(request_id, "stopped: {limit}"),
             HttpOutcome::ClientClosed { phase } => {
@@ -289,7 +292,7 @@ impl Sandbox {
             let cpu = std::mem::take(&mut state.caps.cpu);
             let setup = RunSetup {
                 limits: log_only_limits(limits),
-                output: Box::new(LogOutput { request_id }),
+                output: Box::new(output),
                 cpu,
                 guest,
                 setup: Setup {
@@ -361,17 +364,25 @@ fn stopped(outcome: Outcome) -> HttpOutcome {
     }
 }
 
-/// Lua warnings (`warn`) during a request go to the log.
+/// A request's Lua output (`print`, `io.write`, `warn`) goes to its log, as
+/// guest text: escaped, under the tenant's `log_level` and the request's log
+/// budget. Output is logged at `notice` (as nginx logs `print`), warnings at
+/// `warn`.
+#[derive(Clone)]
 struct LogOutput {
-    request_id: u64,
+    log: RequestLog,
 }
 
 impl crate::sandbox::OutputSink for LogOutput {
-    fn write(&mut self, _stream: crate::sandbox::host_api::Stream, bytes: &[u8]) {
-        let text = String::from_utf8_lossy(bytes);
-        let text = text.trim_end();
-        if !text.is_empty() {
-            tracing::warn!(request_id = self.request_id, "{text}");
+    fn write(&mut self, stream: crate::sandbox::host_api::Stream, bytes: &[u8]) {
+        let text = bytes.trim_ascii_end();
+        if text.is_empty() {
+            return;
         }
+        let level = match stream {
+            crate::sandbox::host_api::Stream::Stdout => log::Level::Notice,
+            crate::sandbox::host_api::Stream::Stderr => log::Level::Warn,
+        };
+        self.log.line(level, text);
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use super::{Handlers, Source};
 use crate::caps::files::{Compiled, ModuleCompiler};
 use crate::runtime::Sandbox;
-use crate::sandbox::Limits;
+use crate::sandbox::{Limits, log_text};
 
 pub use crate::site::routing::PhaseScripts;
 
@@ -216,7 +216,8 @@ impl ScriptCache {
             (Err(message), Some(previous)) => {
                 if previous.rejected != Some(now) {
                     tracing::error!(
-                        "{message}: keeping the previous version of {} serving",
+                        "{}: keeping the previous version of {} serving",
+                        log_text::escape(message.as_bytes()),
                         shown.display()
                     );
                 }

@@ -41,7 +41,8 @@ pub(crate) struct TenantSubrequests {
     /// The client's request: where subrequests take the connection's
     /// details from.
     parent: Request,
-    request_id: u64,
+    /// The client request's log: its subrequests' lines share its budget.
+    log: RequestLog,
     started: AtomicU32,
 }
 
@@ -50,7 +51,7 @@ impl TenantSubrequests {
         app: Arc<App>,
         tenant: Arc<Tenant>,
         parent: &Request,
-        request_id: u64,
+        log: RequestLog,
     ) -> Arc<TenantSubrequests> {
         let parent = Request {
             body: Vec::new(),
@@ -61,7 +62,7 @@ impl TenantSubrequests {
             app,
             tenant,
             parent,
-            request_id,
+            log,
             started: AtomicU32::new(0),
         })
     }
@@ -138,11 +139,7 @@ impl TenantSubrequests {
             .handlers(&scripts, &shown_from)
             .await
             .map_err(|e| e.to_string())?;
-        let log = RequestLog::new(
-            self.request_id,
-            String::from_utf8_lossy(&request.uri).into_owned(),
-        )
-        .with_max_level(self.tenant.capabilities.http.log_level);
+        let log = (self.log).for_subrequest(String::from_utf8_lossy(&request.uri).into_owned());
         let caps = RequestCaps {
             grants: self.tenant.grants.clone(),
             subrequests: Some(self.clone()),

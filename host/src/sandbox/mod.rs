@@ -4,6 +4,7 @@
 //!   native stack, output, pooling).
 //! - [`host_api`]: the sandbox's part of a run's store ([`RunBase`]) and the
 //!   core imports (output, clock, guard).
+//! - [`log_text`]: guest text escaped and cut before it reaches a log.
 //! - [`outcome`]: how a run ended, as a typed result.
 //! - [`run`]: the one lifecycle of a run (start with every limit armed,
 //!   instantiate, call, classify the stop), used by every kind of run, and
@@ -31,6 +32,7 @@ pub mod cache;
 pub mod cpu;
 pub mod engine;
 pub mod host_api;
+pub mod log_text;
 pub mod outcome;
 pub mod prepared;
 pub mod run;

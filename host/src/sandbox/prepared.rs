@@ -263,9 +263,9 @@ struct InitOutput {
 
 impl super::OutputSink for InitOutput {
     fn write(&mut self, _stream: super::host_api::Stream, bytes: &[u8]) {
-        let text = String::from_utf8_lossy(bytes);
-        let text = text.trim_end();
+        let text = bytes.trim_ascii_end();
         if !text.is_empty() {
+            let text = super::log_text::escape(text);
             tracing::warn!(script = %self.name.trim_start_matches('@'), "{text}");
         }
     }

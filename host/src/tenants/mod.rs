@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use crate::runtime::PreparedGuest;
+use crate::sandbox::log_text;
 use crate::site::config::ConfigError;
 use crate::site::hosts::{HostPattern, HostTable, normalize_host};
 use crate::site::routing::{DocRoot, Router};
@@ -364,7 +365,8 @@ pub fn prepare_init(
         }
         Ok(Err(InitError::Lua { message, traceback })) => {
             if !traceback.is_empty() {
-                tracing::error!(script = %shown.display(), "init script: {message}\n{traceback}");
+                let text = log_text::escape(format!("{message}\n{traceback}").as_bytes());
+                tracing::error!(script = %shown.display(), "init script: {text}");
             }
             Err(format!("init script: {message}"))
         }
