@@ -375,3 +375,47 @@ fn a_run_whose_client_left_early_still_ends() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_request_and_its_subrequests_share_the_tenants_fuel() {
+    // 100 M fuel for the tenant: about 660,000 iterations of the parent's
+    // loop. Each subrequest would burn all of it on its own; together they
+    // burn it once, and the parent, which still has most of its own limit
+    // left, is stopped by the fuel limit of the request tree.
+    let site = Site::start(
+        "capture_fuel",
+        "",
+        "fuel = 100000000\ntimeout_ms = 60000",
+        "",
+        &[
+            (
+                "root/main.lua",
+                r#"
+local list = {}
+for i = 1, 4 do list[i] = { "/burn.lua" } end
+local replies = { ngx.location.capture_multi(list) }
+for _, reply in ipairs(replies) do ngx.print(reply.status, " ") end
+local x = 0
+for i = 1, 200000 do x = x + i end
+ngx.say("survived")
+"#,
+            ),
+            ("root/burn.lua", "while true do end"),
+            (
+                "root/alone.lua",
+                "local x = 0 for i = 1, 200000 do x = x + i end ngx.say('alone')",
+            ),
+        ],
+    );
+    // Alone, the parent's own work fits the limit easily.
+    assert!(site.get("/alone.lua").is_ok_with("alone\n"));
+    let reply = site.get("/main.lua");
+    // Stopped by a limit: the host's 503, and the log names the fuel limit.
+    assert!(!reply.body.contains("survived"), "{reply:?}");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(
+        common::site::logged().contains("stopped: fuel limit of 100000000"),
+        "{}",
+        common::site::logged()
+    );
+}

@@ -211,6 +211,7 @@ async fn run_script(
         &request,
         log.clone(),
     );
+    let fuel_pool = Some(subrequests.fuel_pool());
     let Admitted { in_flight, cpu, .. } = admitted;
     let mut run = RunToTheEnd(Some(Box::pin(async move {
         let _in_flight = in_flight;
@@ -232,6 +233,7 @@ async fn run_script(
                 },
                 cpu,
                 guest: tenant.prepared.clone(),
+                fuel_pool,
             })
             .await;
         running.running(-1);

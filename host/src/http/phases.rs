@@ -24,7 +24,7 @@ use crate::bindings::moonwall::sandbox::log;
 use crate::caps::RequestCaps;
 use crate::caps::http::{HttpState, RequestLog, ResponseSink};
 use crate::runtime::{PreparedGuest, RunSetup, Sandbox, Setup};
-use crate::sandbox::{CpuSlots, Limit, Limits, Outcome, SandboxError, block_on, lossy};
+use crate::sandbox::{CpuSlots, FuelPool, Limit, Limits, Outcome, SandboxError, block_on, lossy};
 
 /// How a request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +114,9 @@ pub(crate) struct ServeJob<'a> {
     /// Where its runs start: the tenant's prepared state (its init script's),
     /// or `None` for the sandbox's own.
     pub(crate) guest: Option<Arc<PreparedGuest>>,
+    /// The fuel the request shares with its subrequests (a server's
+    /// request), or `None` for its own limit alone.
+    pub(crate) fuel_pool: Option<Arc<FuelPool>>,
 }
 
 impl<'a> ServeJob<'a> {
@@ -136,6 +139,7 @@ impl<'a> ServeJob<'a> {
             caps,
             cpu: CpuSlots::default(),
             guest: None,
+            fuel_pool: None,
         }
     }
 }
@@ -206,6 +210,7 @@ impl Sandbox {
             caps,
             cpu,
             guest,
+            fuel_pool,
         } = job;
         let request_id = log.request_id;
         let output = LogOutput { log: log.clone() };
@@ -216,6 +221,7 @@ impl Sandbox {
                 output: Box::new(output.clone()),
                 cpu,
                 guest: guest.clone(),
+                fuel_pool,
                 setup: Setup {
                     caps: caps.clone(),
                     http: Some(HttpState::new(sink, discard_body, limits.output_bytes, log)),
@@ -295,6 +301,9 @@ impl Sandbox {
                 output: Box::new(output),
                 cpu,
                 guest,
+                // Its own small budget: it runs because the request's ran
+                // out.
+                fuel_pool: None,
                 setup: Setup {
                     caps,
                     http: Some(http),

@@ -18,6 +18,7 @@ use crate::bindings::moonwall::sandbox::http_types::{Header, Request};
 use crate::bindings::moonwall::sandbox::tasks::{Subrequest, Subresponse};
 use crate::caps::RequestCaps;
 use crate::caps::tasks::Subrequests;
+use crate::sandbox::FuelPool;
 use crate::tenants::Tenant;
 
 use super::app::App;
@@ -43,6 +44,8 @@ pub(crate) struct TenantSubrequests {
     parent: Request,
     /// The client request's log: its subrequests' lines share its budget.
     log: RequestLog,
+    /// The fuel the client's request and all its subrequests share.
+    fuel: Arc<FuelPool>,
     started: AtomicU32,
 }
 
@@ -59,12 +62,18 @@ impl TenantSubrequests {
             ..parent.clone()
         };
         Arc::new(TenantSubrequests {
+            fuel: Arc::new(FuelPool::new(tenant.limits.sandbox.fuel)),
             app,
             tenant,
             parent,
             log,
             started: AtomicU32::new(0),
         })
+    }
+
+    /// The fuel the request tree shares (the tenant's fuel limit, once).
+    pub(crate) fn fuel_pool(&self) -> Arc<FuelPool> {
+        self.fuel.clone()
     }
 
     fn request_of(&self, sub: Subrequest) -> Result<Request, String> {
@@ -159,6 +168,7 @@ impl TenantSubrequests {
                 // Its parent waits off the CPU meanwhile.
                 cpu: self.tenant.admission.cpu_slots(&self.app.gates),
                 guest: self.tenant.prepared.clone(),
+                fuel_pool: Some(self.fuel.clone()),
             })
             .await
             .map_err(|e| format!("cannot run the subrequest: {e}"))?;

@@ -320,13 +320,20 @@ impl ResourceLimiter for RunLimiter {
     }
 }
 
-/// Arm a store's wall-clock deadline: at every epoch tick the store checks
-/// whether `deadline` has passed and, if so, interrupts the guest (a
-/// `Trap::Interrupt`); if not, the run yields to its executor, so that one
-/// CPU-bound run cannot hold a thread that other requests are waiting for.
-pub(crate) fn arm_deadline<T: 'static>(store: &mut wasmtime::Store<T>, deadline: Instant) {
+/// Arm a store's wall-clock deadline: at every epoch tick the store pays its
+/// fuel pool (if it shares one, [`super::fuel_pool`]; an empty pool stops it
+/// on its fuel limit), checks whether `deadline` has passed and, if so,
+/// interrupts the guest (a `Trap::Interrupt`); if not, the run yields to its
+/// executor, so that one CPU-bound run cannot hold a thread that other
+/// requests are waiting for.
+pub(crate) fn arm_deadline<T: super::RunData>(store: &mut wasmtime::Store<T>, deadline: Instant) {
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
+    store.epoch_deadline_callback(move |mut store| {
+        // A run that shares its fuel pays for what it burnt since the last
+        // tick, and stops once the pool is empty.
+        if super::fuel_pool::settle(&mut store) {
+            return Err(wasmtime::Error::new(wasmtime::Trap::OutOfFuel));
+        }
         if Instant::now() >= deadline {
             Ok(UpdateDeadline::Interrupt)
         } else {

@@ -70,6 +70,11 @@ pub struct RunBase {
     started: Instant,
     /// Keeps the epoch ticker running while this run's store lives.
     pub(crate) awake: Option<super::engine::Awake>,
+    /// What the run owes a fuel pool it shares with other runs.
+    pub(crate) fuel: super::fuel_pool::FuelAccount,
+    /// The run's place in the instance pool (`None`: its deadline passed
+    /// before one was free).
+    pub(crate) instance: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl RunBase {
@@ -81,6 +86,8 @@ impl RunBase {
             output_cap,
             started: Instant::now(),
             awake: None,
+            fuel: Default::default(),
+            instance: None,
         }
     }
 

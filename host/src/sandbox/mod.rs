@@ -2,6 +2,8 @@
 //!
 //! - [`engine`]: the engine configuration and every limit (fuel, time, memory,
 //!   native stack, output, pooling).
+//! - [`fuel_pool`]: fuel shared by a group of runs (a request and its
+//!   subrequests).
 //! - [`host_api`]: the sandbox's part of a run's store ([`RunBase`]) and the
 //!   core imports (output, clock, guard).
 //! - [`log_text`]: guest text escaped and cut before it reaches a log.
@@ -31,6 +33,7 @@ pub mod bytecode;
 pub mod cache;
 pub mod cpu;
 pub mod engine;
+pub mod fuel_pool;
 pub mod host_api;
 pub mod log_text;
 pub mod outcome;
@@ -46,6 +49,7 @@ use wasmtime::{Engine, Trap};
 
 pub use cpu::CpuSlots;
 pub use engine::{EngineSettings, Limits};
+pub use fuel_pool::FuelPool;
 pub use host_api::{CapturedOutput, InheritedOutput, OutputSink, RunBase};
 pub use outcome::{Limit, Outcome, RunReport};
 pub use prepared::{InitError, PreparedGuest};
@@ -117,9 +121,16 @@ pub struct Sandbox<D: RunData> {
     pub(crate) linker: Linker<D>,
     pub(crate) instrumented: prepared::InstrumentedSlot<D>,
     pub(crate) settings: EngineSettings,
+    /// A place in the instance pool for each run: a run waits for one
+    /// (until its deadline) rather than failing when the pool is full.
+    pub(crate) instances: Arc<tokio::sync::Semaphore>,
     // Last: stops the ticker thread when the sandbox is dropped.
     ticker: EpochTicker,
 }
+
+/// Instances of the pool kept for runs outside a request (a tenant's init
+/// script and its snapshot), which take no place in [`Sandbox::instances`].
+const INSTANCES_KEPT_FOR_INIT: u32 = 4;
 
 impl<D: RunData> std::fmt::Debug for Sandbox<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,6 +159,12 @@ impl<D: RunData> Sandbox<D> {
             pre,
             linker,
             instrumented: prepared::InstrumentedSlot::default(),
+            instances: Arc::new(tokio::sync::Semaphore::new(
+                settings
+                    .max_instances
+                    .saturating_sub(INSTANCES_KEPT_FOR_INIT)
+                    .max(1) as usize,
+            )),
             settings,
             ticker,
         })

@@ -68,6 +68,9 @@ pub struct RunSetup<D: RunData> {
     /// The state the run starts from: a tenant's prepared guest, or `None`
     /// for the sandbox's own.
     pub(crate) guest: Option<Arc<PreparedGuest<D>>>,
+    /// The fuel this run shares with others (a request's subrequests), if
+    /// any: it burns at most what is left of it.
+    pub(crate) fuel_pool: Option<Arc<super::FuelPool>>,
     /// What the layers above start the run with (the request, what it may
     /// use beyond computation).
     pub(crate) setup: D::Setup,
@@ -81,6 +84,7 @@ impl<D: RunData> RunSetup<D> {
             output,
             cpu: CpuSlots::default(),
             guest: None,
+            fuel_pool: None,
             setup: D::Setup::default(),
         }
     }
@@ -137,15 +141,32 @@ impl<D: RunData> Sandbox<D> {
             output,
             mut cpu,
             guest,
+            fuel_pool,
             setup,
         } = setup;
         let started = Instant::now();
         let deadline = started + limits.timeout;
-        // A run that cannot get a CPU before its deadline is stopped by its
-        // time limit in `instantiate`.
+        // A place in the instance pool first: a full pool makes a run wait
+        // (off the CPU, so the runs that hold the instances can finish), not
+        // fail. A run that gets neither a place nor a CPU before its deadline
+        // is stopped by its time limit in `instantiate`.
+        let instance = match self.instances.clone().try_acquire_owned() {
+            Ok(place) => Some(place),
+            Err(_) => {
+                cpu.release();
+                let place = self.instances.clone().acquire_owned();
+                match tokio::time::timeout_at(deadline.into(), place).await {
+                    Ok(Ok(place)) => Some(place),
+                    _ => None,
+                }
+            }
+        };
         let _ = cpu.acquire(deadline).await;
         let mut base = RunBase::new(limits.memory_bytes, limits.output_bytes, output);
         base.awake = Some(self.ticker.awake());
+        base.instance = instance;
+        let (account, fuel) = super::fuel_pool::FuelAccount::open(fuel_pool, limits.fuel);
+        base.fuel = account;
         let start = RunStart {
             deadline,
             time_limit: limits.timeout,
@@ -154,7 +175,7 @@ impl<D: RunData> Sandbox<D> {
         let mut store = Store::new(&self.engine, D::assemble(base, setup, start));
         store.limiter(|state| &mut state.base_mut().limiter);
         // Fails only in an engine without fuel, and every engine has it.
-        let _ = store.set_fuel(limits.fuel);
+        let _ = store.set_fuel(fuel);
         engine::arm_deadline(&mut store, deadline);
         Run {
             sandbox: self,
@@ -181,9 +202,15 @@ impl<D> From<Unavailable<D>> for SandboxError {
 }
 
 impl<D: RunData> Run<'_, D> {
+    /// The run holds its CPU slots and a place in the instance pool.
+    fn may_instantiate(&self) -> bool {
+        let data = self.store.data();
+        data.cpu().is_held() && data.base().instance.is_some()
+    }
+
     /// A fresh instance of the guest in this run's store.
     pub(crate) async fn instantiate(&mut self) -> wasmtime::Result<crate::bindings::Sandbox> {
-        if !self.store.data().cpu().is_held() {
+        if !self.may_instantiate() {
             return Err(wasmtime::Error::new(Trap::Interrupt));
         }
         let pre = match &self.guest {
@@ -199,7 +226,7 @@ impl<D: RunData> Run<'_, D> {
     pub(crate) async fn instantiate_instance(
         &mut self,
     ) -> wasmtime::Result<wasmtime::component::Instance> {
-        if !self.store.data().cpu().is_held() {
+        if !self.may_instantiate() {
             return Err(wasmtime::Error::new(Trap::Interrupt));
         }
         let pre = match &self.guest {
@@ -247,11 +274,15 @@ impl<D: RunData> Run<'_, D> {
                 },
             ),
         };
-        let fuel_left = self.store.get_fuel().unwrap_or(0);
-        let state = self.store.into_data();
+        let mut store = self.store;
+        super::fuel_pool::settle(&mut store);
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let withheld = store.data().base().fuel.withheld();
+        let state = store.into_data();
         Ok(Finished {
             result,
-            fuel_used: self.limits.fuel - fuel_left.min(self.limits.fuel),
+            fuel_used: (self.limits.fuel - fuel_left.min(self.limits.fuel))
+                .saturating_sub(withheld),
             peak_memory_bytes: state.base().limiter.peak_memory,
             duration: self.started.elapsed(),
             state,
