@@ -713,3 +713,107 @@ fn serve_runs_an_init_script_once_and_requests_start_from_its_state() {
         "{stderr}"
     );
 }
+
+/// `moonwall serve` takes the bounds on connections from a site config's
+/// `[connections]` and from its flags, the flag winning: here the header
+/// timeout from the file (a silent connection is closed), the cap per
+/// client from the flag over the file's (a second connection is closed
+/// unserved), and a value out of range is a usage error naming its place.
+#[test]
+fn serve_takes_connection_bounds_from_the_config_and_the_flags() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-connections");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hi.lua"), "ngx.say('hi')").unwrap();
+    let config = dir.join("site.toml");
+    std::fs::write(
+        &config,
+        "[connections]\nheader_timeout_ms = 1000\nmax_connections_per_client = 100\n\n[[location]]\npath = \"/\"\ncontent = \"hi.lua\"\n",
+    )
+    .unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[connections]\nidle_timeout_ms = 0\n\n[[location]]\npath = \"/\"\ncontent = \"hi.lua\"\n",
+    )
+    .unwrap();
+    let output = moonwall(&["serve", "--config", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr
+            .contains("bad.toml:2:19: [connections] idle_timeout_ms must be between 1 and 3600000"),
+        "{stderr}"
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moonwall"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections-per-client",
+            "1",
+        ])
+        .env("MOONWALL_CACHE_DIR", common::cache_dir())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut address = None;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("http://").nth(1) {
+            address = Some(rest.trim().to_string());
+            break;
+        }
+    }
+    let address = address.expect("the listening line");
+    // Sends nothing: closed after the file's header timeout.
+    let mut silent = std::net::TcpStream::connect(&address).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let silent_closed = match silent.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    // One connection at a time from this address: a second is closed
+    // unserved while the first is open (retried until the silent one's
+    // place is given back).
+    let ask = |stream: &mut std::net::TcpStream| -> String {
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        let mut got = vec![0u8; 4096];
+        let n = stream.read(&mut got).unwrap_or(0);
+        String::from_utf8_lossy(&got[..n]).into_owned()
+    };
+    let mut first = None;
+    for _ in 0..100 {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        if ask(&mut stream).starts_with("HTTP/1.1 200") {
+            first = Some(stream);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let second = std::net::TcpStream::connect(&address)
+        .map(|mut stream| ask(&mut stream))
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(silent_closed, "a silent connection was not closed");
+    assert!(first.is_some(), "no connection was served");
+    assert_eq!(second, "", "a second connection from one client was served");
+}

@@ -754,3 +754,246 @@ fn the_host_of_an_absolute_form_request_is_its_authority() {
     assert_eq!(site.get("/host.lua").body, "localhost\n");
     assert_eq!(site.get("/set.lua").body, "other.example\n");
 }
+
+/// Read what `stream` says for up to `wait`: whether the server closed it
+/// (end of stream or reset) meanwhile, and the bytes it sent.
+fn closes_within(stream: &mut TcpStream, wait: Duration) -> (bool, String) {
+    let deadline = std::time::Instant::now() + wait;
+    let mut said = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return (false, String::from_utf8_lossy(&said).into_owned());
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buffer) {
+            Ok(0) => return (true, String::from_utf8_lossy(&said).into_owned()),
+            Ok(n) => said.extend_from_slice(&buffer[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (false, String::from_utf8_lossy(&said).into_owned());
+            }
+            Err(_) => return (true, String::from_utf8_lossy(&said).into_owned()),
+        }
+    }
+}
+
+/// Send a keep-alive GET of `path` on `stream` and read its one response
+/// (a static file: its length is known): the status, 0 if the connection
+/// ended first.
+fn get_on(stream: &mut TcpStream, path: &str) -> u16 {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&response[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if response.len() >= end + 4 + length {
+                return status_of(&head);
+            }
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return 0,
+            Ok(n) => response.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// Connections must send a request head in time, from the moment they are
+/// accepted: one that sends nothing (before HTTP/1 is told from HTTP/2),
+/// or only the HTTP/2 preface, is closed after the header timeout, and
+/// others are served meanwhile.
+#[test]
+fn connections_that_send_no_request_are_closed_after_the_header_timeout() {
+    let dir = site("silent-clients", &[("index.lua", "ngx.say('served')")]);
+    let settings = ServerSettings {
+        header_read_timeout: Duration::from_secs(1),
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(docroot(&dir), limits(), settings);
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    let mut preface_only = TcpStream::connect(server.addr).unwrap();
+    preface_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    assert_eq!(body_of(&get(server.addr, "/").1), "served\n");
+    let (closed, said) = closes_within(&mut silent, Duration::from_secs(30));
+    assert!(closed, "a connection that sent nothing is still open");
+    assert!(said.is_empty(), "{said:?}");
+    let (closed, _) = closes_within(&mut preface_only, Duration::from_secs(30));
+    assert!(
+        closed,
+        "a connection that sent only the HTTP/2 preface is still open"
+    );
+    assert_eq!(body_of(&get(server.addr, "/").1), "served\n");
+}
+
+/// An HTTP/2 connection with no open stream is closed after the idle
+/// timeout (GOAWAY, then closed), once it has served its requests.
+#[test]
+fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let dir = site("h2-idle", &[("index.lua", "ngx.say('served')")]);
+    let settings = ServerSettings {
+        idle_timeout: Duration::from_secs(1),
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(docroot(&dir), limits(), settings);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let connection = tokio::spawn(connection);
+        for _ in 0..2 {
+            let request = hyper::Request::builder()
+                .uri(format!("http://{}/", server.addr))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"served\n");
+        }
+        // The client keeps its connection open; the server ends it.
+        tokio::time::timeout(Duration::from_secs(30), connection)
+            .await
+            .expect("the idle HTTP/2 connection is still open")
+            .unwrap()
+            .unwrap();
+        drop(sender);
+    });
+}
+
+/// A client that sends a request head and then stalls its body gets 408
+/// and its connection closed after the body timeout, and the connection
+/// slot it held serves others again.
+#[test]
+fn a_stalled_request_body_gets_408_and_frees_its_connection() {
+    let dir = site("stalled-body", &[("index.lua", "ngx.say('served')")]);
+    let settings = ServerSettings {
+        max_connections: 1,
+        body_timeout: Duration::from_secs(1),
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(docroot(&dir), limits(), settings);
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled
+        .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly this")
+        .unwrap();
+    let (closed, said) = closes_within(&mut stalled, Duration::from_secs(30));
+    assert!(
+        closed,
+        "a connection with a stalled body is still open: {said:?}"
+    );
+    assert_eq!(status_of(&said), 408, "{said}");
+    // The only connection slot is free again.
+    assert_eq!(body_of(&get(server.addr, "/").1), "served\n");
+}
+
+/// A body trickled in a byte at a time, slower than the minimum rate, is
+/// cut off before it is complete (408), though no single wait is long.
+#[test]
+fn a_trickled_request_body_is_cut_off_at_the_minimum_rate() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = site("trickled-body", &[("index.lua", "ngx.say('served')")]);
+    let settings = ServerSettings {
+        body_timeout: Duration::from_secs(1),
+        min_body_bytes_per_sec: 10,
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(docroot(&dir), limits(), settings);
+    const LENGTH: usize = 100;
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(
+            format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {LENGTH}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let answered = Arc::new(AtomicBool::new(false));
+    let mut reader = stream.try_clone().unwrap();
+    let reader = std::thread::spawn({
+        let answered = answered.clone();
+        move || {
+            let outcome = closes_within(&mut reader, Duration::from_secs(60));
+            answered.store(true, Ordering::SeqCst);
+            outcome
+        }
+    });
+    // A byte every 200 ms (5 bytes a second, half the minimum): the whole
+    // body would take 20 s.
+    let mut sent = 0;
+    while sent < LENGTH && !answered.load(Ordering::SeqCst) {
+        if stream.write_all(b"x").is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (closed, said) = reader.join().unwrap();
+    assert!(closed, "{said}");
+    assert!(sent < LENGTH, "the whole trickled body was read: {said}");
+    assert_eq!(status_of(&said), 408, "{said}");
+}
+
+/// With a cap of N connections per client address, the N+1th connection
+/// from 127.0.0.1 is closed at once, unserved, while requests on the N
+/// open ones are still served; once one closes, a new one is served.
+#[test]
+fn connections_beyond_the_per_client_cap_are_closed_at_once() {
+    let dir = site("per-client-cap", &[("hi.txt", "hi")]);
+    let settings = ServerSettings {
+        max_connections_per_client: 2,
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(docroot(&dir), limits(), settings);
+    let mut first = TcpStream::connect(server.addr).unwrap();
+    let mut second = TcpStream::connect(server.addr).unwrap();
+    assert_eq!(get_on(&mut first, "/hi.txt"), 200);
+    assert_eq!(get_on(&mut second, "/hi.txt"), 200);
+    for _ in 0..3 {
+        let mut third = TcpStream::connect(server.addr).unwrap();
+        assert_eq!(get_on(&mut third, "/hi.txt"), 0, "served beyond the cap");
+    }
+    // The connections within the cap still work.
+    assert_eq!(get_on(&mut first, "/hi.txt"), 200);
+    assert_eq!(get_on(&mut second, "/hi.txt"), 200);
+    drop(first);
+    // Once the server has seen it close, its place is free.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut another = TcpStream::connect(server.addr).unwrap();
+        if get_on(&mut another, "/hi.txt") == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed connection's place was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get_on(&mut second, "/hi.txt"), 200);
+}

@@ -128,7 +128,7 @@ fn server_config_unknown_key() {
     assert_eq!(
         site.server_problems("policies = \"policies\"\nlisten_on = \"127.0.0.1:80\"\n"),
         [format!(
-            "{}:2:1: unknown field `listen_on`, expected one of `listen`, `metrics_listen`, `policies`, `default_tenant`, `allowed_roots`, `reload_poll_ms`, `shared_dicts_backend`, `limits`",
+            "{}:2:1: unknown field `listen_on`, expected one of `listen`, `metrics_listen`, `policies`, `default_tenant`, `allowed_roots`, `reload_poll_ms`, `shared_dicts_backend`, `limits`, `connections`",
             site.config().display()
         )]
     );

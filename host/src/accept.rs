@@ -1,26 +1,31 @@
 //! Serving the connections of a TCP listener with hyper, whatever they are
-//! for: at most so many at once (more wait before being accepted), a
-//! deadline to send a request's head (slow clients: slowloris), optional
-//! bounds on the head, and a graceful shutdown that lets open connections
-//! finish for a while.
+//! for: at most so many at once (more wait before being accepted) and so
+//! many from one client address (more are closed at once), a deadline to
+//! send a request's head from the moment a connection is accepted (slow
+//! clients: slowloris; clients that send nothing, or only the HTTP/2
+//! preface), an idle timeout (HTTP/2 connections with no open stream,
+//! HTTP/1 between requests), optional bounds on the head, and a graceful
+//! shutdown that lets open connections finish for a while.
 //!
 //! It knows nothing of what it serves: the caller gives a hyper service per
 //! connection. The scripts' server (`http::listener`) and the metrics
 //! endpoint (`tenants::metrics`) both run on it, each with its own
 //! [`Settings`].
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,8 +35,17 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Settings {
     /// Connections served at once; more wait before being accepted.
     pub max_connections: usize,
-    /// Time a client has to send a request's head (HTTP/1).
+    /// Connections served at once from one client IP address; more are
+    /// closed as soon as they are accepted. `None`: no such cap.
+    pub max_connections_per_client: Option<usize>,
+    /// Time a client has to send a complete request head: the first from
+    /// the moment its connection is accepted (HTTP/1 or HTTP/2, the
+    /// protocol's detection included), each next HTTP/1 one from the end of
+    /// the previous response.
     pub header_read_timeout: Duration,
+    /// Time a connection that has had a request may have none in progress;
+    /// then it is closed (gracefully: HTTP/2 sends GOAWAY).
+    pub idle_timeout: Duration,
     /// Bounds on a request's head; `None`: hyper's defaults.
     pub head_limits: Option<HeadLimits>,
     /// Whether HTTP/2 by prior knowledge (h2c) is served besides HTTP/1.1.
@@ -83,6 +97,14 @@ pub enum ShutdownLog {
 /// connections `settings.shutdown_grace` to finish, and deal with the rest
 /// as `settings.after_grace` says.
 ///
+/// Each connection is held to its deadlines: a first request head within
+/// `header_read_timeout` of being accepted (else it is closed), and, once
+/// it has had a request, no longer than `idle_timeout` with none in
+/// progress (else it is shut down gracefully, and closed if that takes
+/// another `idle_timeout`). A client address already holding
+/// `max_connections_per_client` has its next connection closed as soon as
+/// it is accepted.
+///
 /// A failed accept (out of file descriptors and the like) is logged and
 /// retried after 50 ms, not returned.
 pub async fn serve<S, B>(
@@ -94,15 +116,23 @@ pub async fn serve<S, B>(
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
     let prefix = settings.log_prefix;
     let builder = builder(settings);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = GracefulShutdown::new();
+    let clients = Arc::new(Clients::new(settings.max_connections_per_client));
+    let mut refusals = Refusals::default();
+    // Tells the connections to shut down gracefully; each holds a receiver,
+    // so it is closed once they are all gone.
+    let (closing, _) = watch::channel(false);
+    let deadlines = Deadlines {
+        first_head: settings.header_read_timeout,
+        idle: settings.idle_timeout,
+    };
     // The connections, when they are closed after the grace.
     let mut tasks = JoinSet::new();
 
@@ -126,16 +156,26 @@ where
             },
             () = &mut shutdown => break,
         };
+        let Some(client) = clients.enter(remote.ip()) else {
+            // Closed at once, its permit given back.
+            drop(stream);
+            refusals.count(remote, settings.max_connections_per_client, prefix);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let service = Tracked {
+            inner: make_service(remote),
+            activity: activity.clone(),
+        };
         let connection = builder
-            .serve_connection(TokioIo::new(stream), make_service(remote))
+            .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let closing = closing.subscribe();
         let task = async move {
             let _permit = permit;
-            if let Err(error) = connection.await {
-                tracing::debug!(%remote, "{prefix}connection ended: {error}");
-            }
+            let _client = client;
+            drive(connection, &activity, deadlines, closing, remote, prefix).await;
         };
         match settings.after_grace {
             AfterGrace::Close => {
@@ -153,11 +193,12 @@ where
     if log == ShutdownLog::Info {
         tracing::info!(
             "{prefix}shutting down: draining {} connection(s)",
-            graceful.count()
+            closing.receiver_count()
         );
     }
+    let _ = closing.send(true);
     tokio::select! {
-        () = graceful.shutdown() => if log == ShutdownLog::Info {
+        () = closing.closed() => if log == ShutdownLog::Info {
             tracing::info!("{prefix}all connections closed");
         },
         () = tokio::time::sleep(grace) => match log {
@@ -173,6 +214,291 @@ where
     }
     tasks.shutdown().await;
     Ok(())
+}
+
+/// The deadlines [`drive`] holds a connection to.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    /// From the accept to the first request head.
+    first_head: Duration,
+    /// With no request in progress, once there has been one.
+    idle: Duration,
+}
+
+/// Serve `connection` to its end, or until it misses a deadline: closed
+/// when no request came within `deadlines.first_head`; shut down gracefully
+/// when idle for `deadlines.idle` (and closed if that takes as long again)
+/// or when `closing` says the server shuts down.
+async fn drive<C>(
+    connection: C,
+    activity: &Activity,
+    deadlines: Deadlines,
+    mut closing: watch::Receiver<bool>,
+    remote: SocketAddr,
+    prefix: &str,
+) where
+    C: Future<Output = Result<(), BoxError>> + Graceful,
+{
+    let accepted = Instant::now();
+    tokio::pin!(connection);
+    let mut shutting_down = false;
+    // When an idle connection was asked to shut down.
+    let mut idle_since_shutdown: Option<Instant> = None;
+    loop {
+        let (requests, in_progress, idle_since) = activity.now();
+        let deadline = match idle_since_shutdown {
+            Some(asked) => Some(asked + deadlines.idle),
+            None if requests == 0 => Some(accepted + deadlines.first_head),
+            None if in_progress == 0 => Some(idle_since + deadlines.idle),
+            None => None,
+        };
+        let expired = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%remote, "{prefix}connection ended: {error}");
+                }
+                return;
+            }
+            // An error: the server is gone; shut down all the same.
+            _ = closing.wait_for(|closing| *closing), if !shutting_down => {
+                shutting_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = activity.changed.notified() => {}
+            () = expired => {
+                let (requests, in_progress, _) = activity.now();
+                if idle_since_shutdown.is_some() {
+                    tracing::debug!(%remote, "{prefix}closed: idle, and not done {} ms after being asked to shut down", deadlines.idle.as_millis());
+                    return;
+                }
+                if requests == 0 {
+                    tracing::debug!(%remote, "{prefix}closed: no request head within {} ms", deadlines.first_head.as_millis());
+                    return;
+                }
+                if in_progress == 0 {
+                    tracing::debug!(%remote, "{prefix}shutting down: idle for {} ms", deadlines.idle.as_millis());
+                    idle_since_shutdown = Some(Instant::now());
+                    if !shutting_down {
+                        shutting_down = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A connection that can be asked to finish what it is doing and close.
+trait Graceful {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<S, B> Graceful for auto::Connection<'static, TokioIo<TcpStream>, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::Connection::graceful_shutdown(self);
+    }
+}
+
+/// The requests of one connection: how many began, how many are in
+/// progress (from the head's arrival to the end of the response body), and
+/// since when none is.
+struct Activity {
+    state: Mutex<(u64, usize, Instant)>,
+    /// Told of each change ([`Notify::notify_one`]: a change while the
+    /// connection's task is busy is kept for its next wait).
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            state: Mutex::new((0, 0, Instant::now())),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> (u64, usize, Instant) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn begin(self: &Arc<Self>) -> InProgress {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.0 += 1;
+            state.1 += 1;
+        }
+        self.changed.notify_one();
+        InProgress(self.clone())
+    }
+}
+
+/// A request in progress; its end when dropped (with its response body,
+/// or with its response's future if that never completes).
+struct InProgress(Arc<Activity>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        {
+            let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.1 -= 1;
+            if state.1 == 0 {
+                state.2 = Instant::now();
+            }
+        }
+        self.0.changed.notify_one();
+    }
+}
+
+/// A connection's service, counting its requests in progress.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+type TrackedFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, E>> + Send>>;
+
+impl<S, B> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<B, S::Error>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_progress = self.activity.begin();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody {
+                body,
+                _in_progress: in_progress,
+            }))
+        })
+    }
+}
+
+/// A response body; its request ends when it is dropped.
+struct TrackedBody<B> {
+    body: B,
+    _in_progress: InProgress,
+}
+
+impl<B: Body + Unpin> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connections open from each client address, under a cap.
+struct Clients {
+    max: Option<usize>,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Clients {
+    fn new(max: Option<usize>) -> Self {
+        Clients {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place for one more connection from `ip`, `None` if it holds the
+    /// most it may.
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<ClientPlace> {
+        let Some(max) = self.max else {
+            return Some(ClientPlace(None));
+        };
+        // An IPv4 client seen through an IPv6 socket is the same client.
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientPlace(Some((self.clone(), ip))))
+    }
+}
+
+/// A connection's place among its client's; given back when dropped.
+struct ClientPlace(Option<(Arc<Clients>, IpAddr)>);
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        if let Some((clients, ip)) = &self.0 {
+            let mut open = clients.open.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = open.get_mut(ip) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(ip);
+                }
+            }
+        }
+    }
+}
+
+/// Connections refused for their client's cap, logged at most once every
+/// [`Refusals::LOG_EVERY`] with the count since the last line.
+#[derive(Default)]
+struct Refusals {
+    unlogged: u64,
+    logged_at: Option<Instant>,
+}
+
+impl Refusals {
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    fn count(&mut self, remote: SocketAddr, max: Option<usize>, prefix: &str) {
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= Self::LOG_EVERY)
+        {
+            tracing::warn!(
+                "{prefix}closed {} connection(s) at once: their client already had {} open (the last: {}; at most one such line every {} s)",
+                self.unlogged,
+                max.unwrap_or(0),
+                remote.ip(),
+                Self::LOG_EVERY.as_secs(),
+            );
+            self.unlogged = 0;
+            self.logged_at = Some(Instant::now());
+        }
+    }
 }
 
 /// The hyper connection builder for `settings`.
@@ -225,7 +551,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let settings = Settings {
             max_connections: 1,
+            max_connections_per_client: None,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
             head_limits: None,
             http2: false,
             shutdown_grace: Duration::from_millis(200),

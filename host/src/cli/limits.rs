@@ -79,7 +79,7 @@ impl LimitArgs {
 mod tests {
     use clap::CommandFactory;
 
-    use crate::site::limits::{MAX_STACK_KIB, REQUEST_LIMITS};
+    use crate::site::limits::{CONNECTION_LIMITS, MAX_STACK_KIB, REQUEST_LIMITS};
 
     /// Every flag the limit table names exists, with the table's range.
     #[test]
@@ -97,7 +97,11 @@ mod tests {
                 }
             }
         }
-        for def in REQUEST_LIMITS.iter().chain([&MAX_STACK_KIB]) {
+        let defs = REQUEST_LIMITS
+            .iter()
+            .chain([&MAX_STACK_KIB])
+            .chain(&CONNECTION_LIMITS);
+        for def in defs {
             for alias in def.aliases.iter().filter(|a| a.starts_with("--")) {
                 let (_, arg) = flags
                     .iter()

@@ -12,12 +12,13 @@ use clap::{Args, ValueEnum};
 
 use super::exit;
 use super::limits::LimitArgs;
+use super::limits::in_range;
 use crate::http::scripts::SandboxCompiler;
 use crate::http::server::{self, App, ServerSettings};
 use crate::runtime::Sandbox;
 use crate::sandbox::EngineSettings;
 use crate::site::config::SiteConfig;
-use crate::site::limits::RequestLimit;
+use crate::site::limits::{ConnectionLimit, ConnectionValues, RequestLimit};
 use crate::site::routing::{DocRoot, Router};
 use crate::tenants::metrics::Metrics;
 use crate::tenants::{Registry, ServerConfig, prepare_init};
@@ -103,10 +104,37 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=10_000).map(|n| n as usize))]
     pub max_headers: usize,
 
-    /// Time a client has to send a request's headers, in milliseconds.
-    #[arg(long, value_name = "N", default_value_t = ServerSettings::default().header_read_timeout.as_millis() as u64,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's head, in milliseconds: the
+    /// first from the moment its connection is accepted (a connection that
+    /// sends nothing, or only the HTTP/2 preface, is closed then), each next
+    /// HTTP/1 one from the end of the previous response [default: 10000, or
+    /// the config's [connections] header_timeout_ms].
+    #[arg(long, value_name = "N", value_parser = in_range(ConnectionLimit::HeaderTimeoutMs.def()))]
+    pub header_timeout_ms: Option<u64>,
+
+    /// Time a connection that has had a request may have none in progress
+    /// (an HTTP/2 connection no open stream), in milliseconds; then it is
+    /// closed [default: 30000, or the config's [connections] idle_timeout_ms].
+    #[arg(long, value_name = "N", value_parser = in_range(ConnectionLimit::IdleTimeoutMs.def()))]
+    pub idle_timeout_ms: Option<u64>,
+
+    /// Longest wait for more of a request body, in milliseconds; then 408
+    /// and the connection is closed [default: 10000, or the config's
+    /// [connections] body_timeout_ms].
+    #[arg(long, value_name = "N", value_parser = in_range(ConnectionLimit::BodyTimeoutMs.def()))]
+    pub body_timeout_ms: Option<u64>,
+
+    /// Slowest average rate of a request body after its first
+    /// --body-timeout-ms, in bytes per second; slower: 408 [default: 1024,
+    /// or the config's [connections] min_body_bytes_per_sec].
+    #[arg(long, value_name = "N", value_parser = in_range(ConnectionLimit::MinBodyBytesPerSec.def()))]
+    pub min_body_bytes_per_sec: Option<u64>,
+
+    /// Connections open at once from one client IP address; more are closed
+    /// as soon as they are accepted [default: 256, or the config's
+    /// [connections] max_connections_per_client].
+    #[arg(long, value_name = "N", value_parser = in_range(ConnectionLimit::MaxConnectionsPerClient.def()))]
+    pub max_connections_per_client: Option<u64>,
 
     /// On SIGTERM/SIGINT, time in-flight requests get to finish, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = ServerSettings::default().shutdown_grace.as_millis() as u64)]
@@ -114,6 +142,20 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+impl ServeArgs {
+    /// The flags of the bounds on connections, each with its limit.
+    fn connection_flags(&self) -> [(ConnectionLimit, Option<u64>); 5] {
+        use ConnectionLimit as L;
+        [
+            (L::HeaderTimeoutMs, self.header_timeout_ms),
+            (L::IdleTimeoutMs, self.idle_timeout_ms),
+            (L::BodyTimeoutMs, self.body_timeout_ms),
+            (L::MinBodyBytesPerSec, self.min_body_bytes_per_sec),
+            (L::MaxConnectionsPerClient, self.max_connections_per_client),
+        ]
+    }
 }
 
 /// Raise this process's soft limit on open files to its hard limit: every
@@ -160,17 +202,20 @@ pub fn run(args: ServeArgs) -> u8 {
         max_request_body_bytes: args.max_body_kib * 1024,
         max_header_bytes: args.max_header_kib * 1024,
         max_headers: args.max_headers,
-        header_read_timeout: Duration::from_millis(args.header_timeout_ms),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         max_running: args.max_running.unwrap_or_else(server::default_max_running),
         max_in_flight: args
             .max_in_flight
             .unwrap_or_else(EngineSettings::default_max_in_flight),
+        ..ServerSettings::default()
     };
+    let mut settings = settings;
     let mut engine = args.limits.engine_settings(0);
     let mut listen: Vec<SocketAddr> = args.listen.into_iter().collect();
     let mut metrics_listen = None;
     let mut reload_poll = None;
+    // The config's [connections], under the flags.
+    let mut connections = ConnectionValues::default();
 
     let server_config = match &args.config {
         Some(config) => {
@@ -189,6 +234,7 @@ pub fn run(args: ServeArgs) -> u8 {
                 }
                 metrics_listen = server_config.metrics_listen;
                 reload_poll = server_config.reload_poll;
+                connections = server_config.connections;
                 Some(server_config)
             } else {
                 None
@@ -204,6 +250,7 @@ pub fn run(args: ServeArgs) -> u8 {
             Ok(site) => {
                 listen.extend(site.listen.filter(|_| listen.is_empty()));
                 init_script = site.init_script;
+                connections = site.connections;
                 Some((Router::Locations(site.locations), site.limits))
             }
             Err(error) => return usage(format!("invalid configuration:\n{error}")),
@@ -222,6 +269,11 @@ pub fn run(args: ServeArgs) -> u8 {
         && let Err(error) = limits.validate()
     {
         return usage(error);
+    }
+    for (limit, flag) in args.connection_flags() {
+        if let Some(value) = flag.or(connections.get(limit)) {
+            settings.set_connection_limit(limit, value);
+        }
     }
     engine.max_instances = settings.instance_pool_size();
     let sandbox = match Sandbox::new(engine) {

@@ -10,6 +10,7 @@ use super::Handlers;
 use super::scripts::{PhaseScripts, ScriptCache, ScriptError};
 use crate::runtime::{PreparedGuest, Sandbox};
 use crate::sandbox::{EngineSettings, Limits};
+use crate::site::limits::ConnectionLimit;
 use crate::site::routing::Router;
 use crate::tenants::admission::{AdmissionLimits, ServerGates};
 use crate::tenants::metrics::Metrics;
@@ -23,7 +24,21 @@ pub struct ServerSettings {
     pub max_request_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Time to send a complete request head: the first from the moment the
+    /// connection is accepted (protocol detection included), each next
+    /// HTTP/1 one from the end of the previous response (`header_timeout_ms`).
     pub header_read_timeout: Duration,
+    /// Time a connection that has had a request may have none in progress
+    /// (`idle_timeout_ms`).
+    pub idle_timeout: Duration,
+    /// Longest wait for more of a request body (`body_timeout_ms`).
+    pub body_timeout: Duration,
+    /// Slowest average rate of a request body after its first
+    /// `body_timeout` (`min_body_bytes_per_sec`).
+    pub min_body_bytes_per_sec: u64,
+    /// Connections open at once from one client address
+    /// (`max_connections_per_client`).
+    pub max_connections_per_client: usize,
     pub shutdown_grace: Duration,
     /// Runs executing guest code at once, across all tenants; a run that
     /// waits on I/O gives its slot back (default: twice the cores, see
@@ -37,6 +52,7 @@ pub struct ServerSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
+        use crate::site::limits::ConnectionLimit as L;
         ServerSettings {
             max_connections: 1024,
             max_request_body_bytes: crate::site::limits::RequestLimit::MaxRequestBodyKib
@@ -45,7 +61,11 @@ impl Default for ServerSettings {
                 .map_or(usize::MAX, |kib| (kib as usize) << 10),
             max_header_bytes: 16 * 1024,
             max_headers: 100,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_millis(L::HeaderTimeoutMs.default_value()),
+            idle_timeout: Duration::from_millis(L::IdleTimeoutMs.default_value()),
+            body_timeout: Duration::from_millis(L::BodyTimeoutMs.default_value()),
+            min_body_bytes_per_sec: L::MinBodyBytesPerSec.default_value(),
+            max_connections_per_client: L::MaxConnectionsPerClient.default_value() as usize,
             shutdown_grace: Duration::from_secs(10),
             max_running: default_max_running(),
             max_in_flight: EngineSettings::default_max_in_flight(),
@@ -54,6 +74,20 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
+    /// Set a bound on connections (a value in its range).
+    pub fn set_connection_limit(&mut self, limit: ConnectionLimit, value: u64) {
+        use ConnectionLimit as L;
+        match limit {
+            L::HeaderTimeoutMs => self.header_read_timeout = Duration::from_millis(value),
+            L::IdleTimeoutMs => self.idle_timeout = Duration::from_millis(value),
+            L::BodyTimeoutMs => self.body_timeout = Duration::from_millis(value),
+            L::MinBodyBytesPerSec => self.min_body_bytes_per_sec = value,
+            L::MaxConnectionsPerClient => {
+                self.max_connections_per_client = usize::try_from(value).unwrap_or(usize::MAX)
+            }
+        }
+    }
+
     /// Instances the engine's pool needs for these settings: one for each
     /// request in flight, and room for the runs that are not requests of
     /// their own (compiles of new scripts, log phases after a limit,

@@ -8,13 +8,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::app::App;
+use super::body::{BodyBounds, BodyError};
 use super::phases::{HttpOutcome, ServeJob};
 use super::request::RequestHead;
 use super::response::{ChannelBody, ChannelSink, ResponseBody, full, rejected, simple};
@@ -140,13 +141,31 @@ pub(crate) async fn handle(
                 tenant.metrics.limit_hit("body");
                 return access.host(simple(StatusCode::PAYLOAD_TOO_LARGE), "body-too-large");
             }
-            let body = match Limited::new(body, max_body).collect().await {
-                Ok(collected) => collected.to_bytes().to_vec(),
-                Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            let bounds = BodyBounds {
+                max_bytes: max_body,
+                timeout: app.settings.body_timeout,
+                min_bytes_per_sec: app.settings.min_body_bytes_per_sec,
+            };
+            let body = match super::body::read(body, bounds).await {
+                Ok(body) => body,
+                Err(BodyError::TooLarge) => {
                     tenant.metrics.limit_hit("body");
                     return access.host(simple(StatusCode::PAYLOAD_TOO_LARGE), "body-too-large");
                 }
-                Err(_) => return access.host(simple(StatusCode::BAD_REQUEST), "bad-body"),
+                Err(BodyError::TimedOut) => {
+                    // The rest of the body is not awaited: the connection
+                    // closes (an HTTP/2 stream is reset).
+                    let mut response = simple(StatusCode::REQUEST_TIMEOUT);
+                    if parts.version < hyper::Version::HTTP_2 {
+                        response
+                            .headers_mut()
+                            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return access.host(response, "body-timeout");
+                }
+                Err(BodyError::Broken) => {
+                    return access.host(simple(StatusCode::BAD_REQUEST), "bad-body");
+                }
             };
             // A place in flight and a CPU slot, the tenant's and the server's.
             let metrics = tenant.metrics.clone();

@@ -46,7 +46,9 @@ pub async fn serve(
 fn accept_settings(settings: &ServerSettings) -> accept::Settings {
     accept::Settings {
         max_connections: settings.max_connections,
+        max_connections_per_client: Some(settings.max_connections_per_client),
         header_read_timeout: settings.header_read_timeout,
+        idle_timeout: settings.idle_timeout,
         head_limits: Some(HeadLimits {
             max_headers: settings.max_headers,
             max_header_bytes: settings.max_header_bytes,

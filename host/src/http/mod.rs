@@ -5,8 +5,8 @@
 //! - [`server`]: the server's face: [`server::App`] (the state requests
 //!   share, [`app`]) and [`server::serve`], made of [`listener`]
 //!   (connections, limits on heads, slow clients, graceful shutdown),
-//!   [`dispatch`] (one request: tenant, route, admission, body, run, access
-//!   log) and [`response`] (the host's pages, the guest's response on its
+//!   [`dispatch`] (one request: tenant, route, admission, body (read in
+//!   [`body`], bounded in size and time), run, access log) and [`response`] (the host's pages, the guest's response on its
 //!   way out).
 //! - [`routing`] and [`config`] (from [`crate::site`], below the server):
 //!   which scripts handle a path; static files ([`static_files`]).
@@ -20,6 +20,7 @@
 //!   in an instance of its own.
 
 pub mod app;
+pub(crate) mod body;
 pub(crate) mod dispatch;
 pub(crate) mod listener;
 pub mod phases;

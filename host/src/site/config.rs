@@ -10,6 +10,12 @@
 //! memory_mib = 64
 //! max_output_kib = 4096              # response body
 //!
+//! [connections]                      # optional; each key optional, the
+//! header_timeout_ms = 10000          # flags of `moonwall serve` win
+//! idle_timeout_ms = 30000            # (all keys: `site::limits::
+//! body_timeout_ms = 10000            # CONNECTION_LIMITS`)
+//! max_connections_per_client = 256
+//!
 //! [[location]]
 //! path = "/api/"                     # starts with '/'
 //! match = "prefix"                   # or "exact"; default "prefix"
@@ -26,6 +32,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::limits::ConnectionValues;
 use super::routing::PhaseScripts;
 use super::routing::{Location, Locations, Match};
 use crate::sandbox::Limits;
@@ -37,6 +44,8 @@ struct SiteFile {
     /// Run once at start; every request starts from the state it leaves.
     init_script: Option<Spanned<PathBuf>>,
     limits: Option<LimitsFile>,
+    #[serde(default)]
+    connections: ConnectionsFile,
     #[serde(default, rename = "location")]
     locations: Vec<LocationFile>,
 }
@@ -50,6 +59,42 @@ struct LimitsFile {
     /// Also `max_response_body_kib`, its name in policies.
     #[serde(alias = "max_response_body_kib")]
     max_output_kib: Option<Spanned<u64>>,
+}
+
+/// The `[connections]` table of a site config or a server config: the keys
+/// of [`super::limits::CONNECTION_LIMITS`].
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConnectionsFile {
+    header_timeout_ms: Option<Spanned<u64>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
+    body_timeout_ms: Option<Spanned<u64>>,
+    min_body_bytes_per_sec: Option<Spanned<u64>>,
+    max_connections_per_client: Option<Spanned<u64>>,
+}
+
+impl ConnectionsFile {
+    /// The values written, each checked against its range (a value out of
+    /// range is a problem, and left out).
+    pub(crate) fn check(&self, problems: &mut Problems) -> ConnectionValues {
+        use super::limits::ConnectionLimit as L;
+        let written = [
+            (L::HeaderTimeoutMs, &self.header_timeout_ms),
+            (L::IdleTimeoutMs, &self.idle_timeout_ms),
+            (L::BodyTimeoutMs, &self.body_timeout_ms),
+            (L::MinBodyBytesPerSec, &self.min_body_bytes_per_sec),
+            (L::MaxConnectionsPerClient, &self.max_connections_per_client),
+        ];
+        let mut values = ConnectionValues::default();
+        for (limit, value) in written {
+            let Some(value) = value else { continue };
+            match limit.def().check(*value.get_ref()) {
+                Ok(checked) => values.set(limit, checked),
+                Err(message) => problems.at(value.span(), format!("[connections] {message}")),
+            }
+        }
+        values
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -73,6 +118,8 @@ pub struct SiteConfig {
     /// OpenResty's `init_by_lua_file` (relative to the config's directory).
     pub init_script: Option<PathBuf>,
     pub limits: Limits,
+    /// Its `[connections]` bounds.
+    pub connections: ConnectionValues,
     pub locations: Locations,
 }
 
@@ -229,6 +276,7 @@ impl SiteConfig {
             }
         }
 
+        let connections = site.connections.check(&mut problems);
         let locations = parse_locations(&site.locations, &base, None, &mut problems);
         let init_script = site
             .init_script
@@ -248,6 +296,7 @@ impl SiteConfig {
             listen,
             init_script,
             limits,
+            connections,
             locations: Locations {
                 locations,
                 shown_from: base,

@@ -274,6 +274,99 @@ pub static MAX_STACK_KIB: LimitDef = LimitDef {
     doc: "native stack guest code may use; Lua's own C-recursion limit normally comes first, this is the backstop",
 };
 
+/// The bounds on a server's connections, in the order of
+/// [`CONNECTION_LIMITS`]: server-wide, not per tenant (a connection has no
+/// tenant until its first request names a host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionLimit {
+    HeaderTimeoutMs,
+    IdleTimeoutMs,
+    BodyTimeoutMs,
+    MinBodyBytesPerSec,
+    MaxConnectionsPerClient,
+}
+
+impl ConnectionLimit {
+    pub const ALL: [ConnectionLimit; 5] = [
+        ConnectionLimit::HeaderTimeoutMs,
+        ConnectionLimit::IdleTimeoutMs,
+        ConnectionLimit::BodyTimeoutMs,
+        ConnectionLimit::MinBodyBytesPerSec,
+        ConnectionLimit::MaxConnectionsPerClient,
+    ];
+
+    pub fn def(self) -> &'static LimitDef {
+        &CONNECTION_LIMITS[self as usize]
+    }
+
+    /// The default (each has one).
+    pub fn default_value(self) -> u64 {
+        self.def()
+            .default_value()
+            .expect("every connection limit has a default")
+    }
+}
+
+/// Every bound on connections, in the order of [`ConnectionLimit`]: the
+/// `[connections]` keys of a site config and of a server config, and the
+/// flags of `moonwall serve` (the alias), which win over the file.
+pub static CONNECTION_LIMITS: [LimitDef; 5] = [
+    LimitDef {
+        key: "header_timeout_ms",
+        aliases: &["--header-timeout-ms"],
+        min: 1,
+        max: HOUR_MS,
+        default: DefaultValue::Value(10_000),
+        doc: "time to send a complete request head: the first one from the moment the connection is accepted (telling HTTP/1 from HTTP/2 included: a client that sends nothing, or only the HTTP/2 preface, is closed), each next HTTP/1 one from the end of the previous response. Then the connection is closed",
+    },
+    LimitDef {
+        key: "idle_timeout_ms",
+        aliases: &["--idle-timeout-ms"],
+        min: 1,
+        max: HOUR_MS,
+        default: DefaultValue::Value(30_000),
+        doc: "time a connection may have no request in progress once it has had one (an HTTP/2 connection with no open stream); then it is closed (HTTP/2: GOAWAY, then closed). An HTTP/1 connection waiting for its next request is also held to `header_timeout_ms`",
+    },
+    LimitDef {
+        key: "body_timeout_ms",
+        aliases: &["--body-timeout-ms"],
+        min: 1,
+        max: HOUR_MS,
+        default: DefaultValue::Value(10_000),
+        doc: "longest wait for more of a request body; then 408 and the connection is closed (an HTTP/2 stream is reset). The body is read before the request is admitted, so a stalled body holds no run or place in flight, only its connection",
+    },
+    LimitDef {
+        key: "min_body_bytes_per_sec",
+        aliases: &["--min-body-bytes-per-sec"],
+        min: 1,
+        max: KIB_PER_GIB << 10,
+        default: DefaultValue::Value(1024),
+        doc: "slowest a request body may arrive, on average, after its first `body_timeout_ms`: a body of N bytes must be in by `body_timeout_ms` plus N divided by this rate, else 408 as above (a client trickling a byte at a time is cut off too)",
+    },
+    LimitDef {
+        key: "max_connections_per_client",
+        aliases: &["--max-connections-per-client"],
+        min: 1,
+        max: 100_000,
+        default: DefaultValue::Value(256),
+        doc: "connections open at once from one client IP address; one more is closed as soon as it is accepted (logged at most once every 10 s, with the count refused meanwhile)",
+    },
+];
+
+/// The connection limits a file wrote, each checked (`None`: not written).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionValues([Option<u64>; 5]);
+
+impl ConnectionValues {
+    pub fn get(&self, limit: ConnectionLimit) -> Option<u64> {
+        self.0[limit as usize]
+    }
+
+    pub fn set(&mut self, limit: ConnectionLimit, value: u64) {
+        self.0[limit as usize] = Some(value);
+    }
+}
+
 /// A value for each request limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitValues([u64; 11]);
@@ -301,12 +394,20 @@ impl std::ops::IndexMut<RequestLimit> for LimitValues {
 /// Fail unless docs/policies.md has each of `defs`' rows as defined.
 #[cfg(test)]
 pub(crate) fn assert_documented(defs: &[LimitDef]) {
-    let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/policies.md");
-    let doc = std::fs::read_to_string(doc).unwrap();
+    assert_documented_in("policies.md", defs);
+}
+
+/// Fail unless `docs/DOC` has each of `defs`' rows as defined.
+#[cfg(test)]
+pub(crate) fn assert_documented_in(doc: &str, defs: &[LimitDef]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(doc);
+    let text = std::fs::read_to_string(path).unwrap();
     for row in defs.iter().map(LimitDef::doc_row) {
         assert!(
-            doc.lines().any(|line| line == row),
-            "docs/policies.md lacks this row (or it differs):\n{row}"
+            text.lines().any(|line| line == row),
+            "docs/{doc} lacks this row (or it differs):\n{row}"
         );
     }
 }
@@ -361,5 +462,17 @@ mod tests {
     #[test]
     fn the_policy_docs_show_every_limit_as_defined() {
         assert_documented(&REQUEST_LIMITS);
+    }
+
+    /// docs/serving.md's rows of connection bounds come from their table.
+    #[test]
+    fn the_serving_docs_show_every_connection_limit_as_defined() {
+        let keys: Vec<&str> = ConnectionLimit::ALL.iter().map(|l| l.def().key).collect();
+        let table: Vec<&str> = CONNECTION_LIMITS.iter().map(|def| def.key).collect();
+        assert_eq!(keys, table);
+        for limit in ConnectionLimit::ALL {
+            assert!(limit.def().check(limit.default_value()).is_ok(), "{keys:?}");
+        }
+        assert_documented_in("serving.md", &CONNECTION_LIMITS);
     }
 }

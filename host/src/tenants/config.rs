@@ -1,6 +1,7 @@
 //! The server config of a multi-tenant server (`moonwall.toml`): where the
 //! policies are, the listen addresses, the allowed roots, the reload poll,
-//! where shared dicts live, and the ceilings on every tenant's limits.
+//! where shared dicts live, the ceilings on every tenant's limits, and the
+//! bounds on connections (`[connections]`, as in a site config).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::policy::{Ceilings, LimitsFile};
-use crate::site::config::{ConfigError, Problems, read_config};
+use crate::site::config::{ConfigError, ConnectionsFile, Problems, read_config};
+use crate::site::limits::ConnectionValues;
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,8 @@ struct ServerFile {
     shared_dicts_backend: Option<Spanned<String>>,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    connections: ConnectionsFile,
 }
 
 /// The server config of a multi-tenant server (`moonwall.toml`), checked.
@@ -43,6 +47,8 @@ pub struct ServerConfig {
     /// How often policy files are checked for changes (`None`: only on SIGHUP).
     pub reload_poll: Option<Duration>,
     pub ceilings: Ceilings,
+    /// Its `[connections]` bounds.
+    pub connections: ConnectionValues,
     /// Server-wide settings of the capabilities (where shared dicts live).
     pub caps: crate::caps::CapsSettings,
     /// What runs tenants' init scripts (the server's sandbox); without one
@@ -155,6 +161,7 @@ impl ServerConfig {
             }
         };
         let ceilings = Ceilings::parse(&server.limits, &mut problems);
+        let connections = server.connections.check(&mut problems);
         let dict_backend = match &server.shared_dicts_backend {
             None => crate::caps::dict::BackendConfig::default(),
             Some(text) => {
@@ -189,6 +196,7 @@ impl ServerConfig {
             allowed_roots,
             reload_poll,
             ceilings,
+            connections,
             caps: crate::caps::CapsSettings {
                 dict_backend,
                 module_compiler: None,

@@ -19,8 +19,11 @@ use crate::accept::{self, AfterGrace, ShutdownLog};
 
 /// Connections [`serve`] handles at once; more wait before being accepted.
 const MAX_CONNECTIONS: usize = 64;
-/// Time a client of [`serve`] has to send its request headers.
+/// Time a client of [`serve`] has to send its request headers (the first
+/// from the moment it connects).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a connection of [`serve`] may wait between requests.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown, the time open connections of [`serve`] get to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -30,7 +33,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 fn accept_settings() -> accept::Settings {
     accept::Settings {
         max_connections: MAX_CONNECTIONS,
+        // A scraper or two: the cap on all connections is enough.
+        max_connections_per_client: None,
         header_read_timeout: HEADER_READ_TIMEOUT,
+        idle_timeout: IDLE_TIMEOUT,
         head_limits: None,
         http2: false,
         shutdown_grace: SHUTDOWN_GRACE,
@@ -45,8 +51,8 @@ fn accept_settings() -> accept::Settings {
 /// Any other path gets 404, other methods on `/metrics` 405.
 ///
 /// HTTP/1.1 through hyper, one tokio task per connection, at most 64
-/// connections at once (more wait to be accepted), 10 s to send the request
-/// headers. Once `shutdown` completes, it stops accepting, gives open
+/// connections at once (more wait to be accepted), 10 s from connecting to
+/// send the request headers, 10 s idle between requests. Once `shutdown` completes, it stops accepting, gives open
 /// connections 2 s to finish, and closes the rest.
 pub async fn serve(
     metrics: Arc<Metrics>,
