@@ -42,7 +42,7 @@ fn get(path: &str) -> Request {
 
 /// Load `scripts` through `cache` (shown relative to `dir`).
 fn load(cache: &ScriptCache, scripts: &PhaseScripts, dir: &Path) -> Handlers {
-    block_on(cache.load(&shared_sandbox(), scripts, dir)).unwrap()
+    block_on(cache.load(&shared_sandbox(), scripts, dir, None)).unwrap()
 }
 
 /// One request through `handlers`: the report and the body.
