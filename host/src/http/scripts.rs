@@ -384,3 +384,86 @@ impl ModuleCompiler for SandboxCompiler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(size: usize, last_used: u64) -> Entry {
+        shared(vec![b'x'; size].into(), last_used)
+    }
+
+    /// An entry holding `bytes` (shared: counted in each entry that holds it).
+    fn shared(bytes: Arc<[u8]>, last_used: u64) -> Entry {
+        Entry {
+            stamp: (SystemTime::UNIX_EPOCH, 0, 0),
+            code: Code {
+                bytes,
+                binary: true,
+            },
+            rejected: None,
+            last_used,
+        }
+    }
+
+    fn entries(max_entries: usize, max_bytes: usize) -> Entries {
+        Entries {
+            map: HashMap::new(),
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    fn total(entries: &Entries) -> usize {
+        entries
+            .map
+            .iter()
+            .map(|(path, entry)| entry_bytes(path, &entry.code))
+            .sum()
+    }
+
+    #[test]
+    fn the_script_cache_is_bounded_by_bytes_least_recently_used_first() {
+        // Scripts as large as a script may be, the default bounds.
+        let mut cache = entries(MAX_CACHED_SCRIPTS, MAX_CACHED_SCRIPT_BYTES);
+        let large = MAX_SCRIPT_BYTES as usize;
+        let code: Arc<[u8]> = vec![b'x'; large].into();
+        for i in 0..200u64 {
+            let path = format!("/site/s{i}.lua");
+            cache.insert(Path::new(&path), shared(code.clone(), i));
+            assert!(cache.bytes <= MAX_CACHED_SCRIPT_BYTES, "{}", cache.bytes);
+            assert_eq!(cache.bytes, total(&cache));
+        }
+        let kept = cache.map.len();
+        assert!(kept < 200 && kept >= MAX_CACHED_SCRIPT_BYTES / (large + 64) - 1);
+        // The most recently used are the ones kept.
+        assert!(cache.map.contains_key(Path::new("/site/s199.lua")));
+        assert!(!cache.map.contains_key(Path::new("/site/s0.lua")));
+        let oldest_kept = 200 - kept as u64;
+        assert!(cache.map.values().all(|e| e.last_used >= oldest_kept));
+
+        // A new version of a kept script replaces it, its bytes counted once.
+        cache.insert(Path::new("/site/s199.lua"), entry(10, 500));
+        assert_eq!(cache.bytes, total(&cache));
+        assert_eq!(cache.map.len(), kept);
+    }
+
+    #[test]
+    fn the_script_cache_is_bounded_by_count_and_skips_what_cannot_fit() {
+        let mut cache = entries(3, 100);
+        for i in 0..5u64 {
+            cache.insert(Path::new(&format!("s{i}")), entry(1, i));
+        }
+        assert_eq!(cache.map.len(), 3);
+        assert!(cache.map.contains_key(Path::new("s4")));
+        // Larger than the whole bound: not kept, nothing dropped for it.
+        cache.insert(Path::new("huge"), entry(200, 10));
+        assert_eq!(cache.map.len(), 3);
+        assert!(!cache.map.contains_key(Path::new("huge")));
+        // One that fits drops as many of the least recently used as it must.
+        cache.insert(Path::new("big"), entry(95, 11));
+        assert_eq!(cache.map.len(), 1);
+        assert_eq!(cache.bytes, 98);
+    }
+}
