@@ -758,8 +758,8 @@ fn the_host_of_an_absolute_form_request_is_its_authority() {
 /// A directory of the root swapped for a symlink to a directory outside it,
 /// over and over, while its files are requested: what the router checked is
 /// what is read, so nothing from outside is ever served (before the fix,
-/// the file was opened again by path after the check, and the outside one
-/// was served about one time in five).
+/// the file was opened again by its path after the check, and the outside
+/// one was served several times in 1,500).
 #[test]
 fn swapping_a_directory_for_a_symlink_never_serves_from_outside_the_root() {
     use std::sync::atomic::{AtomicBool, Ordering};
