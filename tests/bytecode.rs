@@ -42,7 +42,7 @@ fn get(path: &str) -> Request {
 
 /// Load `scripts` through `cache` (shown relative to `dir`).
 fn load(cache: &ScriptCache, scripts: &PhaseScripts, dir: &Path) -> Handlers {
-    block_on(cache.load(&shared_sandbox(), scripts, dir)).unwrap()
+    block_on(cache.load(&shared_sandbox(), scripts, dir, None)).unwrap()
 }
 
 /// One request through `handlers`: the report and the body.
@@ -261,4 +261,49 @@ fn modules_are_compiled_once_and_their_errors_name_file_and_line() {
     assert_eq!(stats.modules, 2, "{stats:?}");
     assert_eq!(stats.compiled, 1, "{stats:?}");
     assert_eq!(stats.hits, 4, "{stats:?}");
+}
+
+/// Large scripts loaded through a cache bounded in bytes: what it keeps
+/// (bytecode and paths) never exceeds the bound, the least recently used go
+/// first, and a script dropped from it is compiled again and serves.
+#[test]
+fn the_script_cache_keeps_within_its_byte_bound() {
+    let dir = scratch("byte_bound");
+    const BOUND: usize = 2 << 20;
+    let cache = ScriptCache::with_bounds(1000, BOUND);
+    // Each about 400 KiB of bytecode (a long string constant).
+    let filler = "x".repeat(400 << 10);
+    let scripts: Vec<PhaseScripts> = (0..12)
+        .map(|i| {
+            let path = dir.join(format!("s{i}.lua"));
+            std::fs::write(
+                &path,
+                format!("local s = '{filler}'\nngx.say({i}, ' ', #s)\n"),
+            )
+            .unwrap();
+            PhaseScripts::content(path)
+        })
+        .collect();
+    for (i, scripts) in scripts.iter().enumerate() {
+        let handlers = load(&cache, scripts, &dir);
+        assert!(handlers.content.as_ref().unwrap().binary);
+        assert_eq!(serve(&handlers).1, format!("{i} {}\n", 400 << 10));
+        let stats = cache.stats();
+        assert!(stats.bytes <= BOUND, "{stats:?}");
+    }
+    assert_eq!(cache.compiles(), 12);
+    let stats = cache.stats();
+    assert!(
+        (3..12).contains(&stats.scripts) && stats.bytes > BOUND / 2,
+        "{stats:?}"
+    );
+    // The last one is still kept; the first was dropped, and serves again.
+    load(&cache, &scripts[11], &dir);
+    assert_eq!(cache.compiles(), 12);
+    assert_eq!(
+        serve(&load(&cache, &scripts[0], &dir)).1,
+        format!("0 {}\n", 400 << 10)
+    );
+    assert_eq!(cache.compiles(), 13);
+    assert!(cache.stats().bytes <= BOUND);
 }

@@ -997,3 +997,114 @@ fn connections_beyond_the_per_client_cap_are_closed_at_once() {
     }
     assert_eq!(get_on(&mut second, "/hi.txt"), 200);
 }
+
+/// A directory of the root swapped for a symlink to a directory outside it,
+/// over and over, while its files are requested: what the router checked is
+/// what is read, so nothing from outside is ever served (before the fix,
+/// the file was opened again by its path after the check, and the outside
+/// one was served several times in 1,500).
+#[test]
+fn swapping_a_directory_for_a_symlink_never_serves_from_outside_the_root() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let outside = site(
+        "race-outside",
+        &[
+            ("file.txt", "TOP-SECRET"),
+            ("s.lua", "ngx.say('TOP-SECRET')"),
+        ],
+    );
+    let dir = site(
+        "race-root",
+        &[("d/file.txt", "inside"), ("d/s.lua", "ngx.say('inside')")],
+    );
+    // Where `d` and the symlink wait their turn: beside the root, on the
+    // same file system, so that each move is one rename.
+    let stage = site("race-stage", &[]);
+    std::fs::create_dir_all(&stage).unwrap();
+    std::os::unix::fs::symlink(&outside, stage.join("link")).unwrap();
+    let server = TestServer::start(docroot(&dir), limits(), ServerSettings::default());
+    assert!(body_of(&get(server.addr, "/d/file.txt").1).contains("inside"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = std::thread::spawn({
+        let (d, stop) = (dir.join("d"), stop.clone());
+        let (parked, link) = (stage.join("d"), stage.join("link"));
+        move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                std::fs::rename(&d, &parked).unwrap();
+                std::fs::rename(&link, &d).unwrap();
+                std::fs::rename(&d, &link).unwrap();
+                std::fs::rename(&parked, &d).unwrap();
+                swaps += 1;
+            }
+            swaps
+        }
+    });
+    let mut leaked = Vec::new();
+    let mut served = [0u32; 2];
+    for attempt in 0..1500 {
+        let (kind, path) = [(0, "/d/file.txt"), (1, "/d/s.lua")][attempt % 2];
+        let (status, response) = get(server.addr, path);
+        if response.contains("TOP-SECRET") {
+            leaked.push(path);
+        } else if status == 200 {
+            assert_eq!(body_of(&response).trim(), "inside", "{path}: {response}");
+            served[kind] += 1;
+        } else {
+            assert!(status == 404 || status == 500, "{path}: {response}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(
+        leaked.is_empty(),
+        "served from outside the root {} times of 1500 ({swaps} swaps): {leaked:?}",
+        leaked.len()
+    );
+    assert!(swaps > 0);
+    // The files inside stayed reachable while it lasted.
+    assert!(served[0] > 0 && served[1] > 0, "{served:?}");
+    assert_eq!(get(server.addr, "/d/file.txt").0, 200);
+}
+
+/// A symlink in the root is followed as long as it stays beneath the root
+/// (relative, never climbing out); one that leads outside, or an absolute
+/// one (as for `read_dirs`), is refused like a missing file.
+#[test]
+fn symlinks_are_followed_only_beneath_the_root() {
+    let outside = site("links-outside", &[("secret.txt", "TOP-SECRET")]);
+    let dir = site(
+        "links-root",
+        &[
+            ("sub/real.txt", "real text"),
+            ("sub/real.lua", "ngx.say('real script')"),
+            ("sub/index.lua", "ngx.say('sub index')"),
+        ],
+    );
+    let link =
+        |target: &Path, name: &str| std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
+    link(Path::new("sub/real.txt"), "alias.txt");
+    link(Path::new("sub/real.lua"), "alias.lua");
+    link(Path::new("sub"), "linked");
+    link(Path::new("../links-outside/secret.txt"), "climb.txt");
+    link(&dir.join("sub/real.txt"), "absolute.txt");
+    link(&outside, "out");
+    let server = TestServer::start(docroot(&dir), limits(), ServerSettings::default());
+    for (path, body) in [
+        ("/alias.txt", "real text"),
+        ("/alias.lua", "real script\n"),
+        ("/linked", "sub index\n"),
+        ("/linked/real", "real script\n"),
+        ("/linked/real.txt", "real text"),
+    ] {
+        let (status, response) = get(server.addr, path);
+        assert_eq!((status, body_of(&response).as_str()), (200, body), "{path}");
+    }
+    for path in ["/climb.txt", "/absolute.txt", "/out/secret.txt", "/out/"] {
+        let (status, response) = get(server.addr, path);
+        assert_eq!(status, 404, "{path}: {response}");
+        assert!(!response.contains("TOP-SECRET"), "{path}: {response}");
+    }
+}

@@ -198,7 +198,7 @@ fn cold_scripts(c: &mut Criterion, sandbox: &Sandbox, request: &Request, limits:
                 let cache = ScriptCache::default();
                 let scripts = PhaseScripts::content(path.clone());
                 let handlers =
-                    moonwall::sandbox::block_on(cache.load(sandbox, &scripts, &dir)).unwrap();
+                    moonwall::sandbox::block_on(cache.load(sandbox, &scripts, &dir, None)).unwrap();
                 let report = serve_once(sandbox, request, &handlers, limits);
                 assert_eq!(report.outcome, HttpOutcome::Served);
                 let _ = std::fs::remove_file(&path);
@@ -230,7 +230,8 @@ fn large_scripts(c: &mut Criterion, sandbox: &Sandbox, request: &Request, limits
         std::fs::write(&path, &source).unwrap();
         let cache = ScriptCache::default();
         let scripts = PhaseScripts::content(path);
-        let load = || moonwall::sandbox::block_on(cache.load(sandbox, &scripts, &dir)).unwrap();
+        let load =
+            || moonwall::sandbox::block_on(cache.load(sandbox, &scripts, &dir, None)).unwrap();
         let first = load();
         let content = first.content.as_ref().unwrap();
         assert!(content.binary);

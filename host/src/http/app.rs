@@ -11,7 +11,7 @@ use super::scripts::{PhaseScripts, ScriptCache, ScriptError};
 use crate::runtime::{PreparedGuest, Sandbox};
 use crate::sandbox::{EngineSettings, Limits};
 use crate::site::limits::ConnectionLimit;
-use crate::site::routing::Router;
+use crate::site::routing::{OpenFile, Router};
 use crate::tenants::admission::{AdmissionLimits, ServerGates};
 use crate::tenants::metrics::Metrics;
 use crate::tenants::policy::TenantLimits;
@@ -186,8 +186,11 @@ impl App {
         &self,
         scripts: &PhaseScripts,
         shown_from: &std::path::Path,
+        opened: Option<&OpenFile>,
     ) -> Result<Handlers, ScriptError> {
-        self.scripts.load(&self.sandbox, scripts, shown_from).await
+        self.scripts
+            .load(&self.sandbox, scripts, shown_from, opened)
+            .await
     }
 
     /// The next request's id.

@@ -127,6 +127,7 @@ pub(crate) async fn handle(
         Route::Scripts {
             scripts,
             shown_from,
+            opened,
         } => {
             if let Err(rejection) = tenant.admission.check_rate() {
                 return access.host(rejected(rejection), rejection.label());
@@ -177,7 +178,7 @@ pub(crate) async fn handle(
                 Ok(admitted) => admitted,
                 Err(rejection) => return access.host(rejected(rejection), rejection.label()),
             };
-            let handlers = match app.handlers(&scripts, &shown_from).await {
+            let handlers = match app.handlers(&scripts, &shown_from, opened.as_ref()).await {
                 Ok(handlers) => handlers,
                 Err(error) => {
                     tracing::error!(request_id = id, "{error}");

@@ -14,6 +14,7 @@ use super::{Handlers, Source};
 use crate::caps::files::{Compiled, ModuleCompiler};
 use crate::runtime::Sandbox;
 use crate::sandbox::{Limits, log_text};
+use crate::site::routing::OpenFile;
 
 pub use crate::site::routing::PhaseScripts;
 
@@ -33,10 +34,18 @@ impl PhaseScripts {
         let mut sources: [Option<Source>; 6] = Default::default();
         for (path, source) in self.phases().into_iter().zip(&mut sources) {
             let Some(path) = path else { continue };
-            let code = std::fs::read(path).map_err(|source| ScriptError {
+            let error = |source| ScriptError {
                 path: path.clone(),
                 source,
-            })?;
+            };
+            let file = OpenFile::open(path).map_err(error)?;
+            let code = file.read_at_most(MAX_SCRIPT_BYTES).map_err(error)?;
+            if code.len() as u64 > MAX_SCRIPT_BYTES {
+                return Err(error(std::io::Error::other(format!(
+                    "larger than {} MiB",
+                    MAX_SCRIPT_BYTES >> 20
+                ))));
+            }
             *source = Some(named_source(path, shown_from, code, false));
         }
         Ok(handlers(sources))
@@ -72,6 +81,10 @@ fn handlers(sources: [Option<Source>; 6]) -> Handlers {
 pub const MAX_SCRIPT_BYTES: u64 = 4 << 20;
 /// Scripts kept in memory; past this, the least recently used is dropped.
 pub const MAX_CACHED_SCRIPTS: usize = 100_000;
+/// Bytes the scripts kept in memory hold in all (their bytecode, or the
+/// source of those that never compiled, and their paths); past this, the
+/// least recently used are dropped.
+pub const MAX_CACHED_SCRIPT_BYTES: usize = 256 << 20;
 
 /// A file's identity for change detection: modification time, size, inode.
 type Stamp = (SystemTime, u64, u64);
@@ -103,27 +116,79 @@ struct Code {
     binary: bool,
 }
 
+/// The bytes an entry for `path` holds.
+fn entry_bytes(path: &Path, code: &Code) -> usize {
+    code.bytes.len() + path.as_os_str().len()
+}
+
+/// The cached scripts by path, within bounds of entries and bytes.
+struct Entries {
+    map: HashMap<PathBuf, Entry>,
+    /// What the entries hold in all ([`entry_bytes`]).
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl Entries {
+    /// Keep `entry` for `path` (replacing what was kept for it), dropping
+    /// the least recently used others until both bounds hold. An entry
+    /// larger than the byte bound by itself is not kept.
+    fn insert(&mut self, path: &Path, entry: Entry) {
+        if let Some(old) = self.map.remove(path) {
+            self.bytes -= entry_bytes(path, &old.code);
+        }
+        let size = entry_bytes(path, &entry.code);
+        if size > self.max_bytes || self.max_entries == 0 {
+            return;
+        }
+        while self.map.len() >= self.max_entries || self.bytes + size > self.max_bytes {
+            let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, entry)| entry.last_used)
+                .map(|(path, _)| path.clone())
+            else {
+                break;
+            };
+            if let Some(old) = self.map.remove(&oldest) {
+                self.bytes -= entry_bytes(&oldest, &old.code);
+            }
+        }
+        self.bytes += size;
+        self.map.insert(path.to_path_buf(), entry);
+    }
+}
+
+/// What a [`ScriptCache`] holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScriptCacheStats {
+    /// Script versions kept.
+    pub scripts: usize,
+    /// Bytes they hold in all (bytecode or source, and paths).
+    pub bytes: usize,
+}
+
 /// Scripts in memory, each checked against its file on every use (one
-/// `stat`) and re-read when it changed. A new version is compiled before it
-/// serves, in an instance of its own that runs none of it: if it has a
-/// syntax error while an older version compiled, the older one keeps
-/// serving and the error is logged, so a broken edit never takes a site
-/// down. What that compile made (bytecode with debug information) is what
-/// requests load, so a request does not parse its scripts. A request gets
-/// every script of its phases at its start and runs with those to its end.
+/// `fstat` of the file the request opened) and re-read from that same open
+/// file when it changed. A new version is compiled before it serves, in an
+/// instance of its own that runs none of it: if it has a syntax error while
+/// an older version compiled, the older one keeps serving and the error is
+/// logged, so a broken edit never takes a site down. What that compile made
+/// (bytecode with debug information) is what requests load, so a request
+/// does not parse its scripts. A request gets every script of its phases at
+/// its start and runs with those to its end. At most [`MAX_CACHED_SCRIPTS`]
+/// versions and [`MAX_CACHED_SCRIPT_BYTES`] are kept; the least recently
+/// used go first.
 pub struct ScriptCache {
-    entries: Mutex<HashMap<PathBuf, Entry>>,
+    entries: Mutex<Entries>,
     uses: AtomicU64,
     compiles: AtomicU64,
 }
 
 impl Default for ScriptCache {
     fn default() -> Self {
-        ScriptCache {
-            entries: Mutex::new(HashMap::new()),
-            uses: AtomicU64::new(0),
-            compiles: AtomicU64::new(0),
-        }
+        ScriptCache::with_bounds(MAX_CACHED_SCRIPTS, MAX_CACHED_SCRIPT_BYTES)
     }
 }
 
@@ -137,18 +202,38 @@ fn compile_limits() -> Limits {
 }
 
 impl ScriptCache {
-    /// The handlers of `scripts`, from memory when their files are unchanged.
+    /// A cache of at most `max_entries` script versions holding at most
+    /// `max_bytes` in all.
+    pub fn with_bounds(max_entries: usize, max_bytes: usize) -> Self {
+        ScriptCache {
+            entries: Mutex::new(Entries {
+                map: HashMap::new(),
+                bytes: 0,
+                max_entries,
+                max_bytes,
+            }),
+            uses: AtomicU64::new(0),
+            compiles: AtomicU64::new(0),
+        }
+    }
+
+    /// The handlers of `scripts`, from memory when their files are
+    /// unchanged. A script `opened` already (by the router, beneath a
+    /// document root) is read from that handle; the others are opened by
+    /// their paths, once each.
     pub async fn load(
         &self,
         sandbox: &Sandbox,
         scripts: &PhaseScripts,
         shown_from: &Path,
+        opened: Option<&OpenFile>,
     ) -> Result<Handlers, ScriptError> {
         let mut sources: [Option<Source>; 6] = Default::default();
         for (path, source) in scripts.phases().into_iter().zip(&mut sources) {
             let Some(path) = path else { continue };
             let shown = path.strip_prefix(shown_from).unwrap_or(path);
-            let code = self.script(sandbox, path, shown).await?;
+            let opened = opened.filter(|file| file.path() == path);
+            let code = self.script(sandbox, path, shown, opened).await?;
             *source = Some(named_source(
                 path,
                 shown_from,
@@ -164,7 +249,16 @@ impl ScriptCache {
         self.compiles.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
+    /// What the cache holds now.
+    pub fn stats(&self) -> ScriptCacheStats {
+        let entries = self.lock();
+        ScriptCacheStats {
+            scripts: entries.map.len(),
+            bytes: entries.bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -175,30 +269,43 @@ impl ScriptCache {
         sandbox: &Sandbox,
         path: &Path,
         shown: &Path,
+        opened: Option<&OpenFile>,
     ) -> Result<Code, ScriptError> {
         let error = |source| ScriptError {
             path: path.to_path_buf(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(error)?;
-        let now = stamp(&meta);
+        // The file is opened once; its version and its bytes both come from
+        // that handle.
+        let file = match opened {
+            Some(file) => file.clone(),
+            None => OpenFile::open(path).map_err(error)?,
+        };
+        let meta = file.metadata();
+        let now = stamp(meta);
         let use_number = self.uses.fetch_add(1, Ordering::Relaxed);
         {
             let mut entries = self.lock();
-            if let Some(entry) = entries.get_mut(path)
+            if let Some(entry) = entries.map.get_mut(path)
                 && (entry.stamp == now || entry.rejected == Some(now))
             {
                 entry.last_used = use_number;
                 return Ok(entry.code.clone());
             }
         }
-        if meta.len() > MAX_SCRIPT_BYTES {
-            return Err(error(std::io::Error::other(format!(
+        let too_large = || {
+            error(std::io::Error::other(format!(
                 "larger than {} MiB",
                 MAX_SCRIPT_BYTES >> 20
-            ))));
+            )))
+        };
+        if meta.len() > MAX_SCRIPT_BYTES {
+            return Err(too_large());
         }
-        let source = std::fs::read(path).map_err(error)?;
+        let source = file.read_at_most(MAX_SCRIPT_BYTES).map_err(error)?;
+        if source.len() as u64 > MAX_SCRIPT_BYTES {
+            return Err(too_large());
+        }
         self.compiles.fetch_add(1, Ordering::Relaxed);
         let compiled = match sandbox
             .compile(&shown.display().to_string(), &source, &compile_limits())
@@ -208,7 +315,7 @@ impl ScriptCache {
             Err(failure) => return Err(error(std::io::Error::other(failure.to_string()))),
         };
         let mut entries = self.lock();
-        let code = match (compiled, entries.get_mut(path)) {
+        let code = match (compiled, entries.map.get_mut(path)) {
             (Ok(bytecode), _) => Code {
                 bytes: bytecode.into(),
                 binary: true,
@@ -232,17 +339,8 @@ impl ScriptCache {
                 binary: false,
             },
         };
-        if entries.len() >= MAX_CACHED_SCRIPTS
-            && !entries.contains_key(path)
-            && let Some(oldest) = entries
-                .iter()
-                .min_by_key(|(_, entry)| entry.last_used)
-                .map(|(path, _)| path.clone())
-        {
-            entries.remove(&oldest);
-        }
         entries.insert(
-            path.to_path_buf(),
+            path,
             Entry {
                 stamp: now,
                 code: code.clone(),
@@ -285,5 +383,88 @@ impl ModuleCompiler for SandboxCompiler {
                 Err(error) => Compiled::Unavailable(error.to_string()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(size: usize, last_used: u64) -> Entry {
+        shared(vec![b'x'; size].into(), last_used)
+    }
+
+    /// An entry holding `bytes` (shared: counted in each entry that holds it).
+    fn shared(bytes: Arc<[u8]>, last_used: u64) -> Entry {
+        Entry {
+            stamp: (SystemTime::UNIX_EPOCH, 0, 0),
+            code: Code {
+                bytes,
+                binary: true,
+            },
+            rejected: None,
+            last_used,
+        }
+    }
+
+    fn entries(max_entries: usize, max_bytes: usize) -> Entries {
+        Entries {
+            map: HashMap::new(),
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    fn total(entries: &Entries) -> usize {
+        entries
+            .map
+            .iter()
+            .map(|(path, entry)| entry_bytes(path, &entry.code))
+            .sum()
+    }
+
+    #[test]
+    fn the_script_cache_is_bounded_by_bytes_least_recently_used_first() {
+        // Scripts as large as a script may be, the default bounds.
+        let mut cache = entries(MAX_CACHED_SCRIPTS, MAX_CACHED_SCRIPT_BYTES);
+        let large = MAX_SCRIPT_BYTES as usize;
+        let code: Arc<[u8]> = vec![b'x'; large].into();
+        for i in 0..200u64 {
+            let path = format!("/site/s{i}.lua");
+            cache.insert(Path::new(&path), shared(code.clone(), i));
+            assert!(cache.bytes <= MAX_CACHED_SCRIPT_BYTES, "{}", cache.bytes);
+            assert_eq!(cache.bytes, total(&cache));
+        }
+        let kept = cache.map.len();
+        assert!(kept < 200 && kept >= MAX_CACHED_SCRIPT_BYTES / (large + 64) - 1);
+        // The most recently used are the ones kept.
+        assert!(cache.map.contains_key(Path::new("/site/s199.lua")));
+        assert!(!cache.map.contains_key(Path::new("/site/s0.lua")));
+        let oldest_kept = 200 - kept as u64;
+        assert!(cache.map.values().all(|e| e.last_used >= oldest_kept));
+
+        // A new version of a kept script replaces it, its bytes counted once.
+        cache.insert(Path::new("/site/s199.lua"), entry(10, 500));
+        assert_eq!(cache.bytes, total(&cache));
+        assert_eq!(cache.map.len(), kept);
+    }
+
+    #[test]
+    fn the_script_cache_is_bounded_by_count_and_skips_what_cannot_fit() {
+        let mut cache = entries(3, 100);
+        for i in 0..5u64 {
+            cache.insert(Path::new(&format!("s{i}")), entry(1, i));
+        }
+        assert_eq!(cache.map.len(), 3);
+        assert!(cache.map.contains_key(Path::new("s4")));
+        // Larger than the whole bound: not kept, nothing dropped for it.
+        cache.insert(Path::new("huge"), entry(200, 10));
+        assert_eq!(cache.map.len(), 3);
+        assert!(!cache.map.contains_key(Path::new("huge")));
+        // One that fits drops as many of the least recently used as it must.
+        cache.insert(Path::new("big"), entry(95, 11));
+        assert_eq!(cache.map.len(), 1);
+        assert_eq!(cache.bytes, 98);
     }
 }

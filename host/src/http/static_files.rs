@@ -1,9 +1,9 @@
 //! Static files under a document root: what people expect a docroot to
 //! serve besides its scripts (stylesheets, images, ...).
 
-use std::path::Path;
-
 use bytes::Bytes;
+
+use crate::site::routing::OpenFile;
 
 /// Files larger than this are refused (403) rather than read into memory.
 pub const MAX_STATIC_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -16,23 +16,23 @@ pub enum StaticFile {
 
 /// [`read`] off the async workers: file I/O blocks. Client requests and
 /// subrequests alike read their static files here.
-pub async fn read_async(path: std::path::PathBuf) -> StaticFile {
-    tokio::task::spawn_blocking(move || read(&path))
+pub async fn read_async(file: OpenFile) -> StaticFile {
+    tokio::task::spawn_blocking(move || read(&file))
         .await
         .unwrap_or(StaticFile::Unreadable)
 }
 
-/// Read `path` (already confined to the root by the router).
-pub fn read(path: &Path) -> StaticFile {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return StaticFile::Unreadable;
-    };
-    if meta.len() > MAX_STATIC_FILE_BYTES {
+/// Read `file`, the one the router opened beneath the root (never opened
+/// again by its path).
+pub fn read(file: &OpenFile) -> StaticFile {
+    if file.metadata().len() > MAX_STATIC_FILE_BYTES {
         return StaticFile::TooLarge;
     }
-    match std::fs::read(path) {
+    match file.read_at_most(MAX_STATIC_FILE_BYTES) {
+        // It grew past the bound since it was opened.
+        Ok(body) if body.len() as u64 > MAX_STATIC_FILE_BYTES => StaticFile::TooLarge,
         Ok(body) => StaticFile::Found {
-            content_type: mime_guess::from_path(path)
+            content_type: mime_guess::from_path(file.path())
                 .first_or_octet_stream()
                 .essence_str()
                 .to_string(),

@@ -125,11 +125,12 @@ impl TenantSubrequests {
     async fn serve(self: Arc<Self>, sub: Subrequest, depth: u32) -> Result<Subresponse, String> {
         let request = self.request_of(sub)?;
         let route = self.tenant.router.route(&request.uri);
-        let (scripts, shown_from) = match route {
+        let (scripts, shown_from, opened) = match route {
             Route::Scripts {
                 scripts,
                 shown_from,
-            } => (scripts, shown_from),
+                opened,
+            } => (scripts, shown_from, opened),
             Route::Static(file) => {
                 return Ok(match static_files::read_async(file).await {
                     StaticFile::Found { content_type, body } => Subresponse {
@@ -145,7 +146,7 @@ impl TenantSubrequests {
         };
         let handlers = self
             .app
-            .handlers(&scripts, &shown_from)
+            .handlers(&scripts, &shown_from, opened.as_ref())
             .await
             .map_err(|e| e.to_string())?;
         let log = (self.log).for_subrequest(String::from_utf8_lossy(&request.uri).into_owned());

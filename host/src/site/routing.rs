@@ -7,23 +7,35 @@
 //!   each naming a script per phase ([`super::config`]).
 //!
 //! Paths arrive normalized (see [`super::request::normalize_path`]): no `..`,
-//! no NUL. The document root still confines every file it resolves: the real
-//! path (symlinks followed) must lie inside the root, and names starting with
-//! `.` are never served.
+//! no NUL. The document root still confines every file it resolves: each is
+//! opened beneath the root by cap-std (on Linux `openat2` with
+//! `RESOLVE_BENEATH`), so that no `..` or symlink leads out of it, and names
+//! starting with `.` are never served. The router hands over the file it
+//! opened ([`OpenFile`]): what is read is what was checked, even if the
+//! tree changes meanwhile (a directory swapped for a symlink, ...).
 
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cap_std::fs::{Dir, OpenOptions};
 
 /// What serves a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Route {
     /// Run these scripts; messages show paths relative to `shown_from`.
     Scripts {
         scripts: PhaseScripts,
         shown_from: PathBuf,
+        /// The script among `scripts` that the router already opened (a
+        /// document root's): it is read from this handle, never opened
+        /// again by its path.
+        opened: Option<OpenFile>,
     },
-    /// Send this file as it is.
-    Static(PathBuf),
+    /// Send this file as it is (opened beneath the document root).
+    Static(OpenFile),
     NotFound,
 }
 
@@ -46,6 +58,72 @@ impl Router {
                 route => route,
             },
         }
+    }
+}
+
+/// A regular file, opened once for reading: its metadata and its bytes come
+/// from this handle, so they are those of the file that was opened, whatever
+/// happens to its path afterwards.
+#[derive(Debug, Clone)]
+pub struct OpenFile {
+    /// The path it was opened by (for a document root's file: the root
+    /// joined with the path inside it). It names the file in messages.
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    meta: std::fs::Metadata,
+}
+
+impl OpenFile {
+    /// Open `path` for reading, without blocking on a FIFO or a device; a
+    /// directory or anything else that is not a regular file is refused.
+    pub fn open(path: &Path) -> std::io::Result<OpenFile> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
+        OpenFile::checked(path.to_path_buf(), file)
+    }
+
+    fn checked(path: PathBuf, file: std::fs::File) -> std::io::Result<OpenFile> {
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(std::io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        Ok(OpenFile {
+            path,
+            file: Arc::new(file),
+            meta,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its metadata when it was opened.
+    pub fn metadata(&self) -> &std::fs::Metadata {
+        &self.meta
+    }
+
+    /// Its bytes from the start, at most `max + 1` of them (a file that
+    /// grew past `max` since it was opened shows as longer than `max`).
+    /// Reads at explicit offsets: every read of a clone sees the whole file.
+    pub fn read_at_most(&self, max: u64) -> std::io::Result<Vec<u8>> {
+        struct At<'a>(&'a std::fs::File, u64);
+        impl Read for At<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.read_at(buf, self.1)?;
+                self.1 += n as u64;
+                Ok(n)
+            }
+        }
+        let limit = max.saturating_add(1);
+        let mut bytes = Vec::with_capacity(self.meta.len().min(limit) as usize);
+        At(&self.file, 0).take(limit).read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 }
 
@@ -82,37 +160,49 @@ impl DocRoot {
         {
             return Route::NotFound;
         }
-        let path = self.root.join(std::ffi::OsStr::from_bytes(relative));
-        let script = |path: PathBuf| {
-            self.confined_file(&path).map(|path| Route::Scripts {
-                scripts: PhaseScripts::content(path),
-                shown_from: self.root.clone(),
-            })
+        // The root is opened for each request (a directory put in its place
+        // serves from then on); every file beneath it is opened from there.
+        let Ok(dir) = Dir::open_ambient_dir(&self.root, cap_std::ambient_authority()) else {
+            return Route::NotFound;
         };
-        if relative.is_empty() || uri.ends_with(b"/") {
-            return script(path.join("index.lua")).unwrap_or(Route::NotFound);
+        let relative = Path::new(std::ffi::OsStr::from_bytes(relative));
+        let script = |relative: &Path| {
+            self.confined_file(&dir, relative)
+                .map(|file| Route::Scripts {
+                    scripts: PhaseScripts::content(file.path.clone()),
+                    shown_from: self.root.clone(),
+                    opened: Some(file),
+                })
+        };
+        if relative.as_os_str().is_empty() || uri.ends_with(b"/") {
+            return script(&relative.join("index.lua")).unwrap_or(Route::NotFound);
         }
-        if relative.ends_with(b".lua") {
-            return script(path).unwrap_or(Route::NotFound);
+        if relative.as_os_str().as_bytes().ends_with(b".lua") {
+            return script(relative).unwrap_or(Route::NotFound);
         }
-        let mut with_extension = path.clone().into_os_string();
+        let mut with_extension = relative.as_os_str().to_owned();
         with_extension.push(".lua");
-        if let Some(route) = script(PathBuf::from(with_extension)) {
+        if let Some(route) = script(Path::new(&with_extension)) {
             return route;
         }
-        if let Some(route) = script(path.join("index.lua")) {
+        if let Some(route) = script(&relative.join("index.lua")) {
             return route;
         }
-        match self.confined_file(&path) {
+        match self.confined_file(&dir, relative) {
             Some(file) if self.serve_static => Route::Static(file),
             _ => Route::NotFound,
         }
     }
 
-    /// `path`'s real location, if it is a regular file inside the root.
-    fn confined_file(&self, path: &Path) -> Option<PathBuf> {
-        let real = path.canonicalize().ok()?;
-        (real.starts_with(&self.root) && real.is_file()).then_some(real)
+    /// `relative`, opened beneath the root `dir` (never leaving it, symlinks
+    /// included), if it is a regular file there.
+    fn confined_file(&self, dir: &Dir, relative: &Path) -> Option<OpenFile> {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        // Never wait on a FIFO or become a terminal's controlling process.
+        cap_std::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK | libc::O_NOCTTY);
+        let file = dir.open_with(relative, &options).ok()?.into_std();
+        OpenFile::checked(self.root.join(relative), file).ok()
     }
 }
 
@@ -159,6 +249,7 @@ impl Locations {
             Some(location) => Route::Scripts {
                 scripts: location.scripts.clone(),
                 shown_from: self.shown_from.clone(),
+                opened: None,
             },
             None => Route::NotFound,
         }
@@ -236,6 +327,6 @@ mod tests {
             locations: vec![location("/api/", Match::Prefix, "a.lua")],
             shown_from: PathBuf::new(),
         };
-        assert_eq!(no_root.route(b"/"), Route::NotFound);
+        assert!(matches!(no_root.route(b"/"), Route::NotFound));
     }
 }
