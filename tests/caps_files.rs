@@ -340,14 +340,15 @@ fn nothing_is_granted_by_default() {
         "files_none",
         "",
         "",
-        "",
+        "log_level = \"notice\"",
         &[
             ("data/hello.txt", "hello\n"),
             ("lib/util.lua", "return 1\n"),
             ("root/t.lua", &script(DENIALS)),
         ],
     );
-    // io.write goes to the run's output: in a request, the server's log.
+    // io.write goes to the run's output: in a request, the server's log, at
+    // notice level.
     let reply = site.get("/t.lua");
     assert!(
         reply.is_ok_with(&format!("{DENIED}{}", STDOUT_LINES.replace('\t', "|"))),

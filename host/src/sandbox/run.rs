@@ -258,9 +258,11 @@ impl<D: RunData> Run<'_, D> {
                     && error.downcast_ref::<Trap>().is_none()
                     && error.downcast_ref::<super::host_api::HostStop>().is_none() =>
             {
+                let mut state = self.store.into_data();
+                state.base_mut().instance = None;
                 return Err(Unavailable {
                     error: SandboxError::Instantiate(format!("{error:#}")),
-                    state: Box::new(self.store.into_data()),
+                    state: Box::new(state),
                 });
             }
             Err(error) => Err(
@@ -278,7 +280,10 @@ impl<D: RunData> Run<'_, D> {
         super::fuel_pool::settle(&mut store);
         let fuel_left = store.get_fuel().unwrap_or(0);
         let withheld = store.data().base().fuel.withheld();
-        let state = store.into_data();
+        let mut state = store.into_data();
+        // The instance is gone with its store: its place in the pool is free
+        // for the next run (a log phase after a limit, another request).
+        state.base_mut().instance = None;
         Ok(Finished {
             result,
             fuel_used: (self.limits.fuel - fuel_left.min(self.limits.fuel))
