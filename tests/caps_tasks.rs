@@ -419,3 +419,41 @@ ngx.say("survived")
         common::site::logged()
     );
 }
+
+#[test]
+fn each_subrequest_is_in_the_access_log_and_the_metrics() {
+    let site = Site::start(
+        "capture_accounted",
+        "",
+        "",
+        "",
+        &[
+            (
+                "root/main.lua",
+                r#"
+local a, b = ngx.location.capture_multi({ { "/leaf.lua" }, { "/gone.lua" } })
+ngx.say(a.status, " ", b.status)
+"#,
+            ),
+            ("root/leaf.lua", "ngx.say('leaf')"),
+        ],
+    );
+    assert!(site.get("/main.lua").is_ok_with("200 404\n"));
+    let metrics = site.registry.metrics.render();
+    for series in [
+        "moonwall_subrequests_total{tenant=\"t\",status=\"200\",outcome=\"ok\"} 1\n",
+        "moonwall_subrequests_total{tenant=\"t\",status=\"404\",outcome=\"not-found\"} 1\n",
+        "moonwall_requests_total{tenant=\"t\",status=\"200\",outcome=\"ok\"} 1\n",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    let logged = common::site::logged();
+    assert!(
+        logged.contains("t GET /leaf.lua 200 (subrequest)"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("t GET /gone.lua 404 (subrequest)"),
+        "{logged}"
+    );
+}

@@ -18,7 +18,7 @@ use crate::bindings::moonwall::sandbox::http_types::{Header, Request};
 use crate::bindings::moonwall::sandbox::tasks::{Subrequest, Subresponse};
 use crate::caps::RequestCaps;
 use crate::caps::tasks::Subrequests;
-use crate::sandbox::FuelPool;
+use crate::sandbox::{FuelPool, log_text};
 use crate::tenants::Tenant;
 
 use super::app::App;
@@ -122,7 +122,48 @@ impl TenantSubrequests {
         })
     }
 
+    /// Serve `sub` and account for it: one access-log line (marked as a
+    /// subrequest, with its parent's request id) and its count and fuel in
+    /// the tenant's metrics.
     async fn serve(self: Arc<Self>, sub: Subrequest, depth: u32) -> Result<Subresponse, String> {
+        let started = std::time::Instant::now();
+        // Guest text, as every such byte on its way to a log.
+        let method = log_text::escape(sub.method.as_bytes());
+        let path = log_text::escape(sub.uri.as_bytes());
+        // A place among the tenant's subrequests in flight: a tenant's
+        // subrequests wait for each other, never take other tenants' places.
+        // The wait ends with the parent's deadline, which drops this future.
+        let _place = self.tenant.admission.subrequest_place().await;
+        let served = self.clone().run(sub, depth).await;
+        let (status, outcome, fuel) = match &served {
+            Ok((response, outcome, fuel)) => (response.status, outcome.as_str(), *fuel),
+            Err(_) => (500, "subrequest-refused", 0),
+        };
+        let tenant = &self.tenant;
+        tenant.metrics.subrequest(status, outcome, fuel);
+        tracing::info!(
+            target: "access",
+            request_id = self.log.request_id,
+            tenant = tenant.name.as_str(),
+            subrequest = depth,
+            method,
+            path,
+            status,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            fuel,
+            outcome,
+            "{} {method} {path} {status} (subrequest)",
+            tenant.name,
+        );
+        served.map(|(response, _, _)| response)
+    }
+
+    /// Route and run `sub`: its response, outcome label and fuel.
+    async fn run(
+        self: Arc<Self>,
+        sub: Subrequest,
+        depth: u32,
+    ) -> Result<(Subresponse, String, u64), String> {
         let request = self.request_of(sub)?;
         let route = self.tenant.router.route(&request.uri);
         let (scripts, shown_from, opened) = match route {
@@ -133,16 +174,20 @@ impl TenantSubrequests {
             } => (scripts, shown_from, opened),
             Route::Static(file) => {
                 return Ok(match static_files::read_async(file).await {
-                    StaticFile::Found { content_type, body } => Subresponse {
-                        status: 200,
-                        headers: vec![("Content-Type".into(), content_type.into_bytes())],
-                        body: body.to_vec(),
-                        truncated: false,
-                    },
-                    _ => not_found(),
+                    StaticFile::Found { content_type, body } => (
+                        Subresponse {
+                            status: 200,
+                            headers: vec![("Content-Type".into(), content_type.into_bytes())],
+                            body: body.to_vec(),
+                            truncated: false,
+                        },
+                        "static".into(),
+                        0,
+                    ),
+                    _ => (not_found(), "not-found".into(), 0),
                 });
             }
-            Route::NotFound => return Ok(not_found()),
+            Route::NotFound => return Ok((not_found(), "not-found".into(), 0)),
         };
         let handlers = self
             .app
@@ -177,7 +222,7 @@ impl TenantSubrequests {
         let Ok(response) = sink.downcast::<CollectedResponse>() else {
             unreachable!("serve_request returns the sink it was given")
         };
-        Ok(Subresponse {
+        let subresponse = Subresponse {
             status: response.status.unwrap_or(report.status),
             headers: response
                 .headers
@@ -186,7 +231,11 @@ impl TenantSubrequests {
                 .collect(),
             body: response.body,
             truncated: response.aborted,
-        })
+        };
+        if let super::HttpOutcome::LimitExceeded(limit) = &report.outcome {
+            self.tenant.metrics.limit_hit(limit.kind());
+        }
+        Ok((subresponse, report.outcome.label(), report.fuel_used))
     }
 }
 
