@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{BUCKETS, Metrics, RequestCounts, TenantInner, lock};
 
@@ -158,15 +158,13 @@ impl Metrics {
     }
 }
 
-/// The `# HELP` and `# TYPE` lines of a family.
-
 /// A counter family by status and outcome (requests, subrequests).
 fn status_outcome_family(
     out: &mut String,
     tenants: &[Arc<TenantInner>],
     name: &str,
     help: &str,
-    counts: impl Fn(&TenantInner) -> &std::sync::Mutex<RequestCounts>,
+    counts: impl Fn(&TenantInner) -> &Mutex<RequestCounts>,
 ) {
     family(out, name, "counter", help);
     for tenant in tenants {
@@ -192,6 +190,7 @@ fn status_outcome_family(
     }
 }
 
+/// The `# HELP` and `# TYPE` lines of a family.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
