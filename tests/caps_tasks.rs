@@ -457,3 +457,42 @@ ngx.say(a.status, " ", b.status)
         "{logged}"
     );
 }
+
+#[test]
+fn a_request_and_its_subrequests_share_the_tenants_memory() {
+    // 16 MiB for the tenant: eight 3 MiB static files read by subrequests
+    // at once would be 24 MiB of host copies. They are refused once the
+    // request tree's memory is used up, with a message that says so.
+    let big = "x".repeat(3 << 20);
+    let site = Site::start(
+        "capture_memory",
+        "",
+        "memory_mib = 16",
+        "",
+        &[
+            (
+                "root/main.lua",
+                r#"
+local list = {}
+for i = 1, 8 do list[i] = { "/big.txt" } end
+local ok, err = pcall(ngx.location.capture_multi, list)
+ngx.say(ok, " ", tostring(err))
+"#,
+            ),
+            (
+                "root/one.lua",
+                "ngx.say(#ngx.location.capture('/big.txt').body)",
+            ),
+            ("root/big.txt", &big),
+        ],
+    );
+    // One at a time fits.
+    assert!(site.get("/one.lua").is_ok_with(&format!("{}\n", 3 << 20)));
+    let reply = site.get("/main.lua");
+    assert!(
+        reply.body.contains(
+            "does not fit in the request's memory limit of 16 MiB (the request and its subrequests together)"
+        ),
+        "{reply:?}"
+    );
+}

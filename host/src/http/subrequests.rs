@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::bindings::moonwall::sandbox::http_types::{Header, Request};
 use crate::bindings::moonwall::sandbox::tasks::{Subrequest, Subresponse};
 use crate::caps::RequestCaps;
-use crate::caps::tasks::Subrequests;
-use crate::sandbox::{FuelPool, log_text};
+use crate::caps::tasks::{Captured, Subrequests};
+use crate::sandbox::memory_pool::Reservation;
+use crate::sandbox::{FuelPool, MemoryPool, log_text};
 use crate::tenants::Tenant;
 
 use super::app::App;
@@ -46,6 +47,9 @@ pub(crate) struct TenantSubrequests {
     log: RequestLog,
     /// The fuel the client's request and all its subrequests share.
     fuel: Arc<FuelPool>,
+    /// The memory they share: their instances' and the host's copies of
+    /// bodies and files passed between them.
+    memory: Arc<MemoryPool>,
     started: AtomicU32,
 }
 
@@ -63,6 +67,7 @@ impl TenantSubrequests {
         };
         Arc::new(TenantSubrequests {
             fuel: Arc::new(FuelPool::new(tenant.limits.sandbox.fuel)),
+            memory: Arc::new(MemoryPool::new(tenant.limits.sandbox.memory_bytes)),
             app,
             tenant,
             parent,
@@ -74,6 +79,21 @@ impl TenantSubrequests {
     /// The fuel the request tree shares (the tenant's fuel limit, once).
     pub(crate) fn fuel_pool(&self) -> Arc<FuelPool> {
         self.fuel.clone()
+    }
+
+    /// The memory the request tree shares (the tenant's memory limit, once).
+    pub(crate) fn memory_pool(&self) -> Arc<MemoryPool> {
+        self.memory.clone()
+    }
+
+    /// Hold `bytes` of the tree's memory for a host copy, or say why not.
+    fn reserve(&self, bytes: usize, what: &str) -> Result<Reservation, String> {
+        self.memory.reserve(bytes).ok_or_else(|| {
+            format!(
+                "{what} of {bytes} bytes does not fit in the request's memory limit of {} MiB (the request and its subrequests together)",
+                self.tenant.limits.sandbox.memory_bytes >> 20
+            )
+        })
     }
 
     fn request_of(&self, sub: Subrequest) -> Result<Request, String> {
@@ -125,7 +145,7 @@ impl TenantSubrequests {
     /// Serve `sub` and account for it: one access-log line (marked as a
     /// subrequest, with its parent's request id) and its count and fuel in
     /// the tenant's metrics.
-    async fn serve(self: Arc<Self>, sub: Subrequest, depth: u32) -> Result<Subresponse, String> {
+    async fn serve(self: Arc<Self>, sub: Subrequest, depth: u32) -> Captured {
         let started = std::time::Instant::now();
         // Guest text, as every such byte on its way to a log.
         let method = log_text::escape(sub.method.as_bytes());
@@ -136,7 +156,7 @@ impl TenantSubrequests {
         let _place = self.tenant.admission.subrequest_place().await;
         let served = self.clone().run(sub, depth).await;
         let (status, outcome, fuel) = match &served {
-            Ok((response, outcome, fuel)) => (response.status, outcome.as_str(), *fuel),
+            Ok((response, outcome, fuel, _)) => (response.status, outcome.as_str(), *fuel),
             Err(_) => (500, "subrequest-refused", 0),
         };
         let tenant = &self.tenant;
@@ -155,15 +175,28 @@ impl TenantSubrequests {
             "{} {method} {path} {status} (subrequest)",
             tenant.name,
         );
-        served.map(|(response, _, _)| response)
+        match served {
+            Ok((response, _, _, held)) => Captured {
+                response: Ok(response),
+                held,
+            },
+            Err(error) => Captured {
+                response: Err(error),
+                held: None,
+            },
+        }
     }
 
-    /// Route and run `sub`: its response, outcome label and fuel.
+    /// Route and run `sub`: its response, outcome label, fuel, and the
+    /// memory its body holds.
     async fn run(
         self: Arc<Self>,
         sub: Subrequest,
         depth: u32,
-    ) -> Result<(Subresponse, String, u64), String> {
+    ) -> Result<(Subresponse, String, u64, Option<Reservation>), String> {
+        // The body the parent passed is a host copy while the subrequest
+        // runs.
+        let _body = self.reserve(sub.body.len(), "a subrequest body")?;
         let request = self.request_of(sub)?;
         let route = self.tenant.router.route(&request.uri);
         let (scripts, shown_from, opened) = match route {
@@ -173,8 +206,12 @@ impl TenantSubrequests {
                 opened,
             } => (scripts, shown_from, opened),
             Route::Static(file) => {
+                // Held from before the read until the parent collects it.
+                let size = usize::try_from(file.metadata().len()).unwrap_or(usize::MAX);
+                let size = size.min(static_files::MAX_STATIC_FILE_BYTES as usize);
+                let held = self.reserve(size, "a static file")?;
                 return Ok(match static_files::read_async(file).await {
-                    StaticFile::Found { content_type, body } => (
+                    StaticFile::Found { content_type, body } if body.len() <= size => (
                         Subresponse {
                             status: 200,
                             headers: vec![("Content-Type".into(), content_type.into_bytes())],
@@ -183,11 +220,12 @@ impl TenantSubrequests {
                         },
                         "static".into(),
                         0,
+                        Some(held),
                     ),
-                    _ => (not_found(), "not-found".into(), 0),
+                    _ => (not_found(), "not-found".into(), 0, None),
                 });
             }
-            Route::NotFound => return Ok((not_found(), "not-found".into(), 0)),
+            Route::NotFound => return Ok((not_found(), "not-found".into(), 0, None)),
         };
         let handlers = self
             .app
@@ -215,6 +253,7 @@ impl TenantSubrequests {
                 cpu: self.tenant.admission.cpu_slots(&self.app.gates),
                 guest: self.tenant.prepared.clone(),
                 fuel_pool: Some(self.fuel.clone()),
+                memory_pool: Some(self.memory.clone()),
             })
             .await
             .map_err(|e| format!("cannot run the subrequest: {e}"))?;
@@ -235,7 +274,13 @@ impl TenantSubrequests {
         if let super::HttpOutcome::LimitExceeded(limit) = &report.outcome {
             self.tenant.metrics.limit_hit(limit.kind());
         }
-        Ok((subresponse, report.outcome.label(), report.fuel_used))
+        let held = self.reserve(subresponse.body.len(), "a subrequest's response")?;
+        Ok((
+            subresponse,
+            report.outcome.label(),
+            report.fuel_used,
+            Some(held),
+        ))
     }
 }
 
@@ -253,7 +298,7 @@ impl Subrequests for TenantSubrequests {
         self: Arc<Self>,
         request: Subrequest,
         depth: u32,
-    ) -> Result<Pin<Box<dyn Future<Output = Result<Subresponse, String>> + Send>>, String> {
+    ) -> Result<Pin<Box<dyn Future<Output = Captured> + Send>>, String> {
         if depth > MAX_SUBREQUEST_DEPTH {
             return Err(format!(
                 "subrequests nested too deep (at most {MAX_SUBREQUEST_DEPTH} levels)"
