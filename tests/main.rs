@@ -14,6 +14,7 @@ mod caps_tcp;
 mod cli;
 mod example_api;
 mod hostile;
+mod host_work;
 mod http_server;
 mod openresty;
 mod policies;

@@ -4,6 +4,8 @@
 //!   native stack, output, pooling).
 //! - [`host_api`]: the sandbox's part of a run's store ([`RunBase`]) and the
 //!   core imports (output, clock, guard).
+//! - [`meter`]: host work paid for with the run's fuel and stopped at its
+//!   deadline ([`HostWork`]).
 //! - [`outcome`]: how a run ended, as a typed result.
 //! - [`run`]: the one lifecycle of a run (start with every limit armed,
 //!   instantiate, call, classify the stop), used by every kind of run, and
@@ -31,6 +33,7 @@ pub mod cache;
 pub mod cpu;
 pub mod engine;
 pub mod host_api;
+pub mod meter;
 pub mod outcome;
 pub mod prepared;
 pub mod run;
@@ -45,6 +48,7 @@ use wasmtime::{Engine, Trap};
 pub use cpu::CpuSlots;
 pub use engine::{EngineSettings, Limits};
 pub use host_api::{CapturedOutput, InheritedOutput, OutputSink, RunBase};
+pub use meter::HostWork;
 pub use outcome::{Limit, Outcome, RunReport};
 pub use prepared::{InitError, PreparedGuest};
 pub use run::{RunData, RunStart};
