@@ -166,7 +166,10 @@ impl RedisServer {
             .iter()
             .filter_map(|stat| {
                 let at = text.find(stat)? + stat.len();
-                let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+                let digits: String = text[at..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
                 digits.parse::<u64>().ok()
             })
             .sum()
@@ -871,13 +874,19 @@ show("big", ok, err, forcible, left > 1 and left < 2000, d:get("k9000"), d:get("
     let before = redis.script_calls();
     assert_eq!(ok_body(&site.get("/keys.lua")), "keys 3000\n");
     let calls = redis.script_calls() - before;
-    assert!(calls >= 3, "get_keys(0) of 3000 keys in {calls} script calls");
+    assert!(
+        calls >= 3,
+        "get_keys(0) of 3000 keys in {calls} script calls"
+    );
 
     assert_eq!(ok_body(&site.get("/fill.lua?n=3000&ttl=0.2")), "filled\n");
     let before = redis.script_calls();
     assert_eq!(ok_body(&site.get("/flush.lua")), "flushed 3000\n");
     let calls = redis.script_calls() - before;
-    assert!(calls >= 3, "flush_expired(0) of 3000 in {calls} script calls");
+    assert!(
+        calls >= 3,
+        "flush_expired(0) of 3000 in {calls} script calls"
+    );
 
     // About 9,000 entries of ~200 bytes fill the 2 MiB dict; a value of
     // 1.8 MB evicts nearly all of them.

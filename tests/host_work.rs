@@ -9,7 +9,13 @@ use common::site::{Reply, Site};
 
 /// Serve `script` as `/NAME.lua` under the `[limits]` lines `limits`.
 fn serve(name: &str, limits: &str, script: &str) -> Site {
-    Site::start(name, "", limits, "", &[(&format!("root/{name}.lua"), script)])
+    Site::start(
+        name,
+        "",
+        limits,
+        "",
+        &[(&format!("root/{name}.lua"), script)],
+    )
 }
 
 /// The request for `/NAME.lua` was stopped by the limit `kind` (`fuel`,

@@ -17,8 +17,8 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::RunCaps;
 use crate::bindings::moonwall::sandbox::{codec, http_types, log, response};
-use crate::sandbox::host_api::HostStop;
 use crate::sandbox::HostWork;
+use crate::sandbox::host_api::HostStop;
 use crate::sandbox::outcome::Limit;
 
 /// What a [`ResponseSink`] returns when it may have to wait.

@@ -92,7 +92,9 @@ impl HostWork {
 
     /// `fuel` for `count` units at `rate` fuel each, saturating.
     pub fn cost(count: usize, rate: u64) -> u64 {
-        u64::try_from(count).unwrap_or(u64::MAX).saturating_mul(rate)
+        u64::try_from(count)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(rate)
     }
 }
 

@@ -127,7 +127,8 @@ pub const LONG_KEY: &str = "key too long";
 /// The answer of a backend's operation.
 pub type DictFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
-/// One dict on its backend. Every method is one atomic operation; a
+/// One dict on its backend. Every method is one atomic operation (but the
+/// scans, `get_keys` and `flush_expired`, done in batches); a
 /// backend that waits (Redis) gives up at `deadline` with
 /// [`Error::Deadline`]. Keys are checked ([`check_key`]) and times cut to
 /// [`MAX_TTL_MS`] before they get here.
@@ -168,8 +169,12 @@ pub trait Store: Send + Sync {
     /// Remove up to `max` (0: all) expired entries; how many went.
     /// Visits at most `budget` entries, in batches of [`SCAN_BATCH`]
     /// ([`Error::Fuel`] past it).
-    fn flush_expired(&self, max: u32, deadline: Instant, budget: u64)
-    -> DictFuture<'_, Scanned<u32>>;
+    fn flush_expired(
+        &self,
+        max: u32,
+        deadline: Instant,
+        budget: u64,
+    ) -> DictFuture<'_, Scanned<u32>>;
     /// Up to `max` (0: all) live keys, least recently used first.
     /// Visits at most `budget` entries, in batches of [`SCAN_BATCH`]
     /// ([`Error::Fuel`] past it).

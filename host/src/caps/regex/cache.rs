@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
-use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
 use regex_automata::hybrid::LazyStateID;
+use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
 use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::util::primitives::NonMaxUsize;
 use regex_automata::util::syntax;
@@ -156,7 +156,10 @@ impl<'m, 'a> Stepper<'m, 'a> {
         let by_time = u64::try_from(cpu.as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_mul(FUEL_PER_NS);
-        let fuel = by_time.max(HostWork::cost(std::mem::take(&mut self.bytes), FUEL_PER_BYTE));
+        let fuel = by_time.max(HostWork::cost(
+            std::mem::take(&mut self.bytes),
+            FUEL_PER_BYTE,
+        ));
         work.charge(fuel).map_err(ScanError::Stopped)
     }
 }
@@ -411,7 +414,10 @@ impl Compiled {
             Ok(None) => return Ok(Ok(None)),
             Err(error) => return Ok(Err(error)),
         };
-        let back = input.clone().span(input.start()..to).anchored(Anchored::Yes);
+        let back = input
+            .clone()
+            .span(input.start()..to)
+            .anchored(Anchored::Yes);
         match self.reverse_start(&mut scratch.reverse, &back, stepper)? {
             Ok(Some(from)) => Ok(Ok(Some((from, to)))),
             // The forward DFA saw a match the reverse one does not: let
@@ -679,7 +685,8 @@ impl Cache {
             };
             self.memory -= partition.evict_oldest();
         }
-        self.tenants.retain(|_, partition| !partition.entries.is_empty());
+        self.tenants
+            .retain(|_, partition| !partition.entries.is_empty());
     }
 
     /// How many patterns `tenant` has cached, their bytes, their memory.
@@ -754,7 +761,9 @@ mod tests {
         let mut offsets = Vec::new();
         let mut pos = 0;
         while pos <= subject.len() && offsets.len() < 100 * slots.len() {
-            let input = Input::new(subject).span(pos..subject.len()).anchored(anchored);
+            let input = Input::new(subject)
+                .span(pos..subject.len())
+                .anchored(anchored);
             if compiled
                 .regex
                 .search_slots_with(&mut cache, &input, &mut slots)
@@ -763,7 +772,11 @@ mod tests {
                 break;
             }
             let (from, to) = (slots[0].unwrap().get(), slots[1].unwrap().get());
-            offsets.extend(slots.iter().map(|s| s.map_or(NO_OFFSET, |s| s.get() as u32)));
+            offsets.extend(
+                slots
+                    .iter()
+                    .map(|s| s.map_or(NO_OFFSET, |s| s.get() as u32)),
+            );
             pos = if to == from {
                 to + char_len(subject, to, compiled.utf8)
             } else {
@@ -893,7 +906,9 @@ mod tests {
                 .scan(subject.as_bytes(), 0, u32::MAX, 100, false, None)
                 .unwrap();
             let regex = regex_automata::meta::Regex::new(
-                &translate(pattern.as_bytes(), Syntax::default()).unwrap().pattern,
+                &translate(pattern.as_bytes(), Syntax::default())
+                    .unwrap()
+                    .pattern,
             )
             .unwrap();
             let mut expected = Vec::new();

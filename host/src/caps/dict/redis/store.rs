@@ -9,10 +9,9 @@ use bytes::Bytes;
 
 use super::client::{Budget, Client, REPLY_SLACK, Reply, protocol};
 use crate::caps::dict::{
-    SCAN_BATCH, Scanned,
     DictFuture, ENTRY_OVERHEAD, EXISTS, Error, INTEGER_OVERFLOW, IS_A_LIST, Item,
-    LIST_ITEM_OVERHEAD, Mode, NIL_ADD, NO_MEMORY, NOT_A_LIST, NOT_A_NUMBER, NOT_FOUND, Store,
-    Value, add_numbers,
+    LIST_ITEM_OVERHEAD, Mode, NIL_ADD, NO_MEMORY, NOT_A_LIST, NOT_A_NUMBER, NOT_FOUND, SCAN_BATCH,
+    Scanned, Store, Value, add_numbers,
 };
 
 /// One dict on the Redis server.
@@ -147,7 +146,10 @@ impl RedisDict {
         };
         // A write that must evict many entries does it a batch per call.
         loop {
-            let reply = self.client.eval(&self.share, &all, budget, deadline).await?;
+            let reply = self
+                .client
+                .eval(&self.share, &all, budget, deadline)
+                .await?;
             if let Some(parts) = answer(reply)? {
                 return Ok(parts);
             }
