@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
@@ -51,8 +52,6 @@ pub const NO_OFFSET: u32 = u32::MAX;
 /// Subject bytes a search steps through between two checks of the run's
 /// deadline.
 pub const STEP_BYTES: usize = 256;
-/// Steps between two charges of the run's fuel.
-const STEPS_PER_CHARGE: u32 = 16;
 /// Fuel per nanosecond of the thread's CPU time spent compiling or
 /// searching: about what the guest itself burns (10^10 fuel is about a
 /// second of its CPU).
@@ -105,29 +104,34 @@ pub enum ScanError {
 /// The meter of a search: the run's account, or none (unmetered: tests).
 pub type Meter<'a> = Option<&'a mut HostWork>;
 
-/// The meter of one search or compile: checks the run's deadline every
-/// step, and charges its fuel every [`STEPS_PER_CHARGE`] steps (and at the
-/// end) for the thread's CPU time at [`FUEL_PER_NS`], at least
-/// [`FUEL_PER_BYTE`] a byte.
+/// The meter of one scan or compile: checks the run's deadline every step,
+/// and charges its fuel for the thread's CPU time at [`FUEL_PER_NS`], at
+/// least [`FUEL_PER_BYTE`] a byte, every [`CHARGE_BYTES`] or
+/// [`CHARGE_EVERY`] (whichever comes first) and at the end.
 struct Stepper<'m, 'a> {
     meter: &'m mut Meter<'a>,
-    cpu_since: std::time::Duration,
+    cpu_since: Duration,
+    settled: Instant,
     bytes: usize,
-    steps: u32,
 }
+
+/// Bytes stepped through between two charges of the run's fuel.
+const CHARGE_BYTES: usize = 64 << 10;
+/// Longest time between two charges of the run's fuel.
+const CHARGE_EVERY: Duration = Duration::from_millis(1);
 
 impl<'m, 'a> Stepper<'m, 'a> {
     fn new(meter: &'m mut Meter<'a>) -> Self {
         let cpu_since = if meter.is_some() {
             thread_cpu_time()
         } else {
-            std::time::Duration::ZERO
+            Duration::ZERO
         };
         Stepper {
             meter,
             cpu_since,
+            settled: Instant::now(),
             bytes: 0,
-            steps: 0,
         }
     }
 
@@ -137,9 +141,12 @@ impl<'m, 'a> Stepper<'m, 'a> {
             return Ok(());
         };
         self.bytes += bytes;
-        self.steps += 1;
-        work.check_deadline().map_err(ScanError::Stopped)?;
-        if self.steps.is_multiple_of(STEPS_PER_CHARGE) {
+        let now = Instant::now();
+        if now >= work.deadline() {
+            return Err(ScanError::Stopped(work.deadline_passed()));
+        }
+        if self.bytes >= CHARGE_BYTES || now.duration_since(self.settled) >= CHARGE_EVERY {
+            self.settled = now;
             self.settle()?;
         }
         Ok(())
@@ -156,10 +163,8 @@ impl<'m, 'a> Stepper<'m, 'a> {
         let by_time = u64::try_from(cpu.as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_mul(FUEL_PER_NS);
-        let fuel = by_time.max(HostWork::cost(
-            std::mem::take(&mut self.bytes),
-            FUEL_PER_BYTE,
-        ));
+        let bytes = std::mem::take(&mut self.bytes);
+        let fuel = by_time.max(HostWork::cost(bytes, FUEL_PER_BYTE));
         work.charge(fuel).map_err(ScanError::Stopped)
     }
 }
@@ -312,6 +317,7 @@ impl Compiled {
             Anchored::No
         };
         let mut scratch = self.take_scratch();
+        let mut stepper = Stepper::new(&mut meter);
         let mut slots: Vec<Option<NonMaxUsize>> = vec![None; per_match];
         let mut offsets = Vec::with_capacity(per_match * max.min(64));
         let mut pos = start as usize;
@@ -326,7 +332,7 @@ impl Compiled {
                 break Ok(());
             }
             let input = Input::new(subject).span(pos..len).anchored(anchored);
-            match self.find(&mut scratch, &input, &mut slots, &mut meter) {
+            match self.find(&mut scratch, &input, &mut slots, &mut stepper) {
                 Ok(true) => {}
                 Ok(false) => break Ok(()),
                 Err(error) => break Err(error),
@@ -346,28 +352,16 @@ impl Compiled {
             };
         };
         self.keep_scratch(scratch);
-        result.map(|()| (stride as u32, offsets, next))
+        let settled = stepper.settle();
+        result?;
+        settled?;
+        Ok((stride as u32, offsets, next))
     }
 
     /// The leftmost-first match in `input`, its groups in `slots`: where it
     /// ends (stepping forward), where it starts (stepping back), then the
     /// groups within it. `Ok(false)`: no match.
     fn find(
-        &self,
-        scratch: &mut Scratch,
-        input: &Input<'_>,
-        slots: &mut [Option<NonMaxUsize>],
-        meter: &mut Meter<'_>,
-    ) -> Result<bool, ScanError> {
-        let mut stepper = Stepper::new(meter);
-        let found = self.find_stepped(scratch, input, slots, &mut stepper);
-        let settled = stepper.settle();
-        let found = found?;
-        settled?;
-        Ok(found)
-    }
-
-    fn find_stepped(
         &self,
         scratch: &mut Scratch,
         input: &Input<'_>,
