@@ -138,14 +138,15 @@ impl RedisServer {
         )
     }
 
-    /// How many times the server has run a script (`EVALSHA` and `EVAL`)
-    /// so far: each is one atomic step on Redis.
-    fn script_calls(&self) -> u64 {
+    /// The server's `INFO section` text.
+    fn info(&self, section: &str) -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis answers");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        stream.write_all(b"INFO commandstats\r\n").unwrap();
+        stream
+            .write_all(format!("INFO {section}\r\n").as_bytes())
+            .unwrap();
         let mut text = Vec::new();
         let mut buffer = [0u8; 4096];
         // A bulk reply: `$LEN\r\n` then LEN bytes and `\r\n`.
@@ -161,18 +162,32 @@ impl RedisServer {
                 }
             }
         }
-        let text = String::from_utf8_lossy(&text);
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// The number after `name` (`name:N` or `name=N`) in `text`.
+    fn stat(text: &str, name: &str) -> Option<u64> {
+        let at = text.find(name)? + name.len();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    }
+
+    /// How many times the server has run a script (`EVALSHA` and `EVAL`)
+    /// so far: each is one atomic step on Redis.
+    fn script_calls(&self) -> u64 {
+        let text = self.info("commandstats");
         ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="]
             .iter()
-            .filter_map(|stat| {
-                let at = text.find(stat)? + stat.len();
-                let digits: String = text[at..]
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                digits.parse::<u64>().ok()
-            })
+            .filter_map(|stat| Self::stat(&text, stat))
             .sum()
+    }
+
+    /// Clients connected now (this question's connection among them).
+    fn connected_clients(&self) -> u64 {
+        Self::stat(&self.info("clients"), "connected_clients:").expect("connected_clients")
     }
 
     fn signal(&self, signal: &str) {
@@ -898,6 +913,47 @@ show("big", ok, err, forcible, left > 1 and left < 2000, d:get("k9000"), d:get("
     );
     let calls = redis.script_calls() - before;
     assert!(calls >= 8, "evicting ~9000 entries in {calls} script calls");
+}
+
+/// 32 requests of one tenant at once, each making 300 Redis calls, hold at
+/// most the tenant's share of the connection pool (16 of 64): Redis never
+/// sees more than 16 connections from the server (plus the one asking).
+#[test]
+fn a_tenant_holds_at_most_its_share_of_redis_connections() {
+    let redis = RedisServer::start("share");
+    let site = site_limited(
+        "dict_share_redis",
+        &redis.backend(""),
+        "timeout_ms = 120000",
+        "cache = \"1m\"",
+        &[(
+            "busy.lua",
+            r#"
+local d = ngx.shared.cache
+for i = 1, 300 do d:incr("n", 1, 0) end
+show("done")
+"#,
+        )],
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let most = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(redis.connected_clients());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        });
+        let replies = site.all_at_once("/busy.lua", 32);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reply in &replies {
+            assert_eq!(ok_body(reply), "done\n");
+        }
+        watcher.join().unwrap()
+    });
+    assert!(most > 1, "the requests used Redis ({most} clients)");
+    assert!(most <= 17, "{most} clients connected at once");
 }
 
 // ---------------------------------------------------------------------------
