@@ -20,6 +20,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::RunCaps;
 use crate::bindings::moonwall::sandbox::{codec, http_types, log, response};
+use crate::sandbox::HostWork;
 use crate::sandbox::host_api::HostStop;
 use crate::sandbox::log_text;
 use crate::sandbox::outcome::Limit;
@@ -413,26 +414,72 @@ impl log::Host for RunCaps {
     }
 }
 
+/// Fuel per byte hashed by `md5`, `sha1` and `hmac-sha1`: about what the
+/// same CPU time costs a guest (which burns ~10 fuel a nanosecond; these
+/// hashes take ~1.5 ns a byte).
+pub const DIGEST_FUEL_PER_BYTE: u64 = 16;
+/// Fuel per byte for `crc32` and base64 (encoded or decoded), on the same
+/// scale (~0.1 to 0.5 ns a byte).
+pub const CODEC_FUEL_PER_BYTE: u64 = 4;
+/// Bytes hashed or encoded between two checks of the run's deadline (and
+/// two charges of its fuel).
+pub const CODEC_CHUNK_BYTES: usize = 1 << 20;
+
+/// Feed `data` to `update` in chunks of [`CODEC_CHUNK_BYTES`] (of a multiple
+/// of `unit`), each paid for at `rate` fuel a byte before it is done and
+/// after a check of the deadline.
+fn metered(
+    work: &mut HostWork,
+    data: &[u8],
+    rate: u64,
+    unit: usize,
+    mut update: impl FnMut(&[u8]),
+) -> wasmtime::Result<()> {
+    let chunk = CODEC_CHUNK_BYTES / unit * unit;
+    for piece in data.chunks(chunk) {
+        work.step(HostWork::cost(piece.len(), rate))?;
+        update(piece);
+    }
+    Ok(())
+}
+
 // Every output below is a fixed size or proportional to an input the guest
-// already held in its own memory (at most its memory cap).
+// already held in its own memory (at most its memory cap); the work is
+// paid for in fuel, in chunks, each after a check of the deadline.
 impl codec::Host for RunCaps {
     fn md5(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
-        Ok(md5::Md5::digest(&data).to_vec())
+        let mut hasher = md5::Md5::new();
+        metered(&mut self.work, &data, DIGEST_FUEL_PER_BYTE, 1, |piece| {
+            hasher.update(piece)
+        })?;
+        Ok(hasher.finalize().to_vec())
     }
 
     fn sha1(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
-        Ok(sha1::Sha1::digest(&data).to_vec())
+        let mut hasher = sha1::Sha1::new();
+        metered(&mut self.work, &data, DIGEST_FUEL_PER_BYTE, 1, |piece| {
+            hasher.update(piece)
+        })?;
+        Ok(hasher.finalize().to_vec())
     }
 
     fn hmac_sha1(&mut self, key: Vec<u8>, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+        self.work
+            .step(HostWork::cost(key.len(), DIGEST_FUEL_PER_BYTE))?;
         let mut mac =
             hmac::Hmac::<sha1::Sha1>::new_from_slice(&key).map_err(wasmtime::Error::msg)?;
-        mac.update(&data);
+        metered(&mut self.work, &data, DIGEST_FUEL_PER_BYTE, 1, |piece| {
+            mac.update(piece)
+        })?;
         Ok(mac.finalize().into_bytes().to_vec())
     }
 
     fn crc32(&mut self, data: Vec<u8>) -> wasmtime::Result<u32> {
-        Ok(crc32fast::hash(&data))
+        let mut hasher = crc32fast::Hasher::new();
+        metered(&mut self.work, &data, CODEC_FUEL_PER_BYTE, 1, |piece| {
+            hasher.update(piece)
+        })?;
+        Ok(hasher.finalize())
     }
 
     fn base64_encode(&mut self, data: Vec<u8>, no_padding: bool) -> wasmtime::Result<Vec<u8>> {
@@ -441,7 +488,13 @@ impl codec::Host for RunCaps {
         } else {
             &base64::engine::general_purpose::STANDARD
         };
-        Ok(engine.encode(&data).into_bytes())
+        // Whole groups of 3 bytes encode alone, without padding: only the
+        // last chunk can have any.
+        let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+        metered(&mut self.work, &data, CODEC_FUEL_PER_BYTE, 3, |piece| {
+            engine.encode_string(piece, &mut out)
+        })?;
+        Ok(out.into_bytes())
     }
 
     fn base64_decode(&mut self, data: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -451,7 +504,29 @@ impl codec::Host for RunCaps {
             base64::engine::GeneralPurposeConfig::new()
                 .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
         );
-        Ok(LENIENT.decode(&data).ok())
+        // Chunks before the last are whole groups of 4 characters, which
+        // decode alone and may not have padding (as in the whole text).
+        const MIDDLE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+        );
+        let chunk = CODEC_CHUNK_BYTES / 4 * 4;
+        let mut out = Vec::with_capacity(data.len() / 4 * 3 + 3);
+        let mut pieces = data.chunks(chunk).peekable();
+        while let Some(piece) = pieces.next() {
+            self.work
+                .step(HostWork::cost(piece.len(), CODEC_FUEL_PER_BYTE))?;
+            let engine = if pieces.peek().is_some() {
+                &MIDDLE
+            } else {
+                &LENIENT
+            };
+            if engine.decode_vec(piece, &mut out).is_err() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
     }
 }
 

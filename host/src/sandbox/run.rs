@@ -42,6 +42,8 @@ pub trait RunData: Sized + Send + 'static {
     /// The CPU slots the run holds: a run that could not take them before
     /// its deadline is not instantiated.
     fn cpu(&self) -> &CpuSlots;
+    /// The fuel account of the run's host calls ([`super::meter`]).
+    fn host_work(&mut self) -> &mut super::HostWork;
     /// Register the host functions of every import beyond the core ones
     /// (output, clock, guard: the sandbox's own, on [`RunBase`]).
     fn add_to_linker(linker: &mut Linker<Self>) -> wasmtime::Result<()>;
@@ -180,6 +182,7 @@ impl<D: RunData> Sandbox<D> {
         };
         let mut store = Store::new(&self.engine, D::assemble(base, setup, start));
         store.limiter(|state| &mut state.base_mut().limiter);
+        super::meter::install(&mut store, D::host_work);
         // Fails only in an engine without fuel, and every engine has it.
         let _ = store.set_fuel(fuel);
         engine::arm_deadline(&mut store, deadline);
