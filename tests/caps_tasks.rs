@@ -496,3 +496,54 @@ ngx.say(ok, " ", tostring(err))
         "{reply:?}"
     );
 }
+
+/// What a script hands `ngx.location.capture` crosses to the host as bytes
+/// the host checks: a URI or args that are not UTF-8 are a Lua error the
+/// script can catch (they trapped the whole run while the subrequest's
+/// fields were WIT strings), and the headers it would inherit are bounded
+/// (in count by the guest, in bytes by the host).
+#[test]
+fn capture_checks_its_uri_args_and_headers_on_the_host() {
+    let site = Site::start(
+        "capture_bytes",
+        "",
+        "",
+        "",
+        &[
+            (
+                "root/main.lua",
+                r#"
+ngx.say(pcall(ngx.location.capture, "/sub\255.lua"))
+ngx.say(pcall(ngx.location.capture, "/sub.lua?a=\255"))
+ngx.say(pcall(ngx.location.capture, "/sub.lua", { args = "b=\192" }))
+ngx.req.set_header("X-Big", string.rep("v", 40000))
+ngx.req.set_header("X-Big-Too", string.rep("w", 30000))
+ngx.say(pcall(ngx.location.capture, "/sub.lua"))
+ngx.req.clear_header("X-Big-Too")
+local res = ngx.location.capture("/sub.lua")
+ngx.print(res.body)
+local many = {}
+for i = 1, 1001 do many[i] = "v" .. i end
+ngx.req.set_header("X-Many", many)
+ngx.say(pcall(ngx.location.capture, "/sub.lua"))
+"#,
+            ),
+            (
+                "root/sub.lua",
+                r#"ngx.say("sub ", #(ngx.req.get_headers()["x-big"] or ""))"#,
+            ),
+        ],
+    );
+    let reply = site.get("/main.lua");
+    assert!(
+        reply.is_ok_with(
+            "falsengx.location.capture: uri \"/sub\u{fffd}.lua\": not valid UTF-8\n\
+             falsengx.location.capture: invalid args \"a=\u{fffd}\"\n\
+             falsengx.location.capture: invalid args \"b=\u{fffd}\"\n\
+             falsengx.location.capture: too many header bytes\n\
+             sub 40000\n\
+             falsemoonwall.tasks:266: capture: too many headers\n"
+        ),
+        "{reply:?}"
+    );
+}

@@ -19,6 +19,7 @@ use md5::Digest;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::RunCaps;
+use crate::bindings::header_block::{self, HeaderBlockError};
 use crate::bindings::moonwall::sandbox::{codec, http_types, log, response};
 use crate::sandbox::HostWork;
 use crate::sandbox::host_api::HostStop;
@@ -296,31 +297,32 @@ fn http_state(state: &mut RunCaps) -> wasmtime::Result<&mut HttpState> {
         .ok_or_else(|| wasmtime::Error::msg("an HTTP import was called outside an HTTP request"))
 }
 
-/// Validate what a script sends as response headers; the first problem wins.
-fn validate_headers(
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
-) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-    if headers.len() > MAX_RESPONSE_HEADERS {
-        return Err(format!(
-            "too many response headers (at most {MAX_RESPONSE_HEADERS})"
-        ));
-    }
-    let total: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-    if total > MAX_RESPONSE_HEADER_BYTES {
-        return Err(format!(
-            "response headers too large (at most {MAX_RESPONSE_HEADER_BYTES} bytes)"
-        ));
-    }
+/// Validate what a script sends as response headers (a header block,
+/// wit/http.wit); the first problem wins. Counts and lengths are checked
+/// before anything is built.
+fn validate_headers(block: &[u8]) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let headers = header_block::decode(block, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEADER_BYTES)
+        .map_err(|e| match e {
+            HeaderBlockError::TooMany { .. } => {
+                format!("too many response headers (at most {MAX_RESPONSE_HEADERS})")
+            }
+            HeaderBlockError::TooLarge { .. } => {
+                format!("response headers too large (at most {MAX_RESPONSE_HEADER_BYTES} bytes)")
+            }
+            malformed @ HeaderBlockError::Malformed { .. } => {
+                format!("response headers: {malformed}")
+            }
+        })?;
     let mut valid = Vec::with_capacity(headers.len() + 1);
     let mut has_server = false;
     for (name, value) in headers {
-        let name = HeaderName::from_bytes(&name).map_err(|_| {
+        let name = HeaderName::from_bytes(name).map_err(|_| {
             format!(
                 "invalid response header name {:?}",
-                String::from_utf8_lossy(&name)
+                String::from_utf8_lossy(name)
             )
         })?;
-        let value = HeaderValue::from_bytes(&value)
+        let value = HeaderValue::from_bytes(value)
             .map_err(|_| format!("invalid value for response header {name}"))?;
         if HOST_OWNED_HEADERS.contains(&name.as_str()) {
             continue;
@@ -335,11 +337,7 @@ fn validate_headers(
 }
 
 impl response::Host for RunCaps {
-    fn send_head(
-        &mut self,
-        status: u16,
-        headers: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> wasmtime::Result<Result<(), String>> {
+    fn send_head(&mut self, status: u16, headers: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         let http = http_state(self)?;
         if http.status_sent.is_some() {
             return Ok(Err("response headers already sent".into()));
@@ -349,7 +347,7 @@ impl response::Host for RunCaps {
         if !(200..=599).contains(&status) {
             return Ok(Err(format!("invalid response status {status}")));
         }
-        let headers = match validate_headers(headers) {
+        let headers = match validate_headers(&headers) {
             Ok(headers) => headers,
             Err(message) => return Ok(Err(message)),
         };
@@ -619,21 +617,33 @@ mod tests {
 
     #[test]
     fn response_headers_are_validated() {
-        let ok = validate_headers(vec![
-            (b"X-A".to_vec(), b"1".to_vec()),
-            (b"Content-Length".to_vec(), b"5".to_vec()),
-        ])
-        .unwrap();
+        let block = |headers: &[(&[u8], &[u8])]| header_block::encode(headers.iter().copied());
+        let ok = validate_headers(&block(&[(b"X-A", b"1"), (b"Content-Length", b"5")])).unwrap();
         let names: Vec<&str> = ok.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["x-a", "server"]);
-        assert!(validate_headers(vec![(b"Bad Name".to_vec(), b"1".to_vec())]).is_err());
-        assert!(validate_headers(vec![(b"X".to_vec(), b"a\r\nInjected: 1".to_vec())]).is_err());
-        assert!(
-            validate_headers(vec![
-                (b"X".to_vec(), b"v".to_vec());
-                MAX_RESPONSE_HEADERS + 1
-            ])
-            .is_err()
+        assert_eq!(
+            validate_headers(&block(&[(b"Bad Name", b"1")])),
+            Err("invalid response header name \"Bad Name\"".into())
+        );
+        assert_eq!(
+            validate_headers(&block(&[(b"X", b"a\r\nInjected: 1")])),
+            Err("invalid value for response header x".into())
+        );
+        assert_eq!(
+            validate_headers(&block(&[(&b"X"[..], &b"v"[..]); MAX_RESPONSE_HEADERS + 1])),
+            Err("too many response headers (at most 256)".into())
+        );
+        let big = vec![b'v'; MAX_RESPONSE_HEADER_BYTES];
+        assert_eq!(
+            validate_headers(&block(&[(b"X", &big)])),
+            Err("response headers too large (at most 65536 bytes)".into())
+        );
+        // What only a modified guest sends: a length past the block's end.
+        let mut aliased = block(&[(b"X", b"v")]);
+        aliased.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            validate_headers(&aliased),
+            Err("response headers: malformed header block: header 1's name at byte 10: its length runs past the end of the block".into())
         );
     }
 }

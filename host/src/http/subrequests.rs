@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::bindings::header_block::{self, HeaderBlockError};
 use crate::bindings::moonwall::sandbox::http_types::{Header, Request};
 use crate::bindings::moonwall::sandbox::tasks::{Subrequest, Subresponse};
 use crate::caps::RequestCaps;
@@ -33,7 +34,10 @@ use crate::site::routing::Route;
 pub const MAX_SUBREQUESTS: u32 = 50;
 /// Most levels of subrequests inside subrequests.
 pub const MAX_SUBREQUEST_DEPTH: u32 = 4;
-/// Most header bytes a subrequest may carry.
+/// Most headers a subrequest may carry (the guest refuses more first, with
+/// "capture: too many headers").
+const MAX_SUBREQUEST_HEADERS: usize = 1000;
+/// Most header bytes (names and values) a subrequest may carry.
 const MAX_SUBREQUEST_HEADER_BYTES: usize = 64 * 1024;
 
 /// The subrequests of one client's request (shared by all its levels).
@@ -96,46 +100,45 @@ impl TenantSubrequests {
         })
     }
 
+    /// The request a script's subrequest stands for: every byte the guest
+    /// sent checked (UTF-8 where the request needs text, the headers
+    /// bounded in count and bytes before they are built).
     fn request_of(&self, sub: Subrequest) -> Result<Request, String> {
-        if !matches!(
-            sub.method.as_str(),
-            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH"
-        ) && !sub.method.bytes().all(|b| b.is_ascii_uppercase())
-        {
-            return Err(format!("invalid method {:?}", sub.method));
-        }
-        let uri = normalize_path(&sub.uri).map_err(|e| format!("uri {:?}: {e}", sub.uri))?;
-        if sub
-            .args
-            .bytes()
-            .any(|b| b.is_ascii_control() || b == b' ' || b == b'#')
-        {
-            return Err(format!("invalid args {:?}", sub.args));
-        }
-        let mut header_bytes = 0;
-        let mut headers = Vec::with_capacity(sub.headers.len());
-        for (name, value) in sub.headers {
-            header_bytes += name.len() + value.len();
-            if header_bytes > MAX_SUBREQUEST_HEADER_BYTES {
-                return Err("too many header bytes".into());
-            }
-            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || hyper::header::HeaderValue::from_bytes(&value).is_err()
-            {
-                return Err(format!("invalid header {name:?}"));
-            }
-            headers.push(Header { name, value });
-        }
-        let request_uri = if sub.args.is_empty() {
-            sub.uri.clone()
+        let method = std::str::from_utf8(&sub.method)
+            .ok()
+            .filter(|method| {
+                matches!(
+                    *method,
+                    "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH"
+                ) || method.bytes().all(|b| b.is_ascii_uppercase())
+            })
+            .ok_or_else(|| format!("invalid method {:?}", String::from_utf8_lossy(&sub.method)))?;
+        let path = std::str::from_utf8(&sub.uri).map_err(|_| {
+            format!(
+                "uri {:?}: not valid UTF-8",
+                String::from_utf8_lossy(&sub.uri)
+            )
+        })?;
+        let uri = normalize_path(path).map_err(|e| format!("uri {path:?}: {e}"))?;
+        let args = std::str::from_utf8(&sub.args)
+            .ok()
+            .filter(|args| {
+                !args
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b' ' || b == b'#')
+            })
+            .ok_or_else(|| format!("invalid args {:?}", String::from_utf8_lossy(&sub.args)))?;
+        let headers = headers_of(&sub.headers)?;
+        let request_uri = if args.is_empty() {
+            path.to_string()
         } else {
-            format!("{}?{}", sub.uri, sub.args)
+            format!("{path}?{args}")
         };
         Ok(Request {
-            method: sub.method,
+            method: method.to_string(),
             uri,
             request_uri,
-            query: sub.args,
+            query: args.to_string(),
             headers,
             body: sub.body,
             ..self.parent.clone()
@@ -148,8 +151,8 @@ impl TenantSubrequests {
     async fn serve(self: Arc<Self>, sub: Subrequest, depth: u32) -> Captured {
         let started = std::time::Instant::now();
         // Guest text, as every such byte on its way to a log.
-        let method = log_text::escape(sub.method.as_bytes());
-        let path = log_text::escape(sub.uri.as_bytes());
+        let method = log_text::escape(&sub.method);
+        let path = log_text::escape(&sub.uri);
         // A place among the tenant's subrequests in flight: a tenant's
         // subrequests wait for each other, never take other tenants' places.
         // The wait ends with the parent's deadline, which drops this future.
@@ -284,6 +287,34 @@ impl TenantSubrequests {
     }
 }
 
+/// The headers of a subrequest's header block (wit/tasks.wit): bounded in
+/// count and bytes before any is built, each name and value valid.
+fn headers_of(block: &[u8]) -> Result<Vec<Header>, String> {
+    let block = header_block::decode(block, MAX_SUBREQUEST_HEADERS, MAX_SUBREQUEST_HEADER_BYTES)
+        .map_err(|e| match e {
+            HeaderBlockError::TooMany { .. } => {
+                format!("too many headers (at most {MAX_SUBREQUEST_HEADERS})")
+            }
+            HeaderBlockError::TooLarge { .. } => "too many header bytes".to_string(),
+            malformed @ HeaderBlockError::Malformed { .. } => format!("headers: {malformed}"),
+        })?;
+    let mut headers = Vec::with_capacity(block.len());
+    for (name, value) in block {
+        // A valid header name is ASCII, so it is valid UTF-8 too.
+        let valid = hyper::header::HeaderName::from_bytes(name).is_ok()
+            && hyper::header::HeaderValue::from_bytes(value).is_ok();
+        let name = std::str::from_utf8(name)
+            .ok()
+            .filter(|_| valid)
+            .ok_or_else(|| format!("invalid header {:?}", String::from_utf8_lossy(name)))?;
+        headers.push(Header {
+            name: name.to_string(),
+            value: value.to_vec(),
+        });
+    }
+    Ok(headers)
+}
+
 fn not_found() -> Subresponse {
     Subresponse {
         status: 404,
@@ -311,5 +342,46 @@ impl Subrequests for TenantSubrequests {
             ));
         }
         Ok(Box::pin(self.serve(request, depth)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(headers: &[(&[u8], &[u8])]) -> Vec<u8> {
+        header_block::encode(headers.iter().copied())
+    }
+
+    #[test]
+    fn subrequest_headers_are_bounded_and_checked() {
+        let headers = headers_of(&block(&[(b"X-A", b"1"), (b"x-b", b"")])).unwrap();
+        let names: Vec<&str> = headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["X-A", "x-b"]);
+        let many = vec![(&b"X"[..], &b"v"[..]); MAX_SUBREQUEST_HEADERS + 1];
+        assert_eq!(
+            headers_of(&block(&many)).unwrap_err(),
+            "too many headers (at most 1000)"
+        );
+        let big = vec![b'v'; MAX_SUBREQUEST_HEADER_BYTES];
+        assert_eq!(
+            headers_of(&block(&[(b"X", &big)])).unwrap_err(),
+            "too many header bytes"
+        );
+        assert_eq!(
+            headers_of(&block(&[(b"X\xff", b"v")])).unwrap_err(),
+            "invalid header \"X\u{fffd}\""
+        );
+        assert_eq!(
+            headers_of(&block(&[(b"X", b"a\nb")])).unwrap_err(),
+            "invalid header \"X\""
+        );
+        // A modified guest's block: a value that claims 4 GiB.
+        let mut aliased = block(&[(b"X", b"v")]);
+        aliased.extend_from_slice(&[1, 0, 0, 0, b'Y', 0xff, 0xff, 0xff, 0xff, b'v']);
+        assert_eq!(
+            headers_of(&aliased).unwrap_err(),
+            "headers: malformed header block: header 1's value at byte 15: its length runs past the end of the block"
+        );
     }
 }
