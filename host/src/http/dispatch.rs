@@ -232,6 +232,7 @@ async fn run_script(
         log.clone(),
     );
     let fuel_pool = Some(subrequests.fuel_pool());
+    let outbound = subrequests.outbound();
     let Admitted { in_flight, cpu, .. } = admitted;
     let mut run = RunToTheEnd(Some(Box::pin(async move {
         let _in_flight = in_flight;
@@ -249,6 +250,7 @@ async fn run_script(
                     grants: tenant.grants.clone(),
                     subrequests: Some(subrequests),
                     depth: 0,
+                    outbound,
                     init: false,
                 },
                 cpu,

@@ -46,6 +46,8 @@ pub(crate) struct TenantSubrequests {
     log: RequestLog,
     /// The fuel the client's request and all its subrequests share.
     fuel: Arc<FuelPool>,
+    /// The outbound sockets and connects they share.
+    outbound: Arc<crate::caps::tcp::RequestBudget>,
     started: AtomicU32,
 }
 
@@ -63,6 +65,7 @@ impl TenantSubrequests {
         };
         Arc::new(TenantSubrequests {
             fuel: Arc::new(FuelPool::new(tenant.limits.sandbox.fuel)),
+            outbound: Arc::default(),
             app,
             tenant,
             parent,
@@ -74,6 +77,11 @@ impl TenantSubrequests {
     /// The fuel the request tree shares (the tenant's fuel limit, once).
     pub(crate) fn fuel_pool(&self) -> Arc<FuelPool> {
         self.fuel.clone()
+    }
+
+    /// The outbound budget the request tree shares.
+    pub(crate) fn outbound(&self) -> Arc<crate::caps::tcp::RequestBudget> {
+        self.outbound.clone()
     }
 
     fn request_of(&self, sub: Subrequest) -> Result<Request, String> {
@@ -154,6 +162,7 @@ impl TenantSubrequests {
             grants: self.tenant.grants.clone(),
             subrequests: Some(self.clone()),
             depth,
+            outbound: self.outbound.clone(),
             init: false,
         };
         let (report, sink) = self
