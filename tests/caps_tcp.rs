@@ -982,42 +982,79 @@ ngx.say(string.format("%.3f %.3f", started, ngx.now()))
     common::site::assert_all_overlapped(&replies);
 }
 
-/// An upstream that holds every connection: each one waits until `all`
-/// connections arrived or `wait` passed, is sent `go`, and stays open until
-/// the client closes it. Also the count of connections accepted.
-fn holding_upstream(all: usize, wait: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
-    let arrived = Arc::new((Mutex::new(0usize), Condvar::new()));
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    let addr = serve(move |mut stream, _| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        let (lock, came) = &*arrived;
-        let mut n = lock.lock().unwrap();
-        *n += 1;
-        came.notify_all();
-        let n = came.wait_timeout_while(n, wait, |n| *n < all).unwrap();
-        drop(n);
-        if stream.write_all(b"go\n").is_ok() {
-            let mut rest = Vec::new();
-            let _ = stream.read_to_end(&mut rest);
+/// Poll `condition` for up to 20 seconds.
+fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if condition() {
+            return true;
         }
-    });
-    (addr, accepted)
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
-/// A script that connects up to `n` sockets at once and keeps those it got
-/// until the upstream's `go`: prints how many it held, then each distinct
-/// error.
+/// An upstream that holds every connection: each one waits until the
+/// test releases them all (or a minute passes), is sent `go`, and stays
+/// open until the client closes it. Also the count of connections
+/// accepted.
+struct Holding {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    released: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Holding {
+    fn start() -> Holding {
+        let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (counted, gate) = (accepted.clone(), released.clone());
+        let addr = serve(move |mut stream, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let (lock, open) = &*gate;
+            let wait = lock.lock().unwrap();
+            let wait = open
+                .wait_timeout_while(wait, Duration::from_secs(60), |go| !*go)
+                .unwrap();
+            drop(wait);
+            if stream.write_all(b"go\n").is_ok() {
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+            }
+        });
+        Holding {
+            addr,
+            accepted,
+            released,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn release(&self) {
+        *self.released.0.lock().unwrap() = true;
+        self.released.1.notify_all();
+    }
+}
+
+/// A script that connects up to 3 sockets at once, counts itself in the
+/// dict `holds` once it tried them all, and keeps those it got until the
+/// upstream's `go`: prints how many it held, then each distinct error.
 const HOLD_SOCKETS: &str = r#"
 local held, errors = {}, {}
-for _ = 1, tonumber(ngx.var.arg_n or 3) do
+for _ = 1, 3 do
   local sock, err = ngx.socket.connect("127.0.0.1", PORT)
   if sock then held[#held + 1] = sock else errors[err] = true end
 end
+ngx.shared.holds:incr("tried", 1, 0)
 for _, sock in ipairs(held) do assert(sock:receive() == "go") end
 ngx.print(#held)
 for err in pairs(errors) do ngx.print("|", err) end
 "#;
+
+/// How many `HOLD_SOCKETS` runs tried all their connects.
+const TRIED: &str = "ngx.print(ngx.shared.holds:get('tried') or 0)";
 
 /// The replies' held counts added up, and every error they name.
 fn held_and_errors<'a>(bodies: impl IntoIterator<Item = &'a str>) -> (usize, Vec<String>) {
@@ -1039,15 +1076,19 @@ fn held_and_errors<'a>(bodies: impl IntoIterator<Item = &'a str>) -> (usize, Vec
 /// not nine (a budget per instance let one request hold 50 times the cap).
 #[test]
 fn a_request_and_its_subrequests_share_one_socket_budget() {
-    let (up, accepted) = holding_upstream(9, Duration::from_secs(3));
-    let port = up.port().to_string();
+    let up = Holding::start();
+    let port = up.addr.port().to_string();
     let site = Site::start(
         "tcp_tree_sockets",
         "",
-        "timeout_ms = 30000",
-        &format!("{}\noutbound_max_sockets = 4", grant(up.port())),
+        "timeout_ms = 60000",
+        &format!(
+            "{}\noutbound_max_sockets = 4\nshared_dicts = {{ holds = \"64k\" }}",
+            grant(up.addr.port())
+        ),
         &[
             ("root/hold.lua", &HOLD_SOCKETS.replace("PORT", &port)),
+            ("root/tried.lua", TRIED),
             (
                 "root/t.lua",
                 r#"
@@ -1057,11 +1098,21 @@ for _, reply in ipairs(replies) do ngx.say(reply.body) end
             ),
         ],
     );
-    let reply = site.get("/t.lua");
+    let addr = site.addr;
+    let request = std::thread::spawn(move || {
+        common::site::send(
+            addr,
+            b"GET /t.lua HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+    });
+    // Every subrequest tried its sockets and holds what it got.
+    assert!(eventually(|| site.get("/tried.lua").body == "3"));
+    up.release();
+    let reply = request.join().unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     let (held, errors) = held_and_errors(reply.body.lines());
     assert_eq!(held, 4, "{reply:?}");
-    assert_eq!(accepted.load(Ordering::SeqCst), 4, "{reply:?}");
+    assert_eq!(up.accepted(), 4, "{reply:?}");
     assert!(!errors.is_empty(), "{reply:?}");
     for error in errors {
         assert_eq!(
@@ -1149,27 +1200,16 @@ fn two_tenants(name: &str, a: &str, b: &str, files: &[(&str, &str)]) -> Site {
     Site::serve(dir)
 }
 
-/// Poll `condition` for up to 20 seconds.
-fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-    for _ in 0..1000 {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 /// A tenant's connections across all its requests in flight are capped by
 /// `outbound_max_tenant_sockets`: three requests each holding three sockets
 /// get four in all, and another tenant still connects meanwhile.
 #[test]
 fn a_tenants_requests_together_hold_at_most_its_socket_budget() {
-    let (up, accepted) = holding_upstream(9, Duration::from_secs(4));
+    let up = Holding::start();
     let echo = raw_upstream();
     let a = format!(
-        "outbound = [\"tcp://127.0.0.1:{}\"]\noutbound_max_tenant_sockets = 4",
-        up.port()
+        "outbound = [\"tcp://127.0.0.1:{}\"]\noutbound_max_tenant_sockets = 4\nshared_dicts = {{ holds = \"64k\" }}",
+        up.addr.port()
     );
     let b = format!("outbound = [\"tcp://127.0.0.1:{}\"]", echo.port());
     let site = two_tenants(
@@ -1179,8 +1219,9 @@ fn a_tenants_requests_together_hold_at_most_its_socket_budget() {
         &[
             (
                 "root/hold.lua",
-                &HOLD_SOCKETS.replace("PORT", &up.port().to_string()),
+                &HOLD_SOCKETS.replace("PORT", &up.addr.port().to_string()),
             ),
+            ("root/tried.lua", TRIED),
             (
                 "root_b/echo.lua",
                 &format!(
@@ -1203,19 +1244,20 @@ fn a_tenants_requests_together_hold_at_most_its_socket_budget() {
         })
         .collect();
     // While tenant a holds what it got, tenant b connects.
-    assert!(eventually(|| accepted.load(Ordering::SeqCst) >= 4));
+    assert!(eventually(|| site.get("/tried.lua").body == "3"));
     let other = common::site::send(
         addr,
         b"GET /echo.lua HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
     );
     assert!(other.is_ok_with("b connects\n"), "{other:?}");
+    up.release();
     let replies: Vec<_> = holders.into_iter().map(|t| t.join().unwrap()).collect();
     for reply in &replies {
         assert_eq!(reply.status, 200, "{reply:?}");
     }
     let (held, errors) = held_and_errors(replies.iter().map(|r| r.body.as_str()));
     assert_eq!(held, 4, "{replies:?}");
-    assert_eq!(accepted.load(Ordering::SeqCst), 4, "{replies:?}");
+    assert_eq!(up.accepted(), 4, "{replies:?}");
     assert!(!errors.is_empty(), "{replies:?}");
     for error in errors {
         assert_eq!(
