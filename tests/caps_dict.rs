@@ -138,6 +138,58 @@ impl RedisServer {
         )
     }
 
+    /// The server's `INFO section` text.
+    fn info(&self, section: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis answers");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(format!("INFO {section}\r\n").as_bytes())
+            .unwrap();
+        let mut text = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // A bulk reply: `$LEN\r\n` then LEN bytes and `\r\n`.
+        loop {
+            let n = stream.read(&mut buffer).expect("an INFO reply");
+            assert!(n > 0, "redis closed the connection");
+            text.extend_from_slice(&buffer[..n]);
+            let head = text.iter().position(|&b| b == b'\n');
+            if let Some(head) = head {
+                let len: usize = String::from_utf8_lossy(&text[1..head - 1]).parse().unwrap();
+                if text.len() >= head + 1 + len + 2 {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// The number after `name` (`name:N` or `name=N`) in `text`.
+    fn stat(text: &str, name: &str) -> Option<u64> {
+        let at = text.find(name)? + name.len();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    }
+
+    /// How many times the server has run a script (`EVALSHA` and `EVAL`)
+    /// so far: each is one atomic step on Redis.
+    fn script_calls(&self) -> u64 {
+        let text = self.info("commandstats");
+        ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="]
+            .iter()
+            .filter_map(|stat| Self::stat(&text, stat))
+            .sum()
+    }
+
+    /// Clients connected now (this question's connection among them).
+    fn connected_clients(&self) -> u64 {
+        Self::stat(&self.info("clients"), "connected_clients:").expect("connected_clients")
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
@@ -737,6 +789,171 @@ fn hostile_uses_are_contained_on_memory() {
 fn hostile_uses_are_contained_on_redis() {
     let redis = RedisServer::start("hostile");
     hostile_on("dict_hostile_redis", &redis.backend(""), 20_000);
+}
+
+// ---------------------------------------------------------------------------
+// Scans: paid for, in batches
+// ---------------------------------------------------------------------------
+
+/// 50,000 entries that expire at once, then `get_keys(0)` 500 times: the
+/// host visits 25 million entries for a script that gets no keys back (and
+/// so does no work of its own). Each visit costs fuel: under 3 * 10^9 the
+/// request stops on its fuel limit (before, the scans were free and it
+/// completed).
+#[test]
+fn scans_of_a_memory_dict_are_paid_for_in_fuel() {
+    let site = site_limited(
+        "dict_scan_fuel",
+        "",
+        "fuel = 3000000000\ntimeout_ms = 60000",
+        "cache = \"64m\"",
+        &[
+            (
+                "fill.lua",
+                r#"
+local d = ngx.shared.cache
+for i = 1, 50000 do d:set("k" .. i, i, 0.001) end
+ngx.sleep(0.01)
+show("filled", #d:get_keys(0))
+"#,
+            ),
+            (
+                "scan.lua",
+                r#"
+local d, n = ngx.shared.cache, 0
+for i = 1, 500 do n = n + #d:get_keys(0) end
+show("unreachable", n)
+"#,
+            ),
+            (
+                "flush.lua",
+                r#"
+show("flushed", ngx.shared.cache:flush_expired(0))
+"#,
+            ),
+        ],
+    );
+    assert_eq!(ok_body(&site.get("/fill.lua")), "filled 0\n");
+    let reply = site.get("/scan.lua");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(!reply.body.contains("unreachable"), "{reply:?}");
+    assert!(
+        common::site::logged()
+            .lines()
+            .any(|line| line.contains("/scan.lua 503") && line.contains("limit-fuel"))
+    );
+    // One flush of every expired entry is within the budget.
+    assert_eq!(ok_body(&site.get("/flush.lua")), "flushed 50000\n");
+}
+
+/// On Redis, `get_keys(0)`, `flush_expired(0)` and a write that evicts
+/// thousands of entries each run as several script calls of at most 1,024
+/// entries (counted by Redis itself: `INFO commandstats`), never one call
+/// over every key; and each gives the whole answer.
+#[test]
+fn scans_and_evictions_on_redis_are_batched() {
+    let redis = RedisServer::start("batches");
+    let site = site_limited(
+        "dict_batches_redis",
+        &redis.backend(""),
+        "timeout_ms = 120000",
+        "cache = \"2m\"",
+        &[
+            (
+                "fill.lua",
+                r#"
+local d = ngx.shared.cache
+local ttl = tonumber(ngx.var.arg_ttl) or 0
+for i = 1, tonumber(ngx.var.arg_n) do d:set("k" .. i, i, ttl) end
+if ttl > 0 then ngx.sleep(ttl + 0.05) end
+show("filled")
+"#,
+            ),
+            ("keys.lua", r#"show("keys", #ngx.shared.cache:get_keys(0))"#),
+            (
+                "flush.lua",
+                r#"show("flushed", ngx.shared.cache:flush_expired(0))"#,
+            ),
+            (
+                "big.lua",
+                r#"
+local d = ngx.shared.cache
+local ok, err, forcible = d:set("big", string.rep("v", 1800000))
+local left = #d:get_keys(0)
+show("big", ok, err, forcible, left > 1 and left < 2000, d:get("k9000"), d:get("k1"))
+"#,
+            ),
+        ],
+    );
+    assert_eq!(ok_body(&site.get("/fill.lua?n=3000")), "filled\n");
+    let before = redis.script_calls();
+    assert_eq!(ok_body(&site.get("/keys.lua")), "keys 3000\n");
+    let calls = redis.script_calls() - before;
+    assert!(
+        calls >= 3,
+        "get_keys(0) of 3000 keys in {calls} script calls"
+    );
+
+    assert_eq!(ok_body(&site.get("/fill.lua?n=3000&ttl=0.2")), "filled\n");
+    let before = redis.script_calls();
+    assert_eq!(ok_body(&site.get("/flush.lua")), "flushed 3000\n");
+    let calls = redis.script_calls() - before;
+    assert!(
+        calls >= 3,
+        "flush_expired(0) of 3000 in {calls} script calls"
+    );
+
+    // About 9,000 entries of ~200 bytes fill the 2 MiB dict; a value of
+    // 1.8 MB evicts nearly all of them.
+    assert_eq!(ok_body(&site.get("/fill.lua?n=9000")), "filled\n");
+    let before = redis.script_calls();
+    assert_eq!(
+        ok_body(&site.get("/big.lua")),
+        "big true nil true true 9000 nil\n"
+    );
+    let calls = redis.script_calls() - before;
+    assert!(calls >= 8, "evicting ~9000 entries in {calls} script calls");
+}
+
+/// 32 requests of one tenant at once, each making 300 Redis calls, hold at
+/// most the tenant's share of the connection pool (16 of 64): Redis never
+/// sees more than 16 connections from the server (plus the one asking).
+#[test]
+fn a_tenant_holds_at_most_its_share_of_redis_connections() {
+    let redis = RedisServer::start("share");
+    let site = site_limited(
+        "dict_share_redis",
+        &redis.backend(""),
+        "timeout_ms = 120000",
+        "cache = \"1m\"",
+        &[(
+            "busy.lua",
+            r#"
+local d = ngx.shared.cache
+for i = 1, 300 do d:incr("n", 1, 0) end
+show("done")
+"#,
+        )],
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let most = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(redis.connected_clients());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        });
+        let replies = site.all_at_once("/busy.lua", 32);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reply in &replies {
+            assert_eq!(ok_body(reply), "done\n");
+        }
+        watcher.join().unwrap()
+    });
+    assert!(most > 1, "the requests used Redis ({most} clients)");
+    assert!(most <= 17, "{most} clients connected at once");
 }
 
 // ---------------------------------------------------------------------------

@@ -419,3 +419,131 @@ ngx.say("survived")
         common::site::logged()
     );
 }
+
+#[test]
+fn each_subrequest_is_in_the_access_log_and_the_metrics() {
+    let site = Site::start(
+        "capture_accounted",
+        "",
+        "",
+        "",
+        &[
+            (
+                "root/main.lua",
+                r#"
+local a, b = ngx.location.capture_multi({ { "/leaf.lua" }, { "/gone.lua" } })
+ngx.say(a.status, " ", b.status)
+"#,
+            ),
+            ("root/leaf.lua", "ngx.say('leaf')"),
+        ],
+    );
+    assert!(site.get("/main.lua").is_ok_with("200 404\n"));
+    let metrics = site.registry.metrics.render();
+    for series in [
+        "moonwall_subrequests_total{tenant=\"t\",status=\"200\",outcome=\"ok\"} 1\n",
+        "moonwall_subrequests_total{tenant=\"t\",status=\"404\",outcome=\"not-found\"} 1\n",
+        "moonwall_requests_total{tenant=\"t\",status=\"200\",outcome=\"ok\"} 1\n",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    let logged = common::site::logged();
+    assert!(
+        logged.contains("t GET /leaf.lua 200 (subrequest)"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("t GET /gone.lua 404 (subrequest)"),
+        "{logged}"
+    );
+}
+
+#[test]
+fn a_request_and_its_subrequests_share_the_tenants_memory() {
+    // 16 MiB for the tenant: eight 3 MiB static files read by subrequests
+    // at once would be 24 MiB of host copies. They are refused once the
+    // request tree's memory is used up, with a message that says so.
+    let big = "x".repeat(3 << 20);
+    let site = Site::start(
+        "capture_memory",
+        "",
+        "memory_mib = 16",
+        "",
+        &[
+            (
+                "root/main.lua",
+                r#"
+local list = {}
+for i = 1, 8 do list[i] = { "/big.txt" } end
+local ok, err = pcall(ngx.location.capture_multi, list)
+ngx.say(ok, " ", tostring(err))
+"#,
+            ),
+            (
+                "root/one.lua",
+                "ngx.say(#ngx.location.capture('/big.txt').body)",
+            ),
+            ("root/big.txt", &big),
+        ],
+    );
+    // One at a time fits.
+    assert!(site.get("/one.lua").is_ok_with(&format!("{}\n", 3 << 20)));
+    let reply = site.get("/main.lua");
+    assert!(
+        reply.body.contains(
+            "does not fit in the request's memory limit of 16 MiB (the request and its subrequests together)"
+        ),
+        "{reply:?}"
+    );
+}
+
+/// What a script hands `ngx.location.capture` crosses to the host as bytes
+/// the host checks: a URI or args that are not UTF-8 are a Lua error the
+/// script can catch (they trapped the whole run while the subrequest's
+/// fields were WIT strings), and the headers it would inherit are bounded
+/// (in count by the guest, in bytes by the host).
+#[test]
+fn capture_checks_its_uri_args_and_headers_on_the_host() {
+    let site = Site::start(
+        "capture_bytes",
+        "",
+        "",
+        "",
+        &[
+            (
+                "root/main.lua",
+                r#"
+ngx.say(pcall(ngx.location.capture, "/sub\255.lua"))
+ngx.say(pcall(ngx.location.capture, "/sub.lua?a=\255"))
+ngx.say(pcall(ngx.location.capture, "/sub.lua", { args = "b=\192" }))
+ngx.req.set_header("X-Big", string.rep("v", 40000))
+ngx.req.set_header("X-Big-Too", string.rep("w", 30000))
+ngx.say(pcall(ngx.location.capture, "/sub.lua"))
+ngx.req.clear_header("X-Big-Too")
+local res = ngx.location.capture("/sub.lua")
+ngx.print(res.body)
+local many = {}
+for i = 1, 1001 do many[i] = "v" .. i end
+ngx.req.set_header("X-Many", many)
+ngx.say(pcall(ngx.location.capture, "/sub.lua"))
+"#,
+            ),
+            (
+                "root/sub.lua",
+                r#"ngx.say("sub ", #(ngx.req.get_headers()["x-big"] or ""))"#,
+            ),
+        ],
+    );
+    let reply = site.get("/main.lua");
+    assert!(
+        reply.is_ok_with(
+            "falsengx.location.capture: uri \"/sub\u{fffd}.lua\": not valid UTF-8\n\
+             falsengx.location.capture: invalid args \"a=\u{fffd}\"\n\
+             falsengx.location.capture: invalid args \"b=\u{fffd}\"\n\
+             falsengx.location.capture: too many header bytes\n\
+             sub 40000\n\
+             falsemoonwall.tasks:266: capture: too many headers\n"
+        ),
+        "{reply:?}"
+    );
+}

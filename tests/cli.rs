@@ -306,6 +306,58 @@ fn request_refuses_informational_statuses_from_scripts() {
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("HTTP/1.1 200 OK\r\n"));
 }
 
+/// A script's response headers are bounded (256 headers, 64 KiB of names
+/// and values), with the same messages since they cross as one header block
+/// (wit/http.wit): the script gets an error, the client a 500.
+#[test]
+fn request_bounds_response_headers() {
+    let cases = [
+        (
+            "many",
+            "for i = 1, 257 do ngx.header['X-H' .. i] = 'v' end",
+            Some("too many response headers (at most 256)"),
+        ),
+        (
+            "large",
+            "ngx.header['X-Big'] = string.rep('v', 65537)",
+            Some("response headers too large (at most 65536 bytes)"),
+        ),
+        (
+            "within",
+            "for i = 1, 200 do ngx.header['X-H' .. i] = string.rep('v', 300) end",
+            None,
+        ),
+    ];
+    for (name, headers, refused) in cases {
+        let path = script(
+            &format!("request_headers_{name}.lua"),
+            &format!("{headers} ngx.say('hi')"),
+        );
+        let output = moonwall(&["request", "--content", path.to_str().unwrap(), "/"]);
+        assert_eq!(output.status.code(), Some(0));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match refused {
+            Some(message) => {
+                assert!(
+                    stdout.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+                    "{name}: {stdout}"
+                );
+                assert!(!stdout.contains("hi"), "{name}: {stdout}");
+                assert!(stderr.contains(message), "{name}: {stderr}");
+            }
+            None => {
+                assert!(
+                    stdout.starts_with("HTTP/1.1 200 OK\r\n"),
+                    "{name}: {stdout}"
+                );
+                assert!(stdout.contains("x-h200: vvv"), "{name}: {stdout}");
+                assert!(stdout.ends_with("\r\n\r\nhi\n"), "{name}: {stdout}");
+            }
+        }
+    }
+}
+
 #[test]
 fn request_and_serve_usage_errors_exit_2() {
     for args in [

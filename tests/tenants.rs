@@ -1621,6 +1621,63 @@ fn guest_text_reaches_the_log_escaped_filtered_and_within_budget() {
 }
 
 #[test]
+fn a_full_instance_pool_makes_runs_wait_instead_of_failing() {
+    let _serial = serial();
+    // --max-in-flight 2 --max-running 1: a pool of 11 instances. One request
+    // of `fan` runs 20 sleeping subrequests at once, far more than the pool
+    // holds; they and another tenant's requests wait for instances, and
+    // every one of them is served.
+    let dir = layout(
+        "instance-pool",
+        "",
+        &[
+            (
+                "policies/fan.toml",
+                &policy(
+                    "fan",
+                    &["fan.test"],
+                    "timeout_ms = 60000\nmax_in_flight = 40",
+                    "",
+                ),
+            ),
+            (
+                "policies/other.toml",
+                &policy("other", &["other.test"], "timeout_ms = 60000", ""),
+            ),
+            (
+                "roots/fan/index.lua",
+                "local list = {} for i = 1, 20 do list[i] = { '/slow.lua' } end \
+                 local replies = { ngx.location.capture_multi(list) } \
+                 for _, r in ipairs(replies) do ngx.print(r.status, ' ') end ngx.say()",
+            ),
+            ("roots/fan/slow.lua", "ngx.sleep(0.3) ngx.say('slept')"),
+            ("roots/other/index.lua", "ngx.say('other')"),
+        ],
+    );
+    let server = Binary::start(
+        &dir.join("moonwall.toml"),
+        &["--max-in-flight", "2", "--max-running", "1"],
+    );
+    let addr = server.addr;
+    let fan = std::thread::spawn(move || get(addr, "fan.test", "/"));
+    let mut others = Vec::new();
+    while !fan.is_finished() {
+        others.push(server.get("other.test", "/"));
+    }
+    let fan = fan.join().unwrap();
+    assert_eq!(fan.status, 200, "{fan:?}\n{}", server.log());
+    assert_eq!(
+        fan.body,
+        format!("{}\n", "200 ".repeat(20)),
+        "{}",
+        server.log()
+    );
+    for other in others {
+        assert!(other.is_ok_with("other\n"), "{other:?}\n{}", server.log());
+    }
+}
+
+#[test]
 fn sighup_reloads_the_policies_at_once() {
     let _serial = serial();
     // No polling: only SIGHUP reloads.

@@ -37,6 +37,13 @@ static inline sandbox_list_u8_t moonwall_borrowed_bytes(lua_State *L, int index)
   return list;
 }
 
+/* Push, as one Lua string, the header block (wit/http.wit, send-head) of
+ * the `count` name/value pairs in the list at `table` ({name1, value1, ...},
+ * all strings): for each, u32 little-endian name length, name, u32
+ * little-endian value length, value. `prefix` starts its error messages. The
+ * string stays on the stack while the host reads it (http.c). */
+void moonwall_push_header_block(lua_State *L, int table, size_t count, const char *prefix);
+
 /* `require` and the `package` table (modules.c). */
 void moonwall_open_require(lua_State *L);
 

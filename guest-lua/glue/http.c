@@ -50,6 +50,36 @@ static int return_error(lua_State *L, sandbox_string_t *err) {
 
 /* ---- primitives for ngx.lua --------------------------------------------- */
 
+/* Add the string at the top of the stack to `b` after its length, as a u32
+ * little-endian (the header block's encoding), and pop it. */
+static void add_block_part(lua_State *L, luaL_Buffer *b) {
+  size_t len;
+  lua_tolstring(L, -1, &len);
+  char prefix[4] = {(char)(len & 0xff), (char)((len >> 8) & 0xff), (char)((len >> 16) & 0xff),
+                    (char)((len >> 24) & 0xff)};
+  /* luaL_addvalue is the one buffer operation allowed with a value above
+     the buffer: put the prefix in front of the part, then add both. */
+  lua_pushlstring(L, prefix, sizeof(prefix));
+  lua_insert(L, -2);
+  lua_concat(L, 2);
+  luaL_addvalue(b);
+}
+
+void moonwall_push_header_block(lua_State *L, int table, size_t count, const char *prefix) {
+  table = lua_absindex(L, table);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (size_t i = 0; i < count; i++) {
+    if (lua_geti(L, table, (lua_Integer)(2 * i + 1)) != LUA_TSTRING)
+      luaL_error(L, "%sheader name is not a string", prefix);
+    add_block_part(L, &b);
+    if (lua_geti(L, table, (lua_Integer)(2 * i + 2)) != LUA_TSTRING)
+      luaL_error(L, "%sheader value is not a string", prefix);
+    add_block_part(L, &b);
+  }
+  luaL_pushresult(&b);
+}
+
 /* send_head(status, {name1, value1, name2, value2, ...}) -> true | nil, err */
 static int p_send_head(lua_State *L) {
   lua_Integer status = luaL_checkinteger(L, 1);
@@ -61,25 +91,11 @@ static int p_send_head(lua_State *L) {
      message to give): caps/http.rs, MAX_RESPONSE_HEADERS. */
   if (n < 0 || n % 2 != 0)
     return luaL_error(L, "malformed response header list");
-  size_t count = (size_t)n / 2;
-  sandbox_tuple2_list_u8_list_u8_t *items =
-      lua_newuserdatauv(L, sizeof(*items) * (count > 0 ? count : 1), 0);
-  for (size_t i = 0; i < count; i++) {
-    size_t len;
-    /* The strings stay alive in the table while the host reads them. */
-    if (lua_geti(L, 2, (lua_Integer)(2 * i + 1)) != LUA_TSTRING)
-      return luaL_error(L, "header name is not a string");
-    const char *name = lua_tolstring(L, -1, &len);
-    items[i].f0 = borrowed(name, len);
-    if (lua_geti(L, 2, (lua_Integer)(2 * i + 2)) != LUA_TSTRING)
-      return luaL_error(L, "header value is not a string");
-    const char *value = lua_tolstring(L, -1, &len);
-    items[i].f1 = borrowed(value, len);
-    lua_pop(L, 2);
-  }
-  sandbox_list_tuple2_list_u8_list_u8_t list = {items, count};
+  moonwall_push_header_block(L, 2, (size_t)n / 2, "");
+  /* One flat list (never a list of lists: wit/sandbox.wit). */
+  sandbox_list_u8_t block = moonwall_borrowed_bytes(L, -1);
   sandbox_string_t err;
-  if (!moonwall_sandbox_response_send_head((uint16_t)status, &list, &err))
+  if (!moonwall_sandbox_response_send_head((uint16_t)status, &block, &err))
     return return_error(L, &err);
   lua_pushboolean(L, 1);
   return 1;

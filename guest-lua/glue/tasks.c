@@ -66,47 +66,20 @@ static int p_finish_sleep(lua_State *L) {
   return 1;
 }
 
-static sandbox_string_t borrowed_string(lua_State *L, int index) {
-  size_t len;
-  const char *text = luaL_checklstring(L, index, &len);
-  sandbox_string_t s = {(uint8_t *)text, len};
-  return s;
-}
-
 /* capture(method, uri, args, {name, value, ...}, body) -> op | nil, err */
 static int p_capture(lua_State *L) {
   moonwall_sandbox_tasks_subrequest_t request;
-  request.method = borrowed_string(L, 1);
-  request.uri = borrowed_string(L, 2);
-  request.args = borrowed_string(L, 3);
+  /* Bytes the host checks (UTF-8 included), borrowed from the stack. */
+  request.method = moonwall_borrowed_bytes(L, 1);
+  request.uri = moonwall_borrowed_bytes(L, 2);
+  request.args = moonwall_borrowed_bytes(L, 3);
   luaL_checktype(L, 4, LUA_TTABLE);
-  size_t body_len;
-  const char *body = luaL_checklstring(L, 5, &body_len);
-  request.body.ptr = (uint8_t *)body;
-  request.body.len = body_len;
+  request.body = moonwall_borrowed_bytes(L, 5);
   lua_Integer n = luaL_len(L, 4);
   if (n < 0 || n % 2 != 0 || n > 2000)
     return luaL_error(L, "capture: too many headers");
-  size_t count = (size_t)n / 2;
-  sandbox_tuple2_string_list_u8_t *headers =
-      lua_newuserdatauv(L, sizeof(*headers) * (count > 0 ? count : 1), 0);
-  for (size_t i = 0; i < count; i++) {
-    size_t len;
-    /* The strings stay alive in the table while the host reads them. */
-    if (lua_geti(L, 4, (lua_Integer)(2 * i + 1)) != LUA_TSTRING)
-      return luaL_error(L, "capture: header name is not a string");
-    const char *name = lua_tolstring(L, -1, &len);
-    headers[i].f0.ptr = (uint8_t *)name;
-    headers[i].f0.len = len;
-    if (lua_geti(L, 4, (lua_Integer)(2 * i + 2)) != LUA_TSTRING)
-      return luaL_error(L, "capture: header value is not a string");
-    const char *value = lua_tolstring(L, -1, &len);
-    headers[i].f1.ptr = (uint8_t *)value;
-    headers[i].f1.len = len;
-    lua_pop(L, 2);
-  }
-  request.headers.ptr = headers;
-  request.headers.len = count;
+  moonwall_push_header_block(L, 4, (size_t)n / 2, "capture: ");
+  request.headers = moonwall_borrowed_bytes(L, -1);
   uint32_t op;
   sandbox_string_t err;
   if (!moonwall_sandbox_tasks_capture(&request, &op, &err))

@@ -31,7 +31,8 @@
 //!   ([`sandbox::snapshot`]) and tenants' init states
 //!   ([`sandbox::prepared`]), host-produced bytecode ([`sandbox::bytecode`])
 //!   and the cache of compiled guest code ([`sandbox::cache`]).
-//! - [`bindings`]: the Rust side of `wit/`, generated.
+//! - [`bindings`]: the Rust side of `wit/`, generated, and the header block
+//!   its `list<u8>`s of headers are encoded in.
 //! - [`accept`]: serving a TCP listener's connections with hyper (a cap on
 //!   connections, a deadline for request heads, graceful shutdown), for the
 //!   server and the metrics endpoint alike.

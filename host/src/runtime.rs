@@ -11,7 +11,7 @@ use wasmtime::component::Linker;
 
 use crate::caps::http::HttpState;
 use crate::caps::{RequestCaps, RunCaps};
-use crate::sandbox::{CpuSlots, RunBase, RunData, RunStart};
+use crate::sandbox::{CpuSlots, HostWork, RunBase, RunData, RunStart};
 
 /// The data of a run's store.
 pub struct RunState {
@@ -58,6 +58,10 @@ impl RunData for RunState {
 
     fn cpu(&self) -> &CpuSlots {
         &self.caps.cpu
+    }
+
+    fn host_work(&mut self) -> &mut HostWork {
+        &mut self.caps.work
     }
 
     fn add_to_linker(linker: &mut Linker<Self>) -> wasmtime::Result<()> {

@@ -19,7 +19,9 @@ use md5::Digest;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::RunCaps;
+use crate::bindings::header_block::{self, HeaderBlockError};
 use crate::bindings::moonwall::sandbox::{codec, http_types, log, response};
+use crate::sandbox::HostWork;
 use crate::sandbox::host_api::HostStop;
 use crate::sandbox::log_text;
 use crate::sandbox::outcome::Limit;
@@ -295,31 +297,32 @@ fn http_state(state: &mut RunCaps) -> wasmtime::Result<&mut HttpState> {
         .ok_or_else(|| wasmtime::Error::msg("an HTTP import was called outside an HTTP request"))
 }
 
-/// Validate what a script sends as response headers; the first problem wins.
-fn validate_headers(
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
-) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-    if headers.len() > MAX_RESPONSE_HEADERS {
-        return Err(format!(
-            "too many response headers (at most {MAX_RESPONSE_HEADERS})"
-        ));
-    }
-    let total: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-    if total > MAX_RESPONSE_HEADER_BYTES {
-        return Err(format!(
-            "response headers too large (at most {MAX_RESPONSE_HEADER_BYTES} bytes)"
-        ));
-    }
+/// Validate what a script sends as response headers (a header block,
+/// wit/http.wit); the first problem wins. Counts and lengths are checked
+/// before anything is built.
+fn validate_headers(block: &[u8]) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let headers = header_block::decode(block, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEADER_BYTES)
+        .map_err(|e| match e {
+            HeaderBlockError::TooMany { .. } => {
+                format!("too many response headers (at most {MAX_RESPONSE_HEADERS})")
+            }
+            HeaderBlockError::TooLarge { .. } => {
+                format!("response headers too large (at most {MAX_RESPONSE_HEADER_BYTES} bytes)")
+            }
+            malformed @ HeaderBlockError::Malformed { .. } => {
+                format!("response headers: {malformed}")
+            }
+        })?;
     let mut valid = Vec::with_capacity(headers.len() + 1);
     let mut has_server = false;
     for (name, value) in headers {
-        let name = HeaderName::from_bytes(&name).map_err(|_| {
+        let name = HeaderName::from_bytes(name).map_err(|_| {
             format!(
                 "invalid response header name {:?}",
-                String::from_utf8_lossy(&name)
+                String::from_utf8_lossy(name)
             )
         })?;
-        let value = HeaderValue::from_bytes(&value)
+        let value = HeaderValue::from_bytes(value)
             .map_err(|_| format!("invalid value for response header {name}"))?;
         if HOST_OWNED_HEADERS.contains(&name.as_str()) {
             continue;
@@ -334,11 +337,7 @@ fn validate_headers(
 }
 
 impl response::Host for RunCaps {
-    fn send_head(
-        &mut self,
-        status: u16,
-        headers: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> wasmtime::Result<Result<(), String>> {
+    fn send_head(&mut self, status: u16, headers: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         let http = http_state(self)?;
         if http.status_sent.is_some() {
             return Ok(Err("response headers already sent".into()));
@@ -348,7 +347,7 @@ impl response::Host for RunCaps {
         if !(200..=599).contains(&status) {
             return Ok(Err(format!("invalid response status {status}")));
         }
-        let headers = match validate_headers(headers) {
+        let headers = match validate_headers(&headers) {
             Ok(headers) => headers,
             Err(message) => return Ok(Err(message)),
         };
@@ -413,26 +412,72 @@ impl log::Host for RunCaps {
     }
 }
 
+/// Fuel per byte hashed by `md5`, `sha1` and `hmac-sha1`: about what the
+/// same CPU time costs a guest (which burns ~10 fuel a nanosecond; these
+/// hashes take ~1.5 ns a byte).
+pub const DIGEST_FUEL_PER_BYTE: u64 = 16;
+/// Fuel per byte for `crc32` and base64 (encoded or decoded), on the same
+/// scale (~0.1 to 0.5 ns a byte).
+pub const CODEC_FUEL_PER_BYTE: u64 = 4;
+/// Bytes hashed or encoded between two checks of the run's deadline (and
+/// two charges of its fuel).
+pub const CODEC_CHUNK_BYTES: usize = 1 << 20;
+
+/// Feed `data` to `update` in chunks of [`CODEC_CHUNK_BYTES`] (of a multiple
+/// of `unit`), each paid for at `rate` fuel a byte before it is done and
+/// after a check of the deadline.
+fn metered(
+    work: &mut HostWork,
+    data: &[u8],
+    rate: u64,
+    unit: usize,
+    mut update: impl FnMut(&[u8]),
+) -> wasmtime::Result<()> {
+    let chunk = CODEC_CHUNK_BYTES / unit * unit;
+    for piece in data.chunks(chunk) {
+        work.step(HostWork::cost(piece.len(), rate))?;
+        update(piece);
+    }
+    Ok(())
+}
+
 // Every output below is a fixed size or proportional to an input the guest
-// already held in its own memory (at most its memory cap).
+// already held in its own memory (at most its memory cap); the work is
+// paid for in fuel, in chunks, each after a check of the deadline.
 impl codec::Host for RunCaps {
     fn md5(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
-        Ok(md5::Md5::digest(&data).to_vec())
+        let mut hasher = md5::Md5::new();
+        metered(&mut self.work, &data, DIGEST_FUEL_PER_BYTE, 1, |piece| {
+            hasher.update(piece)
+        })?;
+        Ok(hasher.finalize().to_vec())
     }
 
     fn sha1(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
-        Ok(sha1::Sha1::digest(&data).to_vec())
+        let mut hasher = sha1::Sha1::new();
+        metered(&mut self.work, &data, DIGEST_FUEL_PER_BYTE, 1, |piece| {
+            hasher.update(piece)
+        })?;
+        Ok(hasher.finalize().to_vec())
     }
 
     fn hmac_sha1(&mut self, key: Vec<u8>, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+        self.work
+            .step(HostWork::cost(key.len(), DIGEST_FUEL_PER_BYTE))?;
         let mut mac =
             hmac::Hmac::<sha1::Sha1>::new_from_slice(&key).map_err(wasmtime::Error::msg)?;
-        mac.update(&data);
+        metered(&mut self.work, &data, DIGEST_FUEL_PER_BYTE, 1, |piece| {
+            mac.update(piece)
+        })?;
         Ok(mac.finalize().into_bytes().to_vec())
     }
 
     fn crc32(&mut self, data: Vec<u8>) -> wasmtime::Result<u32> {
-        Ok(crc32fast::hash(&data))
+        let mut hasher = crc32fast::Hasher::new();
+        metered(&mut self.work, &data, CODEC_FUEL_PER_BYTE, 1, |piece| {
+            hasher.update(piece)
+        })?;
+        Ok(hasher.finalize())
     }
 
     fn base64_encode(&mut self, data: Vec<u8>, no_padding: bool) -> wasmtime::Result<Vec<u8>> {
@@ -441,7 +486,13 @@ impl codec::Host for RunCaps {
         } else {
             &base64::engine::general_purpose::STANDARD
         };
-        Ok(engine.encode(&data).into_bytes())
+        // Whole groups of 3 bytes encode alone, without padding: only the
+        // last chunk can have any.
+        let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+        metered(&mut self.work, &data, CODEC_FUEL_PER_BYTE, 3, |piece| {
+            engine.encode_string(piece, &mut out)
+        })?;
+        Ok(out.into_bytes())
     }
 
     fn base64_decode(&mut self, data: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -451,7 +502,29 @@ impl codec::Host for RunCaps {
             base64::engine::GeneralPurposeConfig::new()
                 .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
         );
-        Ok(LENIENT.decode(&data).ok())
+        // Chunks before the last are whole groups of 4 characters, which
+        // decode alone and may not have padding (as in the whole text).
+        const MIDDLE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+        );
+        let chunk = CODEC_CHUNK_BYTES / 4 * 4;
+        let mut out = Vec::with_capacity(data.len() / 4 * 3 + 3);
+        let mut pieces = data.chunks(chunk).peekable();
+        while let Some(piece) = pieces.next() {
+            self.work
+                .step(HostWork::cost(piece.len(), CODEC_FUEL_PER_BYTE))?;
+            let engine = if pieces.peek().is_some() {
+                &MIDDLE
+            } else {
+                &LENIENT
+            };
+            if engine.decode_vec(piece, &mut out).is_err() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
     }
 }
 
@@ -544,21 +617,33 @@ mod tests {
 
     #[test]
     fn response_headers_are_validated() {
-        let ok = validate_headers(vec![
-            (b"X-A".to_vec(), b"1".to_vec()),
-            (b"Content-Length".to_vec(), b"5".to_vec()),
-        ])
-        .unwrap();
+        let block = |headers: &[(&[u8], &[u8])]| header_block::encode(headers.iter().copied());
+        let ok = validate_headers(&block(&[(b"X-A", b"1"), (b"Content-Length", b"5")])).unwrap();
         let names: Vec<&str> = ok.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["x-a", "server"]);
-        assert!(validate_headers(vec![(b"Bad Name".to_vec(), b"1".to_vec())]).is_err());
-        assert!(validate_headers(vec![(b"X".to_vec(), b"a\r\nInjected: 1".to_vec())]).is_err());
-        assert!(
-            validate_headers(vec![
-                (b"X".to_vec(), b"v".to_vec());
-                MAX_RESPONSE_HEADERS + 1
-            ])
-            .is_err()
+        assert_eq!(
+            validate_headers(&block(&[(b"Bad Name", b"1")])),
+            Err("invalid response header name \"Bad Name\"".into())
+        );
+        assert_eq!(
+            validate_headers(&block(&[(b"X", b"a\r\nInjected: 1")])),
+            Err("invalid value for response header x".into())
+        );
+        assert_eq!(
+            validate_headers(&block(&[(&b"X"[..], &b"v"[..]); MAX_RESPONSE_HEADERS + 1])),
+            Err("too many response headers (at most 256)".into())
+        );
+        let big = vec![b'v'; MAX_RESPONSE_HEADER_BYTES];
+        assert_eq!(
+            validate_headers(&block(&[(b"X", &big)])),
+            Err("response headers too large (at most 65536 bytes)".into())
+        );
+        // What only a modified guest sends: a length past the block's end.
+        let mut aliased = block(&[(b"X", b"v")]);
+        aliased.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            validate_headers(&aliased),
+            Err("response headers: malformed header block: header 1's name at byte 10: its length runs past the end of the block".into())
         );
     }
 }

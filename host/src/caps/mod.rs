@@ -153,6 +153,9 @@ macro_rules! capabilities {
             /// The CPU slots the run holds while its guest code executes,
             /// given back while it waits.
             pub cpu: crate::sandbox::CpuSlots,
+            /// Host work paid for with the run's fuel, stopped at its
+            /// deadline ([`crate::sandbox::meter`]).
+            pub work: crate::sandbox::HostWork,
             $(pub $name: <$cap as Capability>::State,)*
         }
 
@@ -161,6 +164,7 @@ macro_rules! capabilities {
                 RunCaps {
                     $($name: <$cap as Capability>::state(&request),)*
                     grants: request.grants,
+                    work: crate::sandbox::HostWork::new(start.deadline, start.time_limit),
                     deadline: start.deadline,
                     time_limit: start.time_limit,
                     cpu: start.cpu,

@@ -173,7 +173,14 @@ pub trait Subrequests: Send + Sync {
         self: Arc<Self>,
         request: wit::Subrequest,
         depth: u32,
-    ) -> Result<Pin<Box<dyn Future<Output = Result<wit::Subresponse, String>> + Send>>, String>;
+    ) -> Result<Pin<Box<dyn Future<Output = Captured> + Send>>, String>;
+}
+
+/// A finished subrequest: its response, and the share of the request's
+/// memory that response holds on the host until the parent collects it.
+pub struct Captured {
+    pub response: Result<wit::Subresponse, String>,
+    pub held: Option<crate::sandbox::memory_pool::Reservation>,
 }
 
 /// Per-run state: the operations, and how to start subrequests.
@@ -251,12 +258,10 @@ impl wit::Host for RunCaps {
         op: u32,
     ) -> wasmtime::Result<Result<wit::Subresponse, String>> {
         Ok(
-            match self
-                .tasks
-                .ops
-                .finish::<Result<wit::Subresponse, String>>(op)
-            {
-                Ok(result) => result,
+            // The response's reservation is given back as it goes to the
+            // guest, whose memory is counted from there on.
+            match self.tasks.ops.finish::<Captured>(op) {
+                Ok(captured) => captured.response,
                 Err(error) => Err(error),
             },
         )

@@ -233,6 +233,7 @@ async fn run_script(
     );
     let fuel_pool = Some(subrequests.fuel_pool());
     let outbound = subrequests.outbound();
+    let memory_pool = Some(subrequests.memory_pool());
     let Admitted { in_flight, cpu, .. } = admitted;
     let mut run = RunToTheEnd(Some(Box::pin(async move {
         let _in_flight = in_flight;
@@ -256,6 +257,7 @@ async fn run_script(
                 cpu,
                 guest: tenant.prepared.clone(),
                 fuel_pool,
+                memory_pool,
             })
             .await;
         running.running(-1);

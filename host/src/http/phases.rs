@@ -24,7 +24,9 @@ use crate::bindings::moonwall::sandbox::log;
 use crate::caps::RequestCaps;
 use crate::caps::http::{HttpState, RequestLog, ResponseSink};
 use crate::runtime::{PreparedGuest, RunSetup, Sandbox, Setup};
-use crate::sandbox::{CpuSlots, FuelPool, Limit, Limits, Outcome, SandboxError, block_on, lossy};
+use crate::sandbox::{
+    CpuSlots, FuelPool, Limit, Limits, MemoryPool, Outcome, SandboxError, block_on, lossy,
+};
 
 /// How a request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +119,8 @@ pub(crate) struct ServeJob<'a> {
     /// The fuel the request shares with its subrequests (a server's
     /// request), or `None` for its own limit alone.
     pub(crate) fuel_pool: Option<Arc<FuelPool>>,
+    /// The memory the request shares with its subrequests, likewise.
+    pub(crate) memory_pool: Option<Arc<MemoryPool>>,
 }
 
 impl<'a> ServeJob<'a> {
@@ -140,6 +144,7 @@ impl<'a> ServeJob<'a> {
             cpu: CpuSlots::default(),
             guest: None,
             fuel_pool: None,
+            memory_pool: None,
         }
     }
 }
@@ -211,6 +216,7 @@ impl Sandbox {
             cpu,
             guest,
             fuel_pool,
+            memory_pool,
         } = job;
         let request_id = log.request_id;
         let output = LogOutput { log: log.clone() };
@@ -222,6 +228,7 @@ impl Sandbox {
                 cpu,
                 guest: guest.clone(),
                 fuel_pool,
+                memory_pool,
                 setup: Setup {
                     caps: caps.clone(),
                     http: Some(HttpState::new(sink, discard_body, limits.output_bytes, log)),
@@ -304,6 +311,7 @@ impl Sandbox {
                 // Its own small budget: it runs because the request's ran
                 // out.
                 fuel_pool: None,
+                memory_pool: None,
                 setup: Setup {
                     caps,
                     http: Some(http),

@@ -14,11 +14,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::bindings::header_block::{self, HeaderBlockError};
 use crate::bindings::moonwall::sandbox::http_types::{Header, Request};
 use crate::bindings::moonwall::sandbox::tasks::{Subrequest, Subresponse};
 use crate::caps::RequestCaps;
-use crate::caps::tasks::Subrequests;
-use crate::sandbox::FuelPool;
+use crate::caps::tasks::{Captured, Subrequests};
+use crate::sandbox::memory_pool::Reservation;
+use crate::sandbox::{FuelPool, MemoryPool, log_text};
 use crate::tenants::Tenant;
 
 use super::app::App;
@@ -32,7 +34,10 @@ use crate::site::routing::Route;
 pub const MAX_SUBREQUESTS: u32 = 50;
 /// Most levels of subrequests inside subrequests.
 pub const MAX_SUBREQUEST_DEPTH: u32 = 4;
-/// Most header bytes a subrequest may carry.
+/// Most headers a subrequest may carry (the guest refuses more first, with
+/// "capture: too many headers").
+const MAX_SUBREQUEST_HEADERS: usize = 1000;
+/// Most header bytes (names and values) a subrequest may carry.
 const MAX_SUBREQUEST_HEADER_BYTES: usize = 64 * 1024;
 
 /// The subrequests of one client's request (shared by all its levels).
@@ -48,6 +53,9 @@ pub(crate) struct TenantSubrequests {
     fuel: Arc<FuelPool>,
     /// The outbound sockets and connects they share.
     outbound: Arc<crate::caps::tcp::RequestBudget>,
+    /// The memory they share: their instances' and the host's copies of
+    /// bodies and files passed between them.
+    memory: Arc<MemoryPool>,
     started: AtomicU32,
 }
 
@@ -66,6 +74,7 @@ impl TenantSubrequests {
         Arc::new(TenantSubrequests {
             fuel: Arc::new(FuelPool::new(tenant.limits.sandbox.fuel)),
             outbound: Arc::default(),
+            memory: Arc::new(MemoryPool::new(tenant.limits.sandbox.memory_bytes)),
             app,
             tenant,
             parent,
@@ -84,53 +93,121 @@ impl TenantSubrequests {
         self.outbound.clone()
     }
 
+    /// The memory the request tree shares (the tenant's memory limit, once).
+    pub(crate) fn memory_pool(&self) -> Arc<MemoryPool> {
+        self.memory.clone()
+    }
+
+    /// Hold `bytes` of the tree's memory for a host copy, or say why not.
+    fn reserve(&self, bytes: usize, what: &str) -> Result<Reservation, String> {
+        self.memory.reserve(bytes).ok_or_else(|| {
+            format!(
+                "{what} of {bytes} bytes does not fit in the request's memory limit of {} MiB (the request and its subrequests together)",
+                self.tenant.limits.sandbox.memory_bytes >> 20
+            )
+        })
+    }
+
+    /// The request a script's subrequest stands for: every byte the guest
+    /// sent checked (UTF-8 where the request needs text, the headers
+    /// bounded in count and bytes before they are built).
     fn request_of(&self, sub: Subrequest) -> Result<Request, String> {
-        if !matches!(
-            sub.method.as_str(),
-            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH"
-        ) && !sub.method.bytes().all(|b| b.is_ascii_uppercase())
-        {
-            return Err(format!("invalid method {:?}", sub.method));
-        }
-        let uri = normalize_path(&sub.uri).map_err(|e| format!("uri {:?}: {e}", sub.uri))?;
-        if sub
-            .args
-            .bytes()
-            .any(|b| b.is_ascii_control() || b == b' ' || b == b'#')
-        {
-            return Err(format!("invalid args {:?}", sub.args));
-        }
-        let mut header_bytes = 0;
-        let mut headers = Vec::with_capacity(sub.headers.len());
-        for (name, value) in sub.headers {
-            header_bytes += name.len() + value.len();
-            if header_bytes > MAX_SUBREQUEST_HEADER_BYTES {
-                return Err("too many header bytes".into());
-            }
-            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || hyper::header::HeaderValue::from_bytes(&value).is_err()
-            {
-                return Err(format!("invalid header {name:?}"));
-            }
-            headers.push(Header { name, value });
-        }
-        let request_uri = if sub.args.is_empty() {
-            sub.uri.clone()
+        let method = std::str::from_utf8(&sub.method)
+            .ok()
+            .filter(|method| {
+                matches!(
+                    *method,
+                    "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH"
+                ) || method.bytes().all(|b| b.is_ascii_uppercase())
+            })
+            .ok_or_else(|| format!("invalid method {:?}", String::from_utf8_lossy(&sub.method)))?;
+        let path = std::str::from_utf8(&sub.uri).map_err(|_| {
+            format!(
+                "uri {:?}: not valid UTF-8",
+                String::from_utf8_lossy(&sub.uri)
+            )
+        })?;
+        let uri = normalize_path(path).map_err(|e| format!("uri {path:?}: {e}"))?;
+        let args = std::str::from_utf8(&sub.args)
+            .ok()
+            .filter(|args| {
+                !args
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b' ' || b == b'#')
+            })
+            .ok_or_else(|| format!("invalid args {:?}", String::from_utf8_lossy(&sub.args)))?;
+        let headers = headers_of(&sub.headers)?;
+        let request_uri = if args.is_empty() {
+            path.to_string()
         } else {
-            format!("{}?{}", sub.uri, sub.args)
+            format!("{path}?{args}")
         };
         Ok(Request {
-            method: sub.method,
+            method: method.to_string(),
             uri,
             request_uri,
-            query: sub.args,
+            query: args.to_string(),
             headers,
             body: sub.body,
             ..self.parent.clone()
         })
     }
 
-    async fn serve(self: Arc<Self>, sub: Subrequest, depth: u32) -> Result<Subresponse, String> {
+    /// Serve `sub` and account for it: one access-log line (marked as a
+    /// subrequest, with its parent's request id) and its count and fuel in
+    /// the tenant's metrics.
+    async fn serve(self: Arc<Self>, sub: Subrequest, depth: u32) -> Captured {
+        let started = std::time::Instant::now();
+        // Guest text, as every such byte on its way to a log.
+        let method = log_text::escape(&sub.method);
+        let path = log_text::escape(&sub.uri);
+        // A place among the tenant's subrequests in flight: a tenant's
+        // subrequests wait for each other, never take other tenants' places.
+        // The wait ends with the parent's deadline, which drops this future.
+        let _place = self.tenant.admission.subrequest_place().await;
+        let served = self.clone().run(sub, depth).await;
+        let (status, outcome, fuel) = match &served {
+            Ok((response, outcome, fuel, _)) => (response.status, outcome.as_str(), *fuel),
+            Err(_) => (500, "subrequest-refused", 0),
+        };
+        let tenant = &self.tenant;
+        tenant.metrics.subrequest(status, outcome, fuel);
+        tracing::info!(
+            target: "access",
+            request_id = self.log.request_id,
+            tenant = tenant.name.as_str(),
+            subrequest = depth,
+            method,
+            path,
+            status,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            fuel,
+            outcome,
+            "{} {method} {path} {status} (subrequest)",
+            tenant.name,
+        );
+        match served {
+            Ok((response, _, _, held)) => Captured {
+                response: Ok(response),
+                held,
+            },
+            Err(error) => Captured {
+                response: Err(error),
+                held: None,
+            },
+        }
+    }
+
+    /// Route and run `sub`: its response, outcome label, fuel, and the
+    /// memory its body holds.
+    async fn run(
+        self: Arc<Self>,
+        sub: Subrequest,
+        depth: u32,
+    ) -> Result<(Subresponse, String, u64, Option<Reservation>), String> {
+        // The body the parent passed is a host copy while the subrequest
+        // runs.
+        let _body = self.reserve(sub.body.len(), "a subrequest body")?;
         let request = self.request_of(sub)?;
         let route = self.tenant.router.route(&request.uri);
         let (scripts, shown_from, opened) = match route {
@@ -140,17 +217,26 @@ impl TenantSubrequests {
                 opened,
             } => (scripts, shown_from, opened),
             Route::Static(file) => {
+                // Held from before the read until the parent collects it.
+                let size = usize::try_from(file.metadata().len()).unwrap_or(usize::MAX);
+                let size = size.min(static_files::MAX_STATIC_FILE_BYTES as usize);
+                let held = self.reserve(size, "a static file")?;
                 return Ok(match static_files::read_async(file).await {
-                    StaticFile::Found { content_type, body } => Subresponse {
-                        status: 200,
-                        headers: vec![("Content-Type".into(), content_type.into_bytes())],
-                        body: body.to_vec(),
-                        truncated: false,
-                    },
-                    _ => not_found(),
+                    StaticFile::Found { content_type, body } if body.len() <= size => (
+                        Subresponse {
+                            status: 200,
+                            headers: vec![("Content-Type".into(), content_type.into_bytes())],
+                            body: body.to_vec(),
+                            truncated: false,
+                        },
+                        "static".into(),
+                        0,
+                        Some(held),
+                    ),
+                    _ => (not_found(), "not-found".into(), 0, None),
                 });
             }
-            Route::NotFound => return Ok(not_found()),
+            Route::NotFound => return Ok((not_found(), "not-found".into(), 0, None)),
         };
         let handlers = self
             .app
@@ -179,6 +265,7 @@ impl TenantSubrequests {
                 cpu: self.tenant.admission.cpu_slots(&self.app.gates),
                 guest: self.tenant.prepared.clone(),
                 fuel_pool: Some(self.fuel.clone()),
+                memory_pool: Some(self.memory.clone()),
             })
             .await
             .map_err(|e| format!("cannot run the subrequest: {e}"))?;
@@ -186,7 +273,7 @@ impl TenantSubrequests {
         let Ok(response) = sink.downcast::<CollectedResponse>() else {
             unreachable!("serve_request returns the sink it was given")
         };
-        Ok(Subresponse {
+        let subresponse = Subresponse {
             status: response.status.unwrap_or(report.status),
             headers: response
                 .headers
@@ -195,8 +282,46 @@ impl TenantSubrequests {
                 .collect(),
             body: response.body,
             truncated: response.aborted,
-        })
+        };
+        if let super::HttpOutcome::LimitExceeded(limit) = &report.outcome {
+            self.tenant.metrics.limit_hit(limit.kind());
+        }
+        let held = self.reserve(subresponse.body.len(), "a subrequest's response")?;
+        Ok((
+            subresponse,
+            report.outcome.label(),
+            report.fuel_used,
+            Some(held),
+        ))
     }
+}
+
+/// The headers of a subrequest's header block (wit/tasks.wit): bounded in
+/// count and bytes before any is built, each name and value valid.
+fn headers_of(block: &[u8]) -> Result<Vec<Header>, String> {
+    let block = header_block::decode(block, MAX_SUBREQUEST_HEADERS, MAX_SUBREQUEST_HEADER_BYTES)
+        .map_err(|e| match e {
+            HeaderBlockError::TooMany { .. } => {
+                format!("too many headers (at most {MAX_SUBREQUEST_HEADERS})")
+            }
+            HeaderBlockError::TooLarge { .. } => "too many header bytes".to_string(),
+            malformed @ HeaderBlockError::Malformed { .. } => format!("headers: {malformed}"),
+        })?;
+    let mut headers = Vec::with_capacity(block.len());
+    for (name, value) in block {
+        // A valid header name is ASCII, so it is valid UTF-8 too.
+        let valid = hyper::header::HeaderName::from_bytes(name).is_ok()
+            && hyper::header::HeaderValue::from_bytes(value).is_ok();
+        let name = std::str::from_utf8(name)
+            .ok()
+            .filter(|_| valid)
+            .ok_or_else(|| format!("invalid header {:?}", String::from_utf8_lossy(name)))?;
+        headers.push(Header {
+            name: name.to_string(),
+            value: value.to_vec(),
+        });
+    }
+    Ok(headers)
 }
 
 fn not_found() -> Subresponse {
@@ -213,7 +338,7 @@ impl Subrequests for TenantSubrequests {
         self: Arc<Self>,
         request: Subrequest,
         depth: u32,
-    ) -> Result<Pin<Box<dyn Future<Output = Result<Subresponse, String>> + Send>>, String> {
+    ) -> Result<Pin<Box<dyn Future<Output = Captured> + Send>>, String> {
         if depth > MAX_SUBREQUEST_DEPTH {
             return Err(format!(
                 "subrequests nested too deep (at most {MAX_SUBREQUEST_DEPTH} levels)"
@@ -226,5 +351,46 @@ impl Subrequests for TenantSubrequests {
             ));
         }
         Ok(Box::pin(self.serve(request, depth)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(headers: &[(&[u8], &[u8])]) -> Vec<u8> {
+        header_block::encode(headers.iter().copied())
+    }
+
+    #[test]
+    fn subrequest_headers_are_bounded_and_checked() {
+        let headers = headers_of(&block(&[(b"X-A", b"1"), (b"x-b", b"")])).unwrap();
+        let names: Vec<&str> = headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["X-A", "x-b"]);
+        let many = vec![(&b"X"[..], &b"v"[..]); MAX_SUBREQUEST_HEADERS + 1];
+        assert_eq!(
+            headers_of(&block(&many)).unwrap_err(),
+            "too many headers (at most 1000)"
+        );
+        let big = vec![b'v'; MAX_SUBREQUEST_HEADER_BYTES];
+        assert_eq!(
+            headers_of(&block(&[(b"X", &big)])).unwrap_err(),
+            "too many header bytes"
+        );
+        assert_eq!(
+            headers_of(&block(&[(b"X\xff", b"v")])).unwrap_err(),
+            "invalid header \"X\u{fffd}\""
+        );
+        assert_eq!(
+            headers_of(&block(&[(b"X", b"a\nb")])).unwrap_err(),
+            "invalid header \"X\""
+        );
+        // A modified guest's block: a value that claims 4 GiB.
+        let mut aliased = block(&[(b"X", b"v")]);
+        aliased.extend_from_slice(&[1, 0, 0, 0, b'Y', 0xff, 0xff, 0xff, 0xff, b'v']);
+        assert_eq!(
+            headers_of(&aliased).unwrap_err(),
+            "headers: malformed header block: header 1's value at byte 15: its length runs past the end of the block"
+        );
     }
 }

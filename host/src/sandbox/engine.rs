@@ -263,11 +263,21 @@ impl wasmtime::CacheStore for CompiledFunctions {
 #[derive(Debug)]
 pub(crate) struct RunLimiter {
     memory_cap: usize,
+    /// The memory this run shares with others (a request's subrequests),
+    /// if any, and how much of it the run holds.
+    pool: Option<Arc<super::MemoryPool>>,
+    from_pool: usize,
     /// The largest linear memory size granted so far.
     pub(crate) peak_memory: usize,
     /// A growth was refused for the cap (or failed). A failed instantiation
     /// with this set means the cap is below what the guest needs to start.
     pub(crate) refused: bool,
+}
+
+impl Drop for RunLimiter {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// Tables hold function references; the guest needs about a thousand.
@@ -277,8 +287,22 @@ impl RunLimiter {
     pub(crate) fn new(memory_cap: usize) -> Self {
         RunLimiter {
             memory_cap,
+            pool: None,
+            from_pool: 0,
             peak_memory: 0,
             refused: false,
+        }
+    }
+
+    /// Take this run's memory from `pool` too.
+    pub(crate) fn share(&mut self, pool: Option<Arc<super::MemoryPool>>) {
+        self.pool = pool;
+    }
+
+    /// Give the pool back what the run held: its instance is gone.
+    pub(crate) fn release(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give(std::mem::take(&mut self.from_pool));
         }
     }
 
@@ -294,12 +318,21 @@ impl ResourceLimiter for RunLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Refused quietly: malloc returns NULL, Lua collects garbage in an
+        // emergency and retries, and only then raises its memory error,
+        // which the guard turns into the memory limit.
         if desired > self.memory_cap {
-            // Refuse quietly: malloc returns NULL, Lua collects garbage in an
-            // emergency and retries, and only then raises its memory error,
-            // which the guard turns into the memory limit.
             self.refused = true;
             return Ok(false);
+        }
+        // A run that shares its memory takes each growth from the pool.
+        if let Some(pool) = &self.pool {
+            let more = desired.saturating_sub(self.from_pool);
+            if !pool.take(more) {
+                self.refused = true;
+                return Ok(false);
+            }
+            self.from_pool += more;
         }
         self.peak_memory = self.peak_memory.max(desired);
         Ok(true)

@@ -7,6 +7,10 @@
 //! - [`host_api`]: the sandbox's part of a run's store ([`RunBase`]) and the
 //!   core imports (output, clock, guard).
 //! - [`log_text`]: guest text escaped and cut before it reaches a log.
+//! - [`memory_pool`]: memory shared by a group of runs (a request and its
+//!   subrequests) and the host's copies between them.
+//! - [`meter`]: host work paid for with the run's fuel and stopped at its
+//!   deadline ([`HostWork`]).
 //! - [`outcome`]: how a run ended, as a typed result.
 //! - [`run`]: the one lifecycle of a run (start with every limit armed,
 //!   instantiate, call, classify the stop), used by every kind of run, and
@@ -36,6 +40,8 @@ pub mod engine;
 pub mod fuel_pool;
 pub mod host_api;
 pub mod log_text;
+pub mod memory_pool;
+pub mod meter;
 pub mod outcome;
 pub mod prepared;
 pub mod run;
@@ -51,6 +57,8 @@ pub use cpu::CpuSlots;
 pub use engine::{EngineSettings, Limits};
 pub use fuel_pool::FuelPool;
 pub use host_api::{CapturedOutput, InheritedOutput, OutputSink, RunBase};
+pub use memory_pool::MemoryPool;
+pub use meter::HostWork;
 pub use outcome::{Limit, Outcome, RunReport};
 pub use prepared::{InitError, PreparedGuest};
 pub use run::{RunData, RunStart};

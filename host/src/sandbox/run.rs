@@ -42,6 +42,8 @@ pub trait RunData: Sized + Send + 'static {
     /// The CPU slots the run holds: a run that could not take them before
     /// its deadline is not instantiated.
     fn cpu(&self) -> &CpuSlots;
+    /// The fuel account of the run's host calls ([`super::meter`]).
+    fn host_work(&mut self) -> &mut super::HostWork;
     /// Register the host functions of every import beyond the core ones
     /// (output, clock, guard: the sandbox's own, on [`RunBase`]).
     fn add_to_linker(linker: &mut Linker<Self>) -> wasmtime::Result<()>;
@@ -71,6 +73,9 @@ pub struct RunSetup<D: RunData> {
     /// The fuel this run shares with others (a request's subrequests), if
     /// any: it burns at most what is left of it.
     pub(crate) fuel_pool: Option<Arc<super::FuelPool>>,
+    /// The memory this run shares with others, if any: its instance's
+    /// memory is taken from it too.
+    pub(crate) memory_pool: Option<Arc<super::MemoryPool>>,
     /// What the layers above start the run with (the request, what it may
     /// use beyond computation).
     pub(crate) setup: D::Setup,
@@ -85,6 +90,7 @@ impl<D: RunData> RunSetup<D> {
             cpu: CpuSlots::default(),
             guest: None,
             fuel_pool: None,
+            memory_pool: None,
             setup: D::Setup::default(),
         }
     }
@@ -142,6 +148,7 @@ impl<D: RunData> Sandbox<D> {
             mut cpu,
             guest,
             fuel_pool,
+            memory_pool,
             setup,
         } = setup;
         let started = Instant::now();
@@ -165,6 +172,7 @@ impl<D: RunData> Sandbox<D> {
         let mut base = RunBase::new(limits.memory_bytes, limits.output_bytes, output);
         base.awake = Some(self.ticker.awake());
         base.instance = instance;
+        base.limiter.share(memory_pool);
         let (account, fuel) = super::fuel_pool::FuelAccount::open(fuel_pool, limits.fuel);
         base.fuel = account;
         let start = RunStart {
@@ -174,6 +182,7 @@ impl<D: RunData> Sandbox<D> {
         };
         let mut store = Store::new(&self.engine, D::assemble(base, setup, start));
         store.limiter(|state| &mut state.base_mut().limiter);
+        super::meter::install(&mut store, D::host_work);
         // Fails only in an engine without fuel, and every engine has it.
         let _ = store.set_fuel(fuel);
         engine::arm_deadline(&mut store, deadline);
@@ -260,6 +269,7 @@ impl<D: RunData> Run<'_, D> {
             {
                 let mut state = self.store.into_data();
                 state.base_mut().instance = None;
+                state.base_mut().limiter.release();
                 return Err(Unavailable {
                     error: SandboxError::Instantiate(format!("{error:#}")),
                     state: Box::new(state),
@@ -284,6 +294,7 @@ impl<D: RunData> Run<'_, D> {
         // The instance is gone with its store: its place in the pool is free
         // for the next run (a log phase after a limit, another request).
         state.base_mut().instance = None;
+        state.base_mut().limiter.release();
         Ok(Finished {
             result,
             fuel_used: (self.limits.fuel - fuel_left.min(self.limits.fuel))

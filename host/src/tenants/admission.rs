@@ -83,6 +83,9 @@ impl Rejection {
 pub struct Admission {
     limits: AdmissionLimits,
     in_flight: Arc<Semaphore>,
+    /// Subrequests of the tenant's requests in flight at once: as many as
+    /// its requests may be.
+    subrequests: Arc<Semaphore>,
     cpu: Arc<Semaphore>,
     waiting: AtomicUsize,
     bucket: Option<Mutex<TokenBucket>>,
@@ -128,6 +131,7 @@ impl Admission {
             .map(|rate| Mutex::new(TokenBucket::new(rate, limits.burst)));
         Admission {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            subrequests: Arc::new(Semaphore::new(limits.max_in_flight)),
             cpu: Arc::new(Semaphore::new(limits.max_concurrency)),
             waiting: AtomicUsize::new(0),
             bucket,
@@ -144,6 +148,13 @@ impl Admission {
     /// starts.
     pub fn cpu_slots(&self, server: &ServerGates) -> CpuSlots {
         CpuSlots::new(vec![self.cpu.clone(), server.cpu.clone()])
+    }
+
+    /// A place for one subrequest of the tenant's (its requests' subrequests
+    /// together are at most its `max_in_flight`), waited for: free again
+    /// when dropped.
+    pub async fn subrequest_place(&self) -> Option<OwnedSemaphorePermit> {
+        self.subrequests.clone().acquire_owned().await.ok()
     }
 
     /// Requests waiting in the queue now.

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::{
     DictFuture, EXISTS, Error, IS_A_LIST, Item, Mode, NIL_ADD, NO_MEMORY, NOT_A_LIST, NOT_A_NUMBER,
-    NOT_FOUND, Store, Value, add_numbers, entry_cost, item_cost, value_size,
+    NOT_FOUND, SCAN_BATCH, Scanned, Store, Value, add_numbers, entry_cost, item_cost, value_size,
 };
 
 /// Milliseconds on a monotonic clock (never 0: 0 means "never expires").
@@ -90,6 +90,10 @@ struct Node {
     cost: u64,
     lru: Links,
     writes: Links,
+    /// When it last went to the front of the LRU order (in
+    /// [`Inner::lru_moves`]): a scan's place in that order is still good
+    /// if its entry has not moved since.
+    lru_stamp: u64,
 }
 
 struct Inner {
@@ -105,6 +109,8 @@ struct Inner {
     seq: u64,
     /// Entries written before this (sequence) are flushed: expired.
     flushed_below: u64,
+    /// Moves to the front of the LRU order so far.
+    lru_moves: u64,
 }
 
 /// One dict in this process.
@@ -127,6 +133,7 @@ impl MemoryDict {
                 used: 0,
                 seq: 0,
                 flushed_below: 0,
+                lru_moves: 0,
             }),
         }
     }
@@ -304,37 +311,105 @@ impl MemoryDict {
         d.flushed_below = d.seq + 1;
     }
 
-    fn flush_expired_now(&self, max: u32) -> u32 {
+    /// Remove expired entries (at most `max`; 0: all), [`SCAN_BATCH`] per
+    /// hold of the lock, visiting at most `budget`.
+    fn flush_expired_now(
+        &self,
+        max: u32,
+        deadline: Instant,
+        budget: u64,
+    ) -> Result<Scanned<u32>, Error> {
         let now = now_ms();
-        let mut d = self.lock();
-        let mut removed = 0;
-        while max == 0 || removed < max {
-            match d.oldest_expired(now) {
-                Some(slot) => {
-                    d.remove(slot);
-                    removed += 1;
-                }
-                None => break,
+        let mut removed: u32 = 0;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(Error::Deadline);
             }
+            let mut d = self.lock();
+            for _ in 0..SCAN_BATCH {
+                if max != 0 && removed >= max {
+                    return Ok(Scanned {
+                        value: removed,
+                        visited: u64::from(removed),
+                    });
+                }
+                let Some(slot) = d.oldest_expired(now) else {
+                    return Ok(Scanned {
+                        value: removed,
+                        visited: u64::from(removed) + 1,
+                    });
+                };
+                if u64::from(removed) >= budget {
+                    return Err(Error::Fuel);
+                }
+                d.remove(slot);
+                removed += 1;
+            }
+            drop(d);
+            std::thread::yield_now();
         }
-        removed
     }
 
-    fn get_keys_now(&self, max: u32) -> Vec<Vec<u8>> {
+    /// Live keys, least recently used first (at most `max`; 0: all),
+    /// [`SCAN_BATCH`] entries per hold of the lock, visiting at most
+    /// `budget`. Between batches the dict changes: a key used meanwhile
+    /// moves to the front of the order, and the walk starts again from the
+    /// back when the entry it stopped at has moved (keys already listed
+    /// are skipped, never listed twice).
+    fn get_keys_now(
+        &self,
+        max: u32,
+        deadline: Instant,
+        budget: u64,
+    ) -> Result<Scanned<Vec<Vec<u8>>>, Error> {
         let now = now_ms();
-        let keys: Vec<Arc<[u8]>> = {
-            let d = self.lock();
-            let mut keys = Vec::new();
-            let mut slot = d.lru.back;
-            while slot != NIL && (max == 0 || keys.len() < max as usize) {
-                if !d.expired(slot, now) {
-                    keys.push(d.node(slot).key.clone());
-                }
-                slot = d.node(slot).lru.prev;
+        let mut keys: Vec<Arc<[u8]>> = Vec::new();
+        let mut listed: std::collections::HashSet<Arc<[u8]>> = std::collections::HashSet::new();
+        let mut visited: u64 = 0;
+        // Where the walk stopped: the next entry, and its stamp.
+        let mut cursor: Option<(u32, Arc<[u8]>, u64)> = None;
+        'walk: loop {
+            if Instant::now() >= deadline {
+                return Err(Error::Deadline);
             }
-            keys
-        };
-        keys.iter().map(|key| key.to_vec()).collect()
+            let d = self.lock();
+            let mut slot = match cursor.take() {
+                Some((slot, key, stamp)) => match d.nodes.get(slot as usize) {
+                    Some(Some(node)) if Arc::ptr_eq(&node.key, &key) && node.lru_stamp == stamp => {
+                        slot
+                    }
+                    _ => d.lru.back,
+                },
+                None => d.lru.back,
+            };
+            for _ in 0..SCAN_BATCH {
+                if slot == NIL || (max != 0 && keys.len() >= max as usize) {
+                    break 'walk;
+                }
+                if visited >= budget {
+                    return Err(Error::Fuel);
+                }
+                visited += 1;
+                let node = d.node(slot);
+                if !d.expired(slot, now) && !listed.contains(&node.key) {
+                    listed.insert(node.key.clone());
+                    keys.push(node.key.clone());
+                }
+                slot = node.lru.prev;
+            }
+            if slot == NIL {
+                break;
+            }
+            let node = d.node(slot);
+            cursor = Some((slot, node.key.clone(), node.lru_stamp));
+            drop(d);
+            std::thread::yield_now();
+        }
+        let keys = keys.iter().map(|key| key.to_vec()).collect();
+        Ok(Scanned {
+            value: keys,
+            visited,
+        })
     }
 
     fn push_now(&self, key: &[u8], value: Value, front: bool) -> Result<u64, Error> {
@@ -498,6 +573,11 @@ impl Inner {
             self.chain(order).back = slot;
         }
         self.chain(order).front = slot;
+        if order == Order::Lru {
+            self.lru_moves += 1;
+            let stamp = self.lru_moves;
+            self.node_mut(slot).lru_stamp = stamp;
+        }
     }
 
     /// A use: the entry goes to the front of the LRU order.
@@ -540,6 +620,7 @@ impl Inner {
             cost,
             lru: UNLINKED,
             writes: UNLINKED,
+            lru_stamp: 0,
         };
         let slot = match self.free_slots.pop() {
             Some(slot) => {
@@ -680,12 +761,24 @@ impl Store for MemoryDict {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn flush_expired(&self, max: u32, _deadline: Instant) -> DictFuture<'_, u32> {
-        Box::pin(std::future::ready(Ok(self.flush_expired_now(max))))
+    fn flush_expired(
+        &self,
+        max: u32,
+        deadline: Instant,
+        budget: u64,
+    ) -> DictFuture<'_, Scanned<u32>> {
+        Box::pin(std::future::ready(
+            self.flush_expired_now(max, deadline, budget),
+        ))
     }
 
-    fn get_keys(&self, max: u32, _deadline: Instant) -> DictFuture<'_, Vec<Vec<u8>>> {
-        Box::pin(std::future::ready(Ok(self.get_keys_now(max))))
+    fn get_keys(
+        &self,
+        max: u32,
+        deadline: Instant,
+        budget: u64,
+    ) -> DictFuture<'_, Scanned<Vec<Vec<u8>>>> {
+        Box::pin(std::future::ready(self.get_keys_now(max, deadline, budget)))
     }
 
     fn push(
@@ -769,7 +862,11 @@ mod tests {
         // A flushed entry makes room without counting as forcible.
         assert_eq!(dict.store_now(b"c", s("3"), 0, 0, Mode::SafeSet), Ok(false));
         assert_eq!(dict.len(), 2);
-        assert_eq!(dict.flush_expired_now(0), 1);
-        assert_eq!(dict.get_keys_now(0), vec![b"c".to_vec()]);
+        let far = Instant::now() + std::time::Duration::from_secs(60);
+        assert_eq!(dict.flush_expired_now(0, far, u64::MAX).unwrap().value, 1);
+        assert_eq!(
+            dict.get_keys_now(0, far, u64::MAX).unwrap().value,
+            vec![b"c".to_vec()]
+        );
     }
 }

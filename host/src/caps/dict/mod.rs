@@ -90,6 +90,26 @@ pub enum Error {
     Backend(String),
     /// The run's deadline passed while waiting for the backend.
     Deadline,
+    /// A scan over many entries would visit more than its budget
+    /// ([`Scanned`]): the run's fuel runs out.
+    Fuel,
+}
+
+/// Fuel per entry a scan visits (`get_keys`, `flush_expired`): about what
+/// the host spends on one (a few tens of nanoseconds, at the guest's ~10
+/// fuel a nanosecond).
+pub const SCAN_FUEL_PER_ENTRY: u64 = 256;
+/// Entries a memory dict's scan visits per hold of the dict's lock, and a
+/// Redis dict's per round trip: between two batches, other runs use the
+/// dict, and the run's deadline is checked.
+pub const SCAN_BATCH: usize = 1024;
+
+/// What a scan over many entries returned, and how many it visited (what
+/// it costs: [`SCAN_FUEL_PER_ENTRY`] each).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scanned<T> {
+    pub value: T,
+    pub visited: u64,
 }
 
 pub const EXISTS: &str = "exists";
@@ -107,7 +127,8 @@ pub const LONG_KEY: &str = "key too long";
 /// The answer of a backend's operation.
 pub type DictFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
-/// One dict on its backend. Every method is one atomic operation; a
+/// One dict on its backend. Every method is one atomic operation (but the
+/// scans, `get_keys` and `flush_expired`, done in batches); a
 /// backend that waits (Redis) gives up at `deadline` with
 /// [`Error::Deadline`]. Keys are checked ([`check_key`]) and times cut to
 /// [`MAX_TTL_MS`] before they get here.
@@ -146,9 +167,23 @@ pub trait Store: Send + Sync {
     /// Mark every entry expired (`get_stale` still sees them).
     fn flush_all(&self, deadline: Instant) -> DictFuture<'_, ()>;
     /// Remove up to `max` (0: all) expired entries; how many went.
-    fn flush_expired(&self, max: u32, deadline: Instant) -> DictFuture<'_, u32>;
+    /// Visits at most `budget` entries, in batches of [`SCAN_BATCH`]
+    /// ([`Error::Fuel`] past it).
+    fn flush_expired(
+        &self,
+        max: u32,
+        deadline: Instant,
+        budget: u64,
+    ) -> DictFuture<'_, Scanned<u32>>;
     /// Up to `max` (0: all) live keys, least recently used first.
-    fn get_keys(&self, max: u32, deadline: Instant) -> DictFuture<'_, Vec<Vec<u8>>>;
+    /// Visits at most `budget` entries, in batches of [`SCAN_BATCH`]
+    /// ([`Error::Fuel`] past it).
+    fn get_keys(
+        &self,
+        max: u32,
+        deadline: Instant,
+        budget: u64,
+    ) -> DictFuture<'_, Scanned<Vec<Vec<u8>>>>;
     /// Push a string or number onto the list `key` (created if absent);
     /// its new length.
     fn push(
@@ -374,7 +409,21 @@ impl RunCaps {
             Err(Error::Refused(message)) => Ok(Err(message.to_string())),
             Err(Error::Backend(message)) => Ok(Err(format!("shared dict backend: {message}"))),
             Err(Error::Deadline) => Err(self.deadline_passed()),
+            Err(Error::Fuel) => Err(wasmtime::Error::new(wasmtime::Trap::OutOfFuel)),
         }
+    }
+
+    /// How many entries a scan may visit on the run's fuel.
+    fn scan_budget(&self) -> u64 {
+        self.work.remaining() / SCAN_FUEL_PER_ENTRY
+    }
+
+    /// Charge a scan for the entries it visited.
+    fn charge_scan<T>(&mut self, result: Result<Scanned<T>, Error>) -> Result<T, Error> {
+        let scanned = result?;
+        let fuel = scanned.visited.saturating_mul(SCAN_FUEL_PER_ENTRY);
+        self.work.charge(fuel).map_err(|_| Error::Fuel)?;
+        Ok(scanned.value)
     }
 }
 
@@ -517,10 +566,13 @@ impl wit::Host for RunCaps {
         dict: u32,
         max: u32,
     ) -> wasmtime::Result<Result<u32, String>> {
+        let budget = self.scan_budget();
         let result = match self.dict_store(dict) {
             Ok(store) => {
-                self.off_cpu(store.flush_expired(max, self.deadline))
-                    .await?
+                let scanned = self
+                    .off_cpu(store.flush_expired(max, self.deadline, budget))
+                    .await?;
+                self.charge_scan(scanned)
             }
             Err(error) => Err(error),
         };
@@ -532,8 +584,14 @@ impl wit::Host for RunCaps {
         dict: u32,
         max: u32,
     ) -> wasmtime::Result<Result<Vec<Vec<u8>>, String>> {
+        let budget = self.scan_budget();
         let result = match self.dict_store(dict) {
-            Ok(store) => self.off_cpu(store.get_keys(max, self.deadline)).await?,
+            Ok(store) => {
+                let scanned = self
+                    .off_cpu(store.get_keys(max, self.deadline, budget))
+                    .await?;
+                self.charge_scan(scanned)
+            }
             Err(error) => Err(error),
         };
         self.dict_answer(result)

@@ -1,17 +1,31 @@
 //! Compiled patterns ([`Compiled`], each with its search, [`Compiled::scan`])
-//! and the process-wide [`Cache`] of them, bounded in entries, pattern bytes
-//! and memory, least recently used out first.
+//! and the [`Cache`] of them: one partition per tenant, each bounded in
+//! entries, pattern bytes and memory, least recently used out first, so that
+//! no tenant can evict another's patterns or time its hits.
+//!
+//! A search is host work done for the guest: it is paid for with the run's
+//! fuel and stops at the run's deadline ([`crate::sandbox::meter`]). The
+//! engine's own searches cannot be interrupted, so the match is found with
+//! lazy DFAs stepped here, a byte at a time, checking the deadline (and
+//! charging fuel) every [`STEP_BYTES`]: forward to the match's end (the
+//! whole rest of the subject when nothing matches), backward to its start;
+//! only then is the engine asked for the groups, within the match.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
+use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::util::primitives::NonMaxUsize;
 use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input, PatternID, meta};
+use regex_automata::{Anchored, Input, MatchKind, PatternID, meta};
 
 use super::Syntax;
 use super::pcre::{MAX_NESTING, translate};
+use crate::sandbox::HostWork;
+use crate::sandbox::meter::thread_cpu_time;
 
 /// Most heap one compiled pattern's automaton may take.
 pub const NFA_SIZE_LIMIT: usize = 2 << 20;
@@ -21,21 +35,39 @@ const LAZY_DFA_CAPACITY: usize = 1 << 20;
 /// A search's scratch memory is kept with its pattern for the next search
 /// only when it is at most this big.
 const KEPT_SCRATCH_BYTES: usize = 256 << 10;
-/// Most patterns the process-wide cache keeps.
+/// Most patterns one tenant's partition of the cache keeps.
 pub const CACHE_MAX_ENTRIES: usize = 512;
-/// Most pattern bytes the cache keeps (all entries together).
+/// Most pattern bytes one tenant's partition keeps (all entries together).
 pub const CACHE_MAX_PATTERN_BYTES: usize = 1 << 20;
-/// Most memory the cache's compiled patterns take (all entries together,
-/// counting each one's kept scratch memory at its bound).
-pub const CACHE_MAX_MEMORY: usize = 128 << 20;
+/// Most memory one tenant's compiled patterns take (all its entries
+/// together, counting each one's kept scratch memory at its bound).
+pub const CACHE_MAX_MEMORY: usize = 64 << 20;
+/// Most memory all tenants' compiled patterns take together; past it, the
+/// tenant whose partition is the biggest loses its least recently used.
+pub const CACHE_MAX_TOTAL_MEMORY: usize = 256 << 20;
 /// Most offsets (two per group per match) one `scan` returns.
 pub const MAX_OFFSETS: usize = 64 * 1024;
 /// The offset of a group that did not take part in a match.
 pub const NO_OFFSET: u32 = u32::MAX;
+/// Subject bytes a search steps through between two checks of the run's
+/// deadline.
+pub const STEP_BYTES: usize = 256;
+/// Fuel per nanosecond of the thread's CPU time spent compiling or
+/// searching: about what the guest itself burns (10^10 fuel is about a
+/// second of its CPU).
+pub const FUEL_PER_NS: u64 = 10;
+/// Least fuel per subject byte a search steps through, and per pattern byte
+/// compiled, however fast.
+pub const FUEL_PER_BYTE: u64 = 1;
 
-/// A compiled pattern, shared by every run that uses it.
+/// A compiled pattern, shared by every run of its tenant that uses it.
 pub struct Compiled {
     regex: meta::Regex,
+    /// Finds where the leftmost-first match ends (leftmost-first, either
+    /// anchored or not).
+    forward: DFA,
+    /// From a match's end, back to its start (all matches, anchored).
+    reverse: DFA,
     /// Capture groups, not counting group 0.
     pub groups: u32,
     pub names: Vec<(String, u32)>,
@@ -43,9 +75,98 @@ pub struct Compiled {
     /// `\G` at the start: every search is anchored.
     anchored: bool,
     /// Scratch memory for one search, kept for the next one.
-    scratch: Mutex<Option<meta::Cache>>,
+    scratch: Mutex<Option<Scratch>>,
     /// What this entry counts for against [`CACHE_MAX_MEMORY`].
     weight: usize,
+}
+
+struct Scratch {
+    regex: meta::Cache,
+    forward: DfaCache,
+    reverse: DfaCache,
+}
+
+impl Scratch {
+    fn memory_usage(&self) -> usize {
+        self.regex.memory_usage() + self.forward.memory_usage() + self.reverse.memory_usage()
+    }
+}
+
+/// Why a search did not finish.
+#[derive(Debug)]
+pub enum ScanError {
+    /// The subject cannot be searched (the message says why).
+    Refused(String),
+    /// The run's fuel or time ran out (the error stops the run).
+    Stopped(wasmtime::Error),
+}
+
+/// The meter of a search: the run's account, or none (unmetered: tests).
+pub type Meter<'a> = Option<&'a mut HostWork>;
+
+/// The meter of one scan or compile: checks the run's deadline every step,
+/// and charges its fuel for the thread's CPU time at [`FUEL_PER_NS`], at
+/// least [`FUEL_PER_BYTE`] a byte, every [`CHARGE_BYTES`] or
+/// [`CHARGE_EVERY`] (whichever comes first) and at the end.
+struct Stepper<'m, 'a> {
+    meter: &'m mut Meter<'a>,
+    cpu_since: Duration,
+    settled: Instant,
+    bytes: usize,
+}
+
+/// Bytes stepped through between two charges of the run's fuel.
+const CHARGE_BYTES: usize = 64 << 10;
+/// Longest time between two charges of the run's fuel.
+const CHARGE_EVERY: Duration = Duration::from_millis(1);
+
+impl<'m, 'a> Stepper<'m, 'a> {
+    fn new(meter: &'m mut Meter<'a>) -> Self {
+        let cpu_since = if meter.is_some() {
+            thread_cpu_time()
+        } else {
+            Duration::ZERO
+        };
+        Stepper {
+            meter,
+            cpu_since,
+            settled: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// `bytes` more were worked through.
+    fn step(&mut self, bytes: usize) -> Result<(), ScanError> {
+        let Some(work) = self.meter.as_deref_mut() else {
+            return Ok(());
+        };
+        self.bytes += bytes;
+        let now = Instant::now();
+        if now >= work.deadline() {
+            return Err(ScanError::Stopped(work.deadline_passed()));
+        }
+        if self.bytes >= CHARGE_BYTES || now.duration_since(self.settled) >= CHARGE_EVERY {
+            self.settled = now;
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    /// Charge what was done since the last charge.
+    fn settle(&mut self) -> Result<(), ScanError> {
+        let Some(work) = self.meter.as_deref_mut() else {
+            return Ok(());
+        };
+        let now = thread_cpu_time();
+        let cpu = now.saturating_sub(self.cpu_since);
+        self.cpu_since = now;
+        let by_time = u64::try_from(cpu.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(FUEL_PER_NS);
+        let bytes = std::mem::take(&mut self.bytes);
+        let fuel = by_time.max(HostWork::cost(bytes, FUEL_PER_BYTE));
+        work.charge(fuel).map_err(ScanError::Stopped)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,6 +184,40 @@ fn compile_error(pattern: &[u8], reason: &str) -> String {
     format!("failed to compile regex \"{shown}{more}\": {reason}")
 }
 
+/// A lazy DFA of `hir`, forward (leftmost-first) or reverse (all matches,
+/// anchored), that never gives up: its searches are stepped here.
+fn lazy_dfa(hir: &regex_syntax::hir::Hir, reverse: bool) -> Result<DFA, String> {
+    let nfa = thompson::Compiler::new()
+        .configure(
+            thompson::Config::new()
+                .nfa_size_limit(Some(NFA_SIZE_LIMIT))
+                .which_captures(WhichCaptures::None)
+                .reverse(reverse),
+        )
+        .build_from_hir(hir)
+        .map_err(|error| error.to_string())?;
+    let kind = if reverse {
+        MatchKind::All
+    } else {
+        MatchKind::LeftmostFirst
+    };
+    DFA::builder()
+        .configure(
+            DFA::config()
+                .match_kind(kind)
+                .cache_capacity(LAZY_DFA_CAPACITY)
+                .skip_cache_capacity_check(true)
+                .minimum_cache_clear_count(None)
+                .unicode_word_boundary(true),
+        )
+        .build_from_nfa(nfa)
+        .map_err(|error| error.to_string())
+}
+
+/// A lazy DFA could not go on (a Unicode word boundary next to a non-ASCII
+/// byte): the engine's own search does the rest.
+struct Unsupported;
+
 impl Compiled {
     /// Compile `pattern`; the error is the whole message.
     pub fn new(pattern: &[u8], options: Syntax) -> Result<Compiled, String> {
@@ -74,23 +229,24 @@ impl Compiled {
             .multi_line(options.multiline)
             .dot_matches_new_line(options.dotall)
             .nest_limit(u32::try_from(MAX_NESTING * 3).unwrap_or(u32::MAX));
+        let hir = syntax::parse_with(&translated.pattern, &syntax).map_err(|error| {
+            let text = error.to_string();
+            let reason = match text.rfind("error: ") {
+                Some(at) => text[at + 7..].trim().to_string(),
+                None => text,
+            };
+            compile_error(pattern, &reason)
+        })?;
         let config = meta::Config::new()
             .nfa_size_limit(Some(NFA_SIZE_LIMIT))
             .hybrid_cache_capacity(LAZY_DFA_CAPACITY)
             .utf8_empty(false);
         let regex = meta::Regex::builder()
-            .syntax(syntax)
             .configure(config)
-            .build(&translated.pattern)
+            .build_from_hir(&hir)
             .map_err(|error| {
                 let reason = if let Some(limit) = error.size_limit() {
                     format!("pattern too big: its compiled form exceeds {limit} bytes")
-                } else if let Some(syntax) = error.syntax_error() {
-                    let text = syntax.to_string();
-                    match text.rfind("error: ") {
-                        Some(at) => text[at + 7..].trim().to_string(),
-                        None => text,
-                    }
                 } else {
                     error.to_string()
                 };
@@ -103,9 +259,17 @@ impl Compiled {
                 "internal error: the translated pattern has other groups",
             ));
         }
-        let weight = regex.memory_usage() + KEPT_SCRATCH_BYTES + pattern.len();
+        let forward = lazy_dfa(&hir, false).map_err(|e| compile_error(pattern, &e))?;
+        let reverse = lazy_dfa(&hir, true).map_err(|e| compile_error(pattern, &e))?;
+        let weight = regex.memory_usage()
+            + forward.memory_usage()
+            + reverse.memory_usage()
+            + KEPT_SCRATCH_BYTES
+            + pattern.len();
         Ok(Compiled {
             regex,
+            forward,
+            reverse,
             groups: translated.groups,
             names: translated.names,
             utf8: options.utf8,
@@ -115,20 +279,22 @@ impl Compiled {
         })
     }
 
-    fn take_scratch(&self) -> meta::Cache {
-        lock(&self.scratch)
-            .take()
-            .unwrap_or_else(|| self.regex.create_cache())
+    fn take_scratch(&self) -> Scratch {
+        lock(&self.scratch).take().unwrap_or_else(|| Scratch {
+            regex: self.regex.create_cache(),
+            forward: self.forward.create_cache(),
+            reverse: self.reverse.create_cache(),
+        })
     }
 
-    fn keep_scratch(&self, scratch: meta::Cache) {
+    fn keep_scratch(&self, scratch: Scratch) {
         if scratch.memory_usage() <= KEPT_SCRATCH_BYTES {
             *lock(&self.scratch) = Some(scratch);
         }
     }
 
     /// Up to `max_matches` successive matches from `start`, each with its
-    /// first `want_groups` groups; stops at `deadline` (`Err(None)`).
+    /// first `want_groups` groups, metered by `meter`.
     pub fn scan(
         &self,
         subject: &[u8],
@@ -136,11 +302,11 @@ impl Compiled {
         want_groups: u32,
         max_matches: u32,
         anchored: bool,
-        deadline: Option<Instant>,
-    ) -> Result<(u32, Vec<u32>, Option<u32>), Option<String>> {
+        mut meter: Meter<'_>,
+    ) -> Result<(u32, Vec<u32>, Option<u32>), ScanError> {
         let len = subject.len();
         if u32::try_from(len).map_or(true, |len| len == NO_OFFSET) {
-            return Err(Some("the subject is too long".into()));
+            return Err(ScanError::Refused("the subject is too long".into()));
         }
         let stride = want_groups.clamp(1, self.groups + 1) as usize;
         let per_match = 2 * stride;
@@ -151,30 +317,28 @@ impl Compiled {
             Anchored::No
         };
         let mut scratch = self.take_scratch();
+        let mut stepper = Stepper::new(&mut meter);
         let mut slots: Vec<Option<NonMaxUsize>> = vec![None; per_match];
         let mut offsets = Vec::with_capacity(per_match * max.min(64));
         let mut pos = start as usize;
         let mut found = 0;
         let mut next = None;
-        while pos <= len {
+        let result = loop {
+            if pos > len {
+                break Ok(());
+            }
             if found == max {
                 next = Some(pos as u32);
-                break;
-            }
-            if found % 64 == 63 && deadline.is_some_and(|d| Instant::now() >= d) {
-                self.keep_scratch(scratch);
-                return Err(None);
+                break Ok(());
             }
             let input = Input::new(subject).span(pos..len).anchored(anchored);
-            if self
-                .regex
-                .search_slots_with(&mut scratch, &input, &mut slots)
-                .is_none()
-            {
-                break;
+            match self.find(&mut scratch, &input, &mut slots, &mut stepper) {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(error) => break Err(error),
             }
             let (Some(from), Some(to)) = (slots[0], slots[1]) else {
-                break;
+                break Ok(());
             };
             let (from, to) = (from.get(), to.get());
             for slot in &slots {
@@ -186,10 +350,193 @@ impl Compiled {
             } else {
                 to
             };
-        }
+        };
         self.keep_scratch(scratch);
+        let settled = stepper.settle();
+        result?;
+        settled?;
         Ok((stride as u32, offsets, next))
     }
+
+    /// The leftmost-first match in `input`, its groups in `slots`: where it
+    /// ends (stepping forward), where it starts (stepping back), then the
+    /// groups within it. `Ok(false)`: no match.
+    fn find(
+        &self,
+        scratch: &mut Scratch,
+        input: &Input<'_>,
+        slots: &mut [Option<NonMaxUsize>],
+        stepper: &mut Stepper<'_, '_>,
+    ) -> Result<bool, ScanError> {
+        let Ok(bounds) = self.bounds(scratch, input, stepper) else {
+            // The engine's own search, in one step.
+            let found = self
+                .regex
+                .search_slots_with(&mut scratch.regex, input, slots)
+                .is_some();
+            stepper.step(input.end() - input.start())?;
+            return Ok(found);
+        };
+        let Some((from, to)) = bounds? else {
+            return Ok(false);
+        };
+        if slots.len() == 2 {
+            slots[0] = NonMaxUsize::new(from);
+            slots[1] = NonMaxUsize::new(to);
+            return Ok(true);
+        }
+        let within = input.clone().span(from..to).anchored(Anchored::Yes);
+        let found = self
+            .regex
+            .search_slots_with(&mut scratch.regex, &within, slots)
+            .is_some();
+        stepper.step(to - from)?;
+        Ok(found)
+    }
+
+    /// Where the leftmost-first match in `input` starts and ends, by the
+    /// lazy DFAs, stepped; `Err(Unsupported)` if they cannot tell.
+    #[allow(clippy::type_complexity)]
+    fn bounds(
+        &self,
+        scratch: &mut Scratch,
+        input: &Input<'_>,
+        stepper: &mut Stepper<'_, '_>,
+    ) -> Result<Result<Option<(usize, usize)>, ScanError>, Unsupported> {
+        let to = match self.forward_end(&mut scratch.forward, input, stepper)? {
+            Ok(Some(to)) => to,
+            Ok(None) => return Ok(Ok(None)),
+            Err(error) => return Ok(Err(error)),
+        };
+        let back = input
+            .clone()
+            .span(input.start()..to)
+            .anchored(Anchored::Yes);
+        match self.reverse_start(&mut scratch.reverse, &back, stepper)? {
+            Ok(Some(from)) => Ok(Ok(Some((from, to)))),
+            // The forward DFA saw a match the reverse one does not: let
+            // the engine decide.
+            Ok(None) => Err(Unsupported),
+            Err(error) => Ok(Err(error)),
+        }
+    }
+
+    /// Where the leftmost-first match in `input` ends.
+    #[allow(clippy::type_complexity)]
+    fn forward_end(
+        &self,
+        cache: &mut DfaCache,
+        input: &Input<'_>,
+        stepper: &mut Stepper<'_, '_>,
+    ) -> Result<Result<Option<usize>, ScanError>, Unsupported> {
+        let dfa = &self.forward;
+        let subject = input.haystack();
+        let mut sid = dfa
+            .start_state_forward(cache, input)
+            .map_err(|_| Unsupported)?;
+        let mut last = None;
+        let mut at = input.start();
+        while at < input.end() {
+            let stop = (at + STEP_BYTES).min(input.end());
+            let from = at;
+            while at < stop {
+                sid = dfa
+                    .next_state(cache, sid, subject[at])
+                    .map_err(|_| Unsupported)?;
+                if sid.is_tagged() {
+                    if sid.is_match() {
+                        last = Some(at);
+                    } else if sid.is_dead() {
+                        return Ok(stepper.step(at - from).map(|()| last));
+                    } else if sid.is_quit() {
+                        return Err(Unsupported);
+                    }
+                }
+                at += 1;
+            }
+            if let Err(error) = stepper.step(at - from) {
+                return Ok(Err(error));
+            }
+        }
+        sid = past_end(dfa, cache, sid, subject, input.end())?;
+        if sid.is_match() {
+            last = Some(input.end());
+        }
+        Ok(Ok(last))
+    }
+
+    /// Where the longest match ending at `input.end()` starts (at or after
+    /// `input.start()`).
+    #[allow(clippy::type_complexity)]
+    fn reverse_start(
+        &self,
+        cache: &mut DfaCache,
+        input: &Input<'_>,
+        stepper: &mut Stepper<'_, '_>,
+    ) -> Result<Result<Option<usize>, ScanError>, Unsupported> {
+        let dfa = &self.reverse;
+        let subject = input.haystack();
+        let mut sid = dfa
+            .start_state_reverse(cache, input)
+            .map_err(|_| Unsupported)?;
+        let mut last = None;
+        let mut at = input.end();
+        while at > input.start() {
+            let stop = at.saturating_sub(STEP_BYTES).max(input.start());
+            let from = at;
+            while at > stop {
+                sid = dfa
+                    .next_state(cache, sid, subject[at - 1])
+                    .map_err(|_| Unsupported)?;
+                if sid.is_tagged() {
+                    if sid.is_match() {
+                        last = Some(at);
+                    } else if sid.is_dead() {
+                        return Ok(stepper.step(from - at).map(|()| last));
+                    } else if sid.is_quit() {
+                        return Err(Unsupported);
+                    }
+                }
+                at -= 1;
+            }
+            if let Err(error) = stepper.step(from - at) {
+                return Ok(Err(error));
+            }
+        }
+        sid = if input.start() > 0 {
+            dfa.next_state(cache, sid, subject[input.start() - 1])
+                .map_err(|_| Unsupported)?
+        } else {
+            dfa.next_eoi_state(cache, sid).map_err(|_| Unsupported)?
+        };
+        if sid.is_quit() {
+            return Err(Unsupported);
+        }
+        if sid.is_match() {
+            last = Some(input.start());
+        }
+        Ok(Ok(last))
+    }
+}
+
+/// The forward DFA's state after the end of the span: the next byte of the
+/// subject, or its end.
+fn past_end(
+    dfa: &DFA,
+    cache: &mut DfaCache,
+    sid: LazyStateID,
+    subject: &[u8],
+    end: usize,
+) -> Result<LazyStateID, Unsupported> {
+    let sid = match subject.get(end) {
+        Some(&byte) => dfa.next_state(cache, sid, byte),
+        None => dfa.next_eoi_state(cache, sid),
+    }
+    .map_err(|_| Unsupported)?;
+    if sid.is_quit() {
+        return Err(Unsupported);
+    }
+    Ok(sid)
 }
 
 /// The length of the character at `at` (1 past the end, for a byte, or
@@ -218,99 +565,144 @@ struct Entry {
     used: u64,
 }
 
-/// The process-wide cache of compiled patterns, by options and pattern.
+/// One tenant's compiled patterns, by options and pattern.
 #[derive(Default)]
-pub struct Cache {
-    /// By [`Syntax::key_byte`], then by pattern.
-    by_syntax: HashMap<u8, HashMap<Vec<u8>, Entry>>,
-    entries: usize,
+struct Partition {
+    entries: HashMap<(u8, Vec<u8>), Entry>,
     tick: u64,
     pattern_bytes: usize,
+    memory: usize,
+}
+
+impl Partition {
+    fn over_bounds(&self) -> bool {
+        self.entries.len() > CACHE_MAX_ENTRIES
+            || self.pattern_bytes > CACHE_MAX_PATTERN_BYTES
+            || self.memory > CACHE_MAX_MEMORY
+    }
+
+    /// Drop the least recently used entry; its memory.
+    fn evict_oldest(&mut self) -> usize {
+        let oldest = self
+            .entries
+            .iter()
+            .min_by_key(|(_, entry)| entry.used)
+            .map(|(key, _)| key.clone());
+        let Some(key) = oldest else {
+            return 0;
+        };
+        let Some(entry) = self.entries.remove(&key) else {
+            return 0;
+        };
+        self.pattern_bytes -= key.1.len();
+        self.memory -= entry.compiled.weight;
+        entry.compiled.weight
+    }
+}
+
+/// The cache of compiled patterns: a partition per tenant.
+#[derive(Default)]
+pub struct Cache {
+    tenants: HashMap<String, Partition>,
     memory: usize,
 }
 
 static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(|| Mutex::new(Cache::default()));
 
 impl Cache {
-    /// The compiled `pattern` (cached, or compiled and cached now).
-    pub fn get(pattern: Vec<u8>, options: Syntax) -> Result<Arc<Compiled>, String> {
-        let syntax = options.key_byte();
+    /// The compiled `pattern` of `tenant` (cached in its partition, or
+    /// compiled and cached there now). A compile is metered like a search:
+    /// its time, at least [`FUEL_PER_BYTE`] a pattern byte.
+    pub fn get(
+        tenant: &str,
+        pattern: Vec<u8>,
+        options: Syntax,
+        mut meter: Meter<'_>,
+    ) -> Result<Arc<Compiled>, ScanError> {
+        let key = (options.key_byte(), pattern);
         {
             let mut cache = lock(&CACHE);
-            cache.tick += 1;
-            let tick = cache.tick;
-            let entry = cache
-                .by_syntax
-                .get_mut(&syntax)
-                .and_then(|patterns| patterns.get_mut(pattern.as_slice()));
-            if let Some(entry) = entry {
-                entry.used = tick;
-                return Ok(entry.compiled.clone());
+            if let Some(partition) = cache.tenants.get_mut(tenant) {
+                partition.tick += 1;
+                let tick = partition.tick;
+                if let Some(entry) = partition.entries.get_mut(&key) {
+                    entry.used = tick;
+                    return Ok(entry.compiled.clone());
+                }
             }
         }
+        if let Some(work) = meter.as_deref_mut() {
+            work.check_deadline().map_err(ScanError::Stopped)?;
+        }
         // Compile outside the lock: other runs go on meanwhile.
-        let compiled = Arc::new(Compiled::new(&pattern, options)?);
-        lock(&CACHE).insert(syntax, pattern, compiled.clone());
+        let mut stepper = Stepper::new(&mut meter);
+        let compiled = Compiled::new(&key.1, options);
+        stepper.bytes = key.1.len();
+        stepper.settle()?;
+        let compiled = Arc::new(compiled.map_err(ScanError::Refused)?);
+        lock(&CACHE).insert(tenant, key, compiled.clone());
         Ok(compiled)
     }
 
-    fn insert(&mut self, syntax: u8, pattern: Vec<u8>, compiled: Arc<Compiled>) {
-        self.tick += 1;
-        let (bytes, weight) = (pattern.len(), compiled.weight);
+    fn insert(&mut self, tenant: &str, key: (u8, Vec<u8>), compiled: Arc<Compiled>) {
+        let partition = self.tenants.entry(tenant.to_string()).or_default();
+        partition.tick += 1;
+        let (bytes, weight) = (key.1.len(), compiled.weight);
         let entry = Entry {
             compiled,
-            used: self.tick,
+            used: partition.tick,
         };
-        match self
-            .by_syntax
-            .entry(syntax)
-            .or_default()
-            .insert(pattern, entry)
-        {
+        match partition.entries.insert(key, entry) {
             // Compiled meanwhile by another run: replaced.
-            Some(old) => self.memory -= old.compiled.weight,
-            None => {
-                self.entries += 1;
-                self.pattern_bytes += bytes;
+            Some(old) => {
+                partition.memory -= old.compiled.weight;
+                self.memory -= old.compiled.weight;
             }
+            None => partition.pattern_bytes += bytes,
         }
+        partition.memory += weight;
         self.memory += weight;
-        while self.entries > 1
-            && (self.entries > CACHE_MAX_ENTRIES
-                || self.pattern_bytes > CACHE_MAX_PATTERN_BYTES
-                || self.memory > CACHE_MAX_MEMORY)
-        {
-            let oldest = self
-                .by_syntax
-                .iter()
-                .flat_map(|(syntax, patterns)| {
-                    patterns
-                        .iter()
-                        .map(move |(pattern, entry)| (entry.used, *syntax, pattern))
-                })
-                .min_by_key(|(used, _, _)| *used)
-                .map(|(_, syntax, pattern)| (syntax, pattern.clone()));
-            let Some((syntax, pattern)) = oldest else {
-                break;
-            };
-            let Some(patterns) = self.by_syntax.get_mut(&syntax) else {
-                break;
-            };
-            if let Some(entry) = patterns.remove(&pattern) {
-                self.entries -= 1;
-                self.pattern_bytes -= pattern.len();
-                self.memory -= entry.compiled.weight;
-            }
-            if patterns.is_empty() {
-                self.by_syntax.remove(&syntax);
-            }
+        // The tenant's own bounds: only its own patterns go.
+        while partition.entries.len() > 1 && partition.over_bounds() {
+            self.memory -= partition.evict_oldest();
         }
+        // The process-wide bound: the biggest partition gives way.
+        while self.memory > CACHE_MAX_TOTAL_MEMORY {
+            let biggest = self
+                .tenants
+                .iter()
+                .filter(|(_, partition)| partition.entries.len() > 1)
+                .max_by_key(|(_, partition)| partition.memory)
+                .map(|(name, _)| name.clone());
+            let Some(partition) = biggest.and_then(|name| self.tenants.get_mut(&name)) else {
+                break;
+            };
+            self.memory -= partition.evict_oldest();
+        }
+        self.tenants
+            .retain(|_, partition| !partition.entries.is_empty());
     }
 
-    /// How many patterns are cached, their bytes, their memory.
-    pub fn stats() -> (usize, usize, usize) {
+    /// How many patterns `tenant` has cached, their bytes, their memory.
+    pub fn stats(tenant: &str) -> (usize, usize, usize) {
         let cache = lock(&CACHE);
-        (cache.entries, cache.pattern_bytes, cache.memory)
+        cache.tenants.get(tenant).map_or((0, 0, 0), |partition| {
+            (
+                partition.entries.len(),
+                partition.pattern_bytes,
+                partition.memory,
+            )
+        })
+    }
+
+    /// Whether `tenant`'s partition holds `pattern` (with `options`).
+    pub fn holds(tenant: &str, pattern: &[u8], options: Syntax) -> bool {
+        let cache = lock(&CACHE);
+        cache.tenants.get(tenant).is_some_and(|partition| {
+            partition
+                .entries
+                .contains_key(&(options.key_byte(), pattern.to_vec()))
+        })
     }
 }
 
@@ -350,8 +742,47 @@ mod tests {
         );
     }
 
+    /// The matches of the engine's own searches, one call each (how `scan`
+    /// searched before it stepped the lazy DFAs itself).
+    fn engine_scan(compiled: &Compiled, subject: &[u8], anchored: bool) -> Vec<u32> {
+        let anchored = if anchored || compiled.anchored {
+            Anchored::Yes
+        } else {
+            Anchored::No
+        };
+        let mut cache = compiled.regex.create_cache();
+        let mut slots = vec![None; 2 * (compiled.groups as usize + 1)];
+        let mut offsets = Vec::new();
+        let mut pos = 0;
+        while pos <= subject.len() && offsets.len() < 100 * slots.len() {
+            let input = Input::new(subject)
+                .span(pos..subject.len())
+                .anchored(anchored);
+            if compiled
+                .regex
+                .search_slots_with(&mut cache, &input, &mut slots)
+                .is_none()
+            {
+                break;
+            }
+            let (from, to) = (slots[0].unwrap().get(), slots[1].unwrap().get());
+            offsets.extend(
+                slots
+                    .iter()
+                    .map(|s| s.map_or(NO_OFFSET, |s| s.get() as u32)),
+            );
+            pos = if to == from {
+                to + char_len(subject, to, compiled.utf8)
+            } else {
+                to
+            };
+        }
+        offsets
+    }
+
     /// Random patterns and options: the translator and the engine never
-    /// panic, and they always agree on the groups.
+    /// panic, they always agree on the groups, and the stepped search finds
+    /// what the engine's own finds.
     #[test]
     fn random_patterns_never_panic() {
         const TOKENS: &[&str] = &[
@@ -395,7 +826,15 @@ mod tests {
             match Compiled::new(&pattern, syntax) {
                 Ok(compiled) => {
                     for subject in subjects {
-                        let _ = compiled.scan(subject, 0, u32::MAX, 100, bits & 64 != 0, None);
+                        let anchored = bits & 64 != 0;
+                        let stepped = compiled.scan(subject, 0, u32::MAX, 100, anchored, None);
+                        let (_, offsets, _) = stepped.unwrap();
+                        assert_eq!(
+                            offsets,
+                            engine_scan(&compiled, subject, anchored),
+                            "{:?} on {subject:?}",
+                            String::from_utf8_lossy(&pattern)
+                        );
                     }
                 }
                 Err(error) => assert!(
@@ -409,12 +848,73 @@ mod tests {
 
     #[test]
     fn the_cache_stays_within_bounds() {
+        let tenant = "bound-test";
         for n in 0..(CACHE_MAX_ENTRIES + 50) {
-            Cache::get(format!("bound-test-{n}").into_bytes(), Syntax::default()).unwrap();
+            let pattern = format!("bound-test-{n}").into_bytes();
+            Cache::get(tenant, pattern, Syntax::default(), None).unwrap();
         }
-        let (entries, bytes, memory) = Cache::stats();
+        let (entries, bytes, memory) = Cache::stats(tenant);
         assert!(entries <= CACHE_MAX_ENTRIES);
         assert!(bytes <= CACHE_MAX_PATTERN_BYTES);
         assert!(memory <= CACHE_MAX_MEMORY);
+    }
+
+    /// A tenant that compiles more patterns than its partition holds evicts
+    /// only its own: another tenant's pattern stays cached, and a pattern is
+    /// never shared between tenants.
+    #[test]
+    fn tenants_do_not_evict_or_share_each_others_patterns() {
+        let syntax = Syntax::default();
+        let kept = b"victim-(pattern)+".to_vec();
+        let victim = Cache::get("partition-victim", kept.clone(), syntax, None).unwrap();
+        assert!(Cache::holds("partition-victim", &kept, syntax));
+        // The same pattern for another tenant is a compile of its own.
+        let other = Cache::get("partition-hostile", kept.clone(), syntax, None).unwrap();
+        assert!(!Arc::ptr_eq(&victim, &other));
+        for n in 0..(CACHE_MAX_ENTRIES * 2) {
+            let pattern = format!("flood-{n}-[a-z]+").into_bytes();
+            Cache::get("partition-hostile", pattern, syntax, None).unwrap();
+        }
+        assert!(!Cache::holds("partition-hostile", &kept, syntax));
+        assert!(Cache::holds("partition-victim", &kept, syntax));
+        let again = Cache::get("partition-victim", kept, syntax, None).unwrap();
+        assert!(Arc::ptr_eq(&victim, &again));
+    }
+
+    /// The stepped search finds what the engine's own search finds.
+    #[test]
+    fn stepped_search_agrees_with_the_engine() {
+        let cases: &[(&str, &str)] = &[
+            ("abcdef|c", "xxabcdef"),
+            (r"a+", "baaab aa"),
+            (r"(a)(b)?", "ab a"),
+            (r"\bfoo\b", "foo xfoo foo"),
+            (r"^x|y$", "xay\nx"),
+            (r"(?m)^\w+$", "ab\ncd\n"),
+            (r"", "ab"),
+            (r"[a-z]{3}\d", "ab1abc2xyz"),
+        ];
+        for (pattern, subject) in cases {
+            let compiled = Compiled::new(pattern.as_bytes(), Syntax::default()).unwrap();
+            let (stride, offsets, _) = compiled
+                .scan(subject.as_bytes(), 0, u32::MAX, 100, false, None)
+                .unwrap();
+            let regex = regex_automata::meta::Regex::new(
+                &translate(pattern.as_bytes(), Syntax::default())
+                    .unwrap()
+                    .pattern,
+            )
+            .unwrap();
+            let mut expected = Vec::new();
+            for captures in regex.captures_iter(subject.as_bytes()) {
+                for group in 0..stride as usize {
+                    match captures.get_group(group) {
+                        Some(span) => expected.extend([span.start as u32, span.end as u32]),
+                        None => expected.extend([NO_OFFSET, NO_OFFSET]),
+                    }
+                }
+            }
+            assert_eq!(offsets, expected, "{pattern:?} in {subject:?}");
+        }
     }
 }

@@ -12,11 +12,16 @@
 //! - a pattern is at most [`pcre::MAX_PATTERN_BYTES`], nests at most
 //!   [`pcre::MAX_NESTING`] groups deep, and compiles to at most
 //!   [`cache::NFA_SIZE_LIMIT`] (so `a{60000}{60000}` is refused as too big);
-//! - compiled patterns live in one process-wide cache bounded in entries,
-//!   pattern bytes and memory, least recently used out first;
-//! - one `scan` returns at most [`cache::MAX_OFFSETS`] offsets, and stops at
-//!   the run's deadline; the strings (captures, `gsub`'s result) are built by
-//!   the guest, in its own capped memory.
+//! - compiled patterns live in a cache partitioned by tenant, each
+//!   partition bounded in entries, pattern bytes and memory, least recently
+//!   used out first (and all of them together in memory): a tenant cannot
+//!   evict another's patterns, nor time its hits;
+//! - compiles and searches are paid for with the run's fuel (their host
+//!   time, at least a fuel a byte) and searches check the run's deadline
+//!   every [`cache::STEP_BYTES`] of the subject ([`cache`]);
+//! - one `scan` returns at most [`cache::MAX_OFFSETS`] offsets; the strings
+//!   (captures, `gsub`'s result) are built by the guest, in its own capped
+//!   memory.
 //!
 //! The files:
 //! - this one: the grant, the per-run state, the options a pattern compiles
@@ -30,7 +35,7 @@ pub mod pcre;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use self::cache::Cache;
+use self::cache::{Cache, ScanError};
 use super::RunCaps;
 use crate::bindings::moonwall::sandbox::regex as wit;
 
@@ -38,7 +43,7 @@ use crate::bindings::moonwall::sandbox::regex as wit;
 #[derive(Debug, Default)]
 pub struct Grant {}
 
-/// Per-run state: none. Compiled patterns are process-wide ([`Cache`]).
+/// Per-run state: none. Compiled patterns are kept per tenant ([`Cache`]).
 #[derive(Default)]
 pub struct State {}
 
@@ -85,12 +90,15 @@ impl wit::Host for RunCaps {
         pattern: Vec<u8>,
         options: wit::Options,
     ) -> wasmtime::Result<Result<wit::PatternInfo, String>> {
-        Ok(
-            Cache::get(pattern, Syntax::of(options)).map(|compiled| wit::PatternInfo {
+        let tenant = &self.grants.tenant;
+        match Cache::get(tenant, pattern, Syntax::of(options), Some(&mut self.work)) {
+            Ok(compiled) => Ok(Ok(wit::PatternInfo {
                 groups: compiled.groups,
                 names: compiled.names.clone(),
-            }),
-        )
+            })),
+            Err(ScanError::Refused(error)) => Ok(Err(error)),
+            Err(ScanError::Stopped(stop)) => Err(stop),
+        }
     }
 
     fn scan(
@@ -102,18 +110,26 @@ impl wit::Host for RunCaps {
         want_groups: u32,
         max_matches: u32,
     ) -> wasmtime::Result<Result<wit::Matches, String>> {
-        let compiled = match Cache::get(pattern, Syntax::of(options)) {
+        let tenant = &self.grants.tenant;
+        let compiled = match Cache::get(tenant, pattern, Syntax::of(options), Some(&mut self.work))
+        {
             Ok(compiled) => compiled,
-            Err(error) => return Ok(Err(error)),
+            Err(ScanError::Refused(error)) => return Ok(Err(error)),
+            Err(ScanError::Stopped(stop)) => return Err(stop),
         };
         let checks_utf8 =
             options.contains(wit::Options::UTF8) && !options.contains(wit::Options::NO_UTF8_CHECK);
-        if checks_utf8 && let Err(error) = std::str::from_utf8(&subject) {
-            return Ok(Err(format!(
-                "the subject is not valid UTF-8 (at byte {}): \
-                 the \"u\" option needs UTF-8, \"U\" skips this check",
-                error.valid_up_to()
-            )));
+        if checks_utf8 {
+            // Validating is work on the subject too.
+            self.work
+                .step(crate::sandbox::HostWork::cost(subject.len(), 1))?;
+            if let Err(error) = std::str::from_utf8(&subject) {
+                return Ok(Err(format!(
+                    "the subject is not valid UTF-8 (at byte {}): \
+                     the \"u\" option needs UTF-8, \"U\" skips this check",
+                    error.valid_up_to()
+                )));
+            }
         }
         match compiled.scan(
             &subject,
@@ -121,15 +137,15 @@ impl wit::Host for RunCaps {
             want_groups,
             max_matches,
             options.contains(wit::Options::ANCHORED),
-            Some(self.deadline),
+            Some(&mut self.work),
         ) {
             Ok((groups, offsets, next)) => Ok(Ok(wit::Matches {
                 groups,
                 offsets,
                 next,
             })),
-            Err(Some(error)) => Ok(Err(error)),
-            Err(None) => Err(self.deadline_passed()),
+            Err(ScanError::Refused(error)) => Ok(Err(error)),
+            Err(ScanError::Stopped(stop)) => Err(stop),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! | family | type | extra labels | what it answers |
 //! |---|---|---|---|
 //! | `moonwall_requests_total` | counter | `status`, `outcome` | how a tenant's requests end (ok, script errors, limits, rate limiting, …) |
-//! | `moonwall_fuel_used_total` | counter | | how much guest CPU work (fuel) a tenant burns |
+//! | `moonwall_subrequests_total` | counter | `status`, `outcome` | how its subrequests (`ngx.location.capture`) end |
+//! | `moonwall_fuel_used_total` | counter | | how much guest CPU work (fuel) a tenant burns, subrequests included |
 //! | `moonwall_limit_hits_total` | counter | `kind` | which limit (fuel, time, memory, stack, output, body) stops its scripts |
 //! | `moonwall_request_duration_seconds` | histogram | `le` | wall-clock latency of its requests |
 //! | `moonwall_queue_depth` | gauge | | requests waiting in its admission queue now |
@@ -109,6 +110,7 @@ struct TenantInner {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     requests: Mutex<RequestCounts>,
+    subrequests: Mutex<RequestCounts>,
     limit_hits: Mutex<KindCounts>,
 }
 
@@ -191,6 +193,7 @@ impl TenantInner {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             requests: Mutex::new(RequestCounts::default()),
+            subrequests: Mutex::new(RequestCounts::default()),
             limit_hits: Mutex::new(KindCounts::default()),
         }
     }
@@ -221,6 +224,15 @@ impl TenantMetrics {
         }
         saturating_add(&inner.duration_sum_nanos, nanos);
         lock(&inner.requests).count(status, cut(outcome));
+    }
+
+    /// Count one finished subrequest: its status, outcome and fuel (added to
+    /// the tenant's fuel; its time is its parent's).
+    pub fn subrequest(&self, status: u16, outcome: &str, fuel: u64) {
+        if fuel != 0 {
+            saturating_add(&self.inner.fuel, fuel);
+        }
+        lock(&self.inner.subrequests).count(status, cut(outcome));
     }
 
     /// Count a request stopped by a limit; `kind` is for example `fuel`,
@@ -341,6 +353,8 @@ mod tests {
         beta.request(200, "ok", 50, 30 * MS);
         beta.request(500, "limit-fuel", 1000, Duration::from_micros(700));
         beta.limit_hit("fuel");
+        beta.subrequest(404, "not-found", 0);
+        beta.subrequest(200, "ok", 25);
         beta.running(1);
         let alpha = metrics.tenant("alpha");
         alpha.request(429, "rate-limited", 0, Duration::from_micros(100));

@@ -8,9 +8,9 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{BUCKETS, Metrics, TenantInner, lock};
+use super::{BUCKETS, Metrics, RequestCounts, TenantInner, lock};
 
 /// The `Content-Type` of the text format: [`serve`](super::serve)'s answer
 /// to `GET /metrics`.
@@ -30,33 +30,20 @@ impl Metrics {
             .collect();
         let mut out = String::with_capacity(1024 + tenants.len() * 2048);
 
-        family(
+        status_outcome_family(
             &mut out,
+            &tenants,
             "moonwall_requests_total",
-            "counter",
             "Requests finished, by tenant, HTTP status and outcome.",
+            |tenant| &tenant.requests,
         );
-        for tenant in &tenants {
-            let mut rows: Vec<(u16, Box<str>, u64)> = {
-                let counts = lock(&tenant.requests);
-                counts
-                    .by_status
-                    .iter()
-                    .flat_map(|(&status, outcomes)| {
-                        outcomes
-                            .iter()
-                            .map(move |(outcome, &n)| (status, outcome.clone(), n))
-                    })
-                    .collect()
-            };
-            rows.sort_unstable();
-            for (status, outcome, n) in rows {
-                series_start(&mut out, "moonwall_requests_total", &tenant.name);
-                let _ = write!(out, ",status=\"{status}\",outcome=\"");
-                escape_into(&mut out, &outcome);
-                let _ = writeln!(out, "\"}} {n}");
-            }
-        }
+        status_outcome_family(
+            &mut out,
+            &tenants,
+            "moonwall_subrequests_total",
+            "Subrequests (ngx.location.capture) finished, by tenant, HTTP status and outcome.",
+            |tenant| &tenant.subrequests,
+        );
 
         family(
             &mut out,
@@ -171,6 +158,38 @@ impl Metrics {
     }
 }
 
+/// A counter family by status and outcome (requests, subrequests).
+fn status_outcome_family(
+    out: &mut String,
+    tenants: &[Arc<TenantInner>],
+    name: &str,
+    help: &str,
+    counts: impl Fn(&TenantInner) -> &Mutex<RequestCounts>,
+) {
+    family(out, name, "counter", help);
+    for tenant in tenants {
+        let mut rows: Vec<(u16, Box<str>, u64)> = {
+            let counts = lock(counts(tenant));
+            counts
+                .by_status
+                .iter()
+                .flat_map(|(&status, outcomes)| {
+                    outcomes
+                        .iter()
+                        .map(move |(outcome, &n)| (status, outcome.clone(), n))
+                })
+                .collect()
+        };
+        rows.sort_unstable();
+        for (status, outcome, n) in rows {
+            series_start(out, name, &tenant.name);
+            let _ = write!(out, ",status=\"{status}\",outcome=\"");
+            escape_into(out, &outcome);
+            let _ = writeln!(out, "\"}} {n}");
+        }
+    }
+}
+
 /// The `# HELP` and `# TYPE` lines of a family.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -224,10 +243,14 @@ mod tests {
 moonwall_requests_total{tenant="alpha",status="429",outcome="rate-limited"} 1
 moonwall_requests_total{tenant="beta",status="200",outcome="ok"} 2
 moonwall_requests_total{tenant="beta",status="500",outcome="limit-fuel"} 1
+# HELP moonwall_subrequests_total Subrequests (ngx.location.capture) finished, by tenant, HTTP status and outcome.
+# TYPE moonwall_subrequests_total counter
+moonwall_subrequests_total{tenant="beta",status="200",outcome="ok"} 1
+moonwall_subrequests_total{tenant="beta",status="404",outcome="not-found"} 1
 # HELP moonwall_fuel_used_total Fuel (guest instructions, roughly) used by the tenant's requests.
 # TYPE moonwall_fuel_used_total counter
 moonwall_fuel_used_total{tenant="alpha"} 0
-moonwall_fuel_used_total{tenant="beta"} 1150
+moonwall_fuel_used_total{tenant="beta"} 1175
 # HELP moonwall_limit_hits_total Requests stopped by a limit, by tenant and kind of limit.
 # TYPE moonwall_limit_hits_total counter
 moonwall_limit_hits_total{tenant="beta",kind="fuel"} 1
@@ -292,6 +315,7 @@ moonwall_reloads_total{tenant="beta",result="ok"} 0
         assert_eq!(text, metrics.render());
         for name in [
             "moonwall_requests_total",
+            "moonwall_subrequests_total",
             "moonwall_fuel_used_total",
             "moonwall_limit_hits_total",
             "moonwall_request_duration_seconds",
@@ -311,7 +335,7 @@ moonwall_reloads_total{tenant="beta",result="ok"} 0
     fn empty_registry_renders_only_headers() {
         let text = Metrics::new().render();
         assert!(text.lines().all(|line| line.starts_with("# ")), "{text}");
-        assert_eq!(text.lines().count(), 14);
+        assert_eq!(text.lines().count(), 16);
     }
 
     #[test]

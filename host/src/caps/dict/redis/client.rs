@@ -17,6 +17,9 @@ use crate::caps::dict::Error;
 
 /// Most connections open to the server at once (callers beyond wait).
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most of them one tenant's calls hold at once (its calls beyond wait, at
+/// most until their deadline): no tenant takes the whole pool.
+pub const TENANT_CONNECTIONS: usize = 16;
 /// Most idle connections kept for reuse.
 const MAX_IDLE: usize = 16;
 /// The longest line of a reply (a status or error message).
@@ -58,6 +61,7 @@ impl Backend {
             config,
             idle: Mutex::new(Vec::new()),
             slots: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
+            tenants: Mutex::new(std::collections::HashMap::new()),
             script_sha: sha,
         }))
     }
@@ -72,6 +76,7 @@ impl Backend {
             client: self.0.clone(),
             prefix: format!("moonwall:{{{tenant}/{name}}}:").into_bytes(),
             capacity,
+            share: self.0.share_of(tenant),
         }
     }
 }
@@ -81,7 +86,24 @@ pub struct Client {
     config: RedisConfig,
     idle: Mutex<Vec<Connection>>,
     slots: tokio::sync::Semaphore,
+    /// Each tenant's share of `slots` ([`TENANT_CONNECTIONS`]).
+    tenants: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     script_sha: String,
+}
+
+impl Client {
+    /// `tenant`'s share of the connections: one per tenant, for all its
+    /// dicts.
+    fn share_of(&self, tenant: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut tenants = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        tenants
+            .entry(tenant.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TENANT_CONNECTIONS)))
+            .clone()
+    }
 }
 
 /// Bounds on one reply.
@@ -292,15 +314,24 @@ impl Connection {
 
 impl Client {
     /// Run the script with `args`, bounded by the timeout and `deadline`.
+    /// The call waits for one of `share`'s connections first.
     pub(super) async fn eval(
         &self,
+        share: &tokio::sync::Semaphore,
         args: &[&[u8]],
         budget: Budget,
         deadline: Instant,
     ) -> Result<Reply, Error> {
         let timeout_at = Instant::now() + self.config.timeout;
         let limit = timeout_at.min(deadline);
-        match tokio::time::timeout_at(limit.into(), self.eval_now(args, budget)).await {
+        let call = async {
+            let _share = share
+                .acquire()
+                .await
+                .map_err(|_| Error::Backend("the Redis client is closed".into()))?;
+            self.eval_now(args, budget).await
+        };
+        match tokio::time::timeout_at(limit.into(), call).await {
             Ok(result) => result,
             Err(_) if limit == deadline => Err(Error::Deadline),
             Err(_) => Err(Error::Backend(format!(

@@ -4,13 +4,17 @@
 //! Every operation is one Lua script run atomically by Redis ([`SCRIPT`],
 //! by `EVALSHA`), so the accounting of sizes, expiry, LRU eviction, `incr`
 //! and lists keep OpenResty's semantics across nodes. Time is Redis's own
-//! (`TIME`), so nodes agree on expiry.
+//! (`TIME`), so nodes agree on expiry. What visits many entries is done in
+//! batches, a script call each, so that Redis serves others in between:
+//! `get_keys` and `flush_expired` ([`super::SCAN_BATCH`] entries per call)
+//! and a write's evictions (the script evicts a batch and answers "again").
 //!
 //! The client is a small RESP2 client of our own over tokio TCP rather than
 //! the `redis` crate: it needs five commands, and owning the parser lets
 //! every reply be bounded before anything is allocated for it (a value is
 //! at most the dict's size; a list of keys at most what the dict can hold).
-//! Connections are pooled (at most [`client::MAX_CONNECTIONS`] at once);
+//! Connections are pooled (at most [`client::MAX_CONNECTIONS`] at once, at
+//! most [`client::TENANT_CONNECTIONS`] for one tenant's calls);
 //! every call is bounded by the backend's timeout and by the run's deadline,
 //! and a connection whose call did not end cleanly is dropped.
 //!

@@ -3,6 +3,9 @@ local op = ARGV[1]
 local cap = tonumber(ARGV[2])
 local OVERHEAD = tonumber(ARGV[3])
 local ITEM = tonumber(ARGV[4])
+-- Most entries one call visits or removes (get_keys, flush_expired,
+-- evictions for one write): the rest is done by further calls.
+local BATCH = tonumber(ARGV[5])
 local KT, KD, KE, KU, KW, KM = P .. 't', P .. 'd', P .. 'e', P .. 'u', P .. 'w', P .. 'm'
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -64,19 +67,25 @@ end
 
 -- Room for `need` more bytes: expired entries first, then (if `evict`) the
 -- least recently used; `keep` never goes. nil if there is no room, else 1 if
--- live entries were evicted, 0 if not.
+-- live entries were evicted, 0 if not; 'again' after BATCH removals, when
+-- there is not room yet (the caller answers {2}: call again).
 local function room(need, keep, evict)
   local u = used()
+  local removed = 0
   while u + need > cap do
+    if removed >= BATCH then return 'again' end
     local victim = oldest_expired()
     if not victim then break end
     local h = header(victim)
     remove(victim, h)
+    removed = removed + 1
     if h then u = u - h.cost end
   end
   if u + need <= cap then return 0 end
   if not evict then return nil end
   while u + need > cap do
+    if removed >= BATCH then return 'again' end
+    removed = removed + 1
     local tail = redis.call('ZRANGE', KU, 0, 1)
     local victim = tail[1]
     if victim == keep then victim = tail[2] end
@@ -89,18 +98,18 @@ local function room(need, keep, evict)
 end
 
 if op == 'get' then
-  local k = ARGV[5]
+  local k = ARGV[6]
   local h = header(k)
   if not h then return {0} end
   local expired = is_expired(k)
-  if expired and ARGV[6] ~= '1' then return {0} end
+  if expired and ARGV[7] ~= '1' then return {0} end
   touch(k)
   if h.typ == 'l' then return {1, 'value is a list'} end
   return {0, h.typ, redis.call('HGET', KD, k) or '', tonumber(h.flags), expired and 1 or 0}
 end
 
 if op == 'store' then
-  local k, mode, typ, data, ttl, flags = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
+  local k, mode, typ, data, ttl, flags = ARGV[6], ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10]), ARGV[11]
   local h = header(k)
   local live = h and not is_expired(k)
   if (mode == 'add' or mode == 'safe_add') and live then return {1, 'exists'} end
@@ -115,6 +124,7 @@ if op == 'store' then
   local old = h and h.cost or 0
   local evict = mode == 'set' or mode == 'add' or mode == 'replace'
   local forcible = room(math.max(cost - old, 0), h and k, evict)
+  if forcible == 'again' then return {2} end
   if not forcible then return {1, 'no memory'} end
   if h and h.typ == 'l' then redis.call('DEL', list_key(k)) end
   redis.call('HSET', KT, k, typ .. ':' .. flags .. ':' .. cost)
@@ -127,7 +137,7 @@ if op == 'store' then
 end
 
 if op == 'incr' then
-  local k, dtyp, delta, ityp, init, ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
+  local k, dtyp, delta, ityp, init, ttl = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
   local h = header(k)
   if h and not is_expired(k) then
     if h.typ ~= 'i' and h.typ ~= 'f' then return {1, 'not a number'} end
@@ -150,6 +160,7 @@ if op == 'incr' then
   local cost = entry_cost(k, 8)
   if cost > cap then return {1, 'no memory'} end
   local forcible = room(cost, nil, true)
+  if forcible == 'again' then return {2} end
   if not forcible then return {1, 'no memory'} end
   redis.call('HSET', KT, k, ityp .. ':0:' .. cost)
   redis.call('HSET', KD, k, init)
@@ -161,7 +172,7 @@ if op == 'incr' then
 end
 
 if op == 'ttl' then
-  local k = ARGV[5]
+  local k = ARGV[6]
   local h = header(k)
   if not h or is_expired(k) then return {1, 'not found'} end
   local e = redis.call('ZSCORE', KE, k)
@@ -170,10 +181,10 @@ if op == 'ttl' then
 end
 
 if op == 'expire' then
-  local k = ARGV[5]
+  local k = ARGV[6]
   local h = header(k)
   if not h or is_expired(k) then return {1, 'not found'} end
-  set_expiry(k, tonumber(ARGV[6]))
+  set_expiry(k, tonumber(ARGV[7]))
   return {0}
 end
 
@@ -183,9 +194,10 @@ if op == 'flush_all' then
 end
 
 if op == 'flush_expired' then
-  local max = tonumber(ARGV[5])
+  local max = tonumber(ARGV[6])
+  if max == 0 or max > BATCH then max = BATCH end
   local n = 0
-  while max == 0 or n < max do
+  while n < max do
     local victim = oldest_expired()
     if not victim then break end
     remove(victim, header(victim))
@@ -194,20 +206,15 @@ if op == 'flush_expired' then
   return {0, n}
 end
 
+-- BATCH entries of the LRU order from rank ARGV[6]: the live keys, after
+-- the rank to go on from (-1: the end).
 if op == 'get_keys' then
-  local max = tonumber(ARGV[5])
-  local out, n, start = {0}, 0, 0
-  while true do
-    local batch = redis.call('ZRANGE', KU, start, start + 255)
-    if #batch == 0 then break end
-    for _, k in ipairs(batch) do
-      if not is_expired(k) then
-        n = n + 1
-        out[n + 1] = k
-        if max > 0 and n >= max then return out end
-      end
-    end
-    start = start + 256
+  local start = tonumber(ARGV[6])
+  local batch = redis.call('ZRANGE', KU, start, start + BATCH - 1)
+  local out = {0, -1}
+  if #batch == BATCH then out[2] = start + BATCH end
+  for _, k in ipairs(batch) do
+    if not is_expired(k) then out[#out + 1] = k end
   end
   return out
 end
@@ -217,7 +224,7 @@ if op == 'free_space' then
 end
 
 if op == 'push' then
-  local k, front, item = ARGV[5], ARGV[6] == '1', ARGV[7]
+  local k, front, item = ARGV[6], ARGV[7] == '1', ARGV[8]
   local h = header(k)
   local live = h and not is_expired(k)
   if live and h.typ ~= 'l' then return {1, 'value not a list'} end
@@ -225,7 +232,9 @@ if op == 'push' then
   local old = h and h.cost or 0
   local total = (h and h.cost or entry_cost(k, 0)) + item_cost(item)
   if total > cap then return {1, 'no memory'} end
-  if not room(total - old, h and k, false) then return {1, 'no memory'} end
+  local roomy = room(total - old, h and k, false)
+  if roomy == 'again' then return {2} end
+  if not roomy then return {1, 'no memory'} end
   local length = redis.call(front and 'LPUSH' or 'RPUSH', list_key(k), item)
   redis.call('HSET', KT, k, 'l:0:' .. total)
   redis.call('HINCRBY', KM, 'used', total - old)
@@ -235,7 +244,7 @@ if op == 'push' then
 end
 
 if op == 'pop' then
-  local k, front = ARGV[5], ARGV[6] == '1'
+  local k, front = ARGV[6], ARGV[7] == '1'
   local h = header(k)
   if not h then return {0} end
   if is_expired(k) then remove(k, h); return {0} end
@@ -254,7 +263,7 @@ if op == 'pop' then
 end
 
 if op == 'llen' then
-  local k = ARGV[5]
+  local k = ARGV[6]
   local h = header(k)
   if not h or is_expired(k) then return {0, 0} end
   if h.typ ~= 'l' then return {1, 'value not a list'} end

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use super::client::{Budget, Client, REPLY_SLACK, Reply, protocol};
 use crate::caps::dict::{
     DictFuture, ENTRY_OVERHEAD, EXISTS, Error, INTEGER_OVERFLOW, IS_A_LIST, Item,
-    LIST_ITEM_OVERHEAD, Mode, NIL_ADD, NO_MEMORY, NOT_A_LIST, NOT_A_NUMBER, NOT_FOUND, Store,
-    Value, add_numbers,
+    LIST_ITEM_OVERHEAD, Mode, NIL_ADD, NO_MEMORY, NOT_A_LIST, NOT_A_NUMBER, NOT_FOUND, SCAN_BATCH,
+    Scanned, Store, Value, add_numbers,
 };
 
 /// One dict on the Redis server.
@@ -19,6 +19,8 @@ pub struct RedisDict {
     pub(super) client: Arc<Client>,
     pub(super) prefix: Vec<u8>,
     pub(super) capacity: u64,
+    /// Its tenant's share of the client's connections.
+    pub(super) share: Arc<tokio::sync::Semaphore>,
 }
 
 /// A refusal of the script: the message back as one of ours.
@@ -79,8 +81,14 @@ fn decode(kind: &[u8], data: Vec<u8>) -> Result<Value, Error> {
     }
 }
 
-/// The parts of the script's answer `{0, ...}`, or its refusal `{1, message}`.
-fn answer(reply: Reply) -> Result<Vec<Reply>, Error> {
+/// The script's answer when a write had to evict more than
+/// [`SCAN_BATCH`] entries: it evicted that many and changed nothing else;
+/// the call is made again.
+const AGAIN: i64 = 2;
+
+/// The parts of the script's answer `{0, ...}`, or its refusal `{1, message}`
+/// (`None` for [`AGAIN`]).
+fn answer(reply: Reply) -> Result<Option<Vec<Reply>>, Error> {
     let Reply::Array(mut items) = reply else {
         return Err(protocol(format!("{reply:?}")));
     };
@@ -88,7 +96,8 @@ fn answer(reply: Reply) -> Result<Vec<Reply>, Error> {
         return Err(protocol("an empty answer"));
     }
     match items.remove(0) {
-        Reply::Int(0) => Ok(items),
+        Reply::Int(0) => Ok(Some(items)),
+        Reply::Int(AGAIN) => Ok(None),
         Reply::Int(1) => match items.into_iter().next() {
             Some(Reply::Bytes(message)) => Err(refusal(&message)),
             _ => Err(protocol("a refusal without its message")),
@@ -128,12 +137,23 @@ impl RedisDict {
             overhead.as_bytes(),
             item_overhead.as_bytes(),
         ];
+        let batch = SCAN_BATCH.to_string();
+        all.push(batch.as_bytes());
         all.extend_from_slice(args);
         let budget = Budget {
             bytes: self.capacity + REPLY_SLACK,
             items: (self.capacity / ENTRY_OVERHEAD) as usize + 8,
         };
-        answer(self.client.eval(&all, budget, deadline).await?)
+        // A write that must evict many entries does it a batch per call.
+        loop {
+            let reply = self
+                .client
+                .eval(&self.share, &all, budget, deadline)
+                .await?;
+            if let Some(parts) = answer(reply)? {
+                return Ok(parts);
+            }
+        }
     }
 }
 
@@ -275,25 +295,86 @@ impl Store for RedisDict {
         })
     }
 
-    fn flush_expired(&self, max: u32, deadline: Instant) -> DictFuture<'_, u32> {
+    fn flush_expired(
+        &self,
+        max: u32,
+        deadline: Instant,
+        budget: u64,
+    ) -> DictFuture<'_, Scanned<u32>> {
         boxed(async move {
-            let max = max.to_string();
-            let mut parts = self
-                .call("flush_expired", &[max.as_bytes()], deadline)
-                .await?
-                .into_iter();
-            u32::try_from(int(parts.next())?).map_err(|_| protocol("a bad count"))
+            // A batch of at most SCAN_BATCH removals per call.
+            let mut removed: u32 = 0;
+            let mut visited: u64 = 0;
+            loop {
+                let left = if max == 0 { 0 } else { max - removed };
+                if max != 0 && left == 0 {
+                    break;
+                }
+                if visited >= budget {
+                    return Err(Error::Fuel);
+                }
+                let left = left.to_string();
+                let mut parts = self
+                    .call("flush_expired", &[left.as_bytes()], deadline)
+                    .await?
+                    .into_iter();
+                let n = u32::try_from(int(parts.next())?).map_err(|_| protocol("a bad count"))?;
+                removed = removed.saturating_add(n);
+                visited += u64::from(n) + 1;
+                if (n as usize) < SCAN_BATCH {
+                    break;
+                }
+            }
+            Ok(Scanned {
+                value: removed,
+                visited,
+            })
         })
     }
 
-    fn get_keys(&self, max: u32, deadline: Instant) -> DictFuture<'_, Vec<Vec<u8>>> {
+    fn get_keys(
+        &self,
+        max: u32,
+        deadline: Instant,
+        budget: u64,
+    ) -> DictFuture<'_, Scanned<Vec<Vec<u8>>>> {
         boxed(async move {
-            let max = max.to_string();
-            self.call("get_keys", &[max.as_bytes()], deadline)
-                .await?
-                .into_iter()
-                .map(|key| bytes(Some(key)))
-                .collect()
+            // SCAN_BATCH entries of the LRU order per call, from a rank on.
+            // Between calls other runs use the dict: a key used meanwhile
+            // moves up the order; a key already listed is not listed again.
+            let mut keys: Vec<Vec<u8>> = Vec::new();
+            let mut listed = std::collections::HashSet::new();
+            let mut start: i64 = 0;
+            let mut visited: u64 = 0;
+            loop {
+                if visited >= budget {
+                    return Err(Error::Fuel);
+                }
+                let from = start.to_string();
+                let mut parts = self
+                    .call("get_keys", &[from.as_bytes()], deadline)
+                    .await?
+                    .into_iter();
+                let next = int(parts.next())?;
+                visited += SCAN_BATCH as u64;
+                for key in parts {
+                    let key = bytes(Some(key))?;
+                    if max != 0 && keys.len() >= max as usize {
+                        break;
+                    }
+                    if listed.insert(key.clone()) {
+                        keys.push(key);
+                    }
+                }
+                if next < 0 || (max != 0 && keys.len() >= max as usize) {
+                    break;
+                }
+                start = next;
+            }
+            Ok(Scanned {
+                value: keys,
+                visited,
+            })
         })
     }
 
