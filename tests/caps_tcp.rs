@@ -766,8 +766,8 @@ ngx.say(ngx.socket.connect("127.0.0.1", PORT))
 "#,
     );
     let reply = site.get("/t.lua");
-    let expected = "niltoo many open sockets (at most 2 per request; policy [capabilities] outbound_max_sockets)\n\
-        niltoo many outbound connections (at most 3 per request; policy [capabilities] outbound_max_connections)\n";
+    let expected = "niltoo many open sockets (at most 2 per request, its subrequests included; policy [capabilities] outbound_max_sockets)\n\
+        niltoo many outbound connections (at most 3 per request, its subrequests included; policy [capabilities] outbound_max_connections)\n";
     assert!(reply.is_ok_with(expected), "{reply:?}");
 }
 
@@ -820,6 +820,10 @@ fn policy_keys_are_checked() {
         (
             "outbound_keepalive_pool = 5000",
             "outbound_keepalive_pool must be between 0 and 1024",
+        ),
+        (
+            "outbound_max_tenant_sockets = 0",
+            "outbound_max_tenant_sockets must be between 1 and 65536",
         ),
     ] {
         let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -976,4 +980,348 @@ ngx.say(string.format("%.3f %.3f", started, ngx.now()))
     );
     let replies = site.all_at_once("/t.lua", 50);
     common::site::assert_all_overlapped(&replies);
+}
+
+/// Poll `condition` for up to 20 seconds.
+fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// An upstream that holds every connection: each one waits until the
+/// test releases them all (or a minute passes), is sent `go`, and stays
+/// open until the client closes it. Also the count of connections
+/// accepted.
+struct Holding {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    released: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Holding {
+    fn start() -> Holding {
+        let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (counted, gate) = (accepted.clone(), released.clone());
+        let addr = serve(move |mut stream, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let (lock, open) = &*gate;
+            let wait = lock.lock().unwrap();
+            let wait = open
+                .wait_timeout_while(wait, Duration::from_secs(60), |go| !*go)
+                .unwrap();
+            drop(wait);
+            if stream.write_all(b"go\n").is_ok() {
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+            }
+        });
+        Holding {
+            addr,
+            accepted,
+            released,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn release(&self) {
+        *self.released.0.lock().unwrap() = true;
+        self.released.1.notify_all();
+    }
+}
+
+/// A script that connects up to 3 sockets at once, counts itself in the
+/// dict `holds` once it tried them all, and keeps those it got until the
+/// upstream's `go`: prints how many it held, then each distinct error.
+const HOLD_SOCKETS: &str = r#"
+local held, errors = {}, {}
+for _ = 1, 3 do
+  local sock, err = ngx.socket.connect("127.0.0.1", PORT)
+  if sock then held[#held + 1] = sock else errors[err] = true end
+end
+ngx.shared.holds:incr("tried", 1, 0)
+for _, sock in ipairs(held) do assert(sock:receive() == "go") end
+ngx.print(#held)
+for err in pairs(errors) do ngx.print("|", err) end
+"#;
+
+/// How many `HOLD_SOCKETS` runs tried all their connects.
+const TRIED: &str = "ngx.print(ngx.shared.holds:get('tried') or 0)";
+
+/// The replies' held counts added up, and every error they name.
+fn held_and_errors<'a>(bodies: impl IntoIterator<Item = &'a str>) -> (usize, Vec<String>) {
+    let mut held = 0;
+    let mut errors = Vec::new();
+    for body in bodies {
+        let mut parts = body.trim_end().split('|');
+        held += parts
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("not a held count: {body:?}"));
+        errors.extend(parts.map(str::to_string));
+    }
+    (held, errors)
+}
+
+/// A client request and its subrequests share one `outbound_max_sockets`:
+/// three subrequests each trying to hold three sockets hold four in all,
+/// not nine (a budget per instance let one request hold 50 times the cap).
+#[test]
+fn a_request_and_its_subrequests_share_one_socket_budget() {
+    let up = Holding::start();
+    let port = up.addr.port().to_string();
+    let site = Site::start(
+        "tcp_tree_sockets",
+        "",
+        "timeout_ms = 60000",
+        &format!(
+            "{}\noutbound_max_sockets = 4\nshared_dicts = {{ holds = \"64k\" }}",
+            grant(up.addr.port())
+        ),
+        &[
+            ("root/hold.lua", &HOLD_SOCKETS.replace("PORT", &port)),
+            ("root/tried.lua", TRIED),
+            (
+                "root/t.lua",
+                r#"
+local replies = { ngx.location.capture_multi({ { "/hold.lua" }, { "/hold.lua" }, { "/hold.lua" } }) }
+for _, reply in ipairs(replies) do ngx.say(reply.body) end
+"#,
+            ),
+        ],
+    );
+    let addr = site.addr;
+    let request = std::thread::spawn(move || {
+        common::site::send(
+            addr,
+            b"GET /t.lua HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+    });
+    // Every subrequest tried its sockets and holds what it got.
+    assert!(eventually(|| site.get("/tried.lua").body == "3"));
+    up.release();
+    let reply = request.join().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let (held, errors) = held_and_errors(reply.body.lines());
+    assert_eq!(held, 4, "{reply:?}");
+    assert_eq!(up.accepted(), 4, "{reply:?}");
+    assert!(!errors.is_empty(), "{reply:?}");
+    for error in errors {
+        assert_eq!(
+            error,
+            "too many open sockets (at most 4 per request, its subrequests included; policy [capabilities] outbound_max_sockets)"
+        );
+    }
+}
+
+/// A client request and its subrequests share one
+/// `outbound_max_connections`: three subrequests each connecting three
+/// times make five connects in all, not nine.
+#[test]
+fn a_request_and_its_subrequests_share_one_connection_budget() {
+    let up = raw_upstream();
+    let port = up.port().to_string();
+    let site = Site::start(
+        "tcp_tree_connections",
+        "",
+        "",
+        &format!("{}\noutbound_max_connections = 5", grant(up.port())),
+        &[
+            (
+                "root/connect.lua",
+                &r#"
+local made, errors = 0, {}
+for _ = 1, 3 do
+  local sock, err = ngx.socket.connect("127.0.0.1", PORT)
+  if sock then made = made + 1 sock:close() else errors[err] = true end
+end
+ngx.print(made)
+for err in pairs(errors) do ngx.print("|", err) end
+"#
+                .replace("PORT", &port),
+            ),
+            (
+                "root/t.lua",
+                r#"
+local replies = { ngx.location.capture_multi({ { "/connect.lua" }, { "/connect.lua" }, { "/connect.lua" } }) }
+for _, reply in ipairs(replies) do ngx.say(reply.body) end
+"#,
+            ),
+        ],
+    );
+    let reply = site.get("/t.lua");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let (made, errors) = held_and_errors(reply.body.lines());
+    assert_eq!(made, 5, "{reply:?}");
+    assert!(!errors.is_empty(), "{reply:?}");
+    for error in errors {
+        assert_eq!(
+            error,
+            "too many outbound connections (at most 5 per request, its subrequests included; policy [capabilities] outbound_max_connections)"
+        );
+    }
+}
+
+/// A site of two tenants: `a` (the default, scripts in `root/`) and `b`
+/// (host `b.test`, scripts in `root_b/`), each with its `[capabilities]`.
+fn two_tenants(name: &str, a: &str, b: &str, files: &[(&str, &str)]) -> Site {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("sites")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    for sub in ["policies", "root", "root_b"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let policy = |tenant: &str, host: &str, root: &str, capabilities: &str| {
+        format!(
+            "tenant = \"{tenant}\"\nhosts = [\"{host}\"]\nroot = \"../{root}\"\n\n[limits]\ntimeout_ms = 30000\n\n[capabilities]\n{capabilities}\n"
+        )
+    };
+    let mut all = vec![
+        (
+            "moonwall.toml".to_string(),
+            "listen = \"127.0.0.1:0\"\npolicies = \"policies\"\ndefault_tenant = \"a\"\n\n[limits]\nmemory_mib = 128\n".to_string(),
+        ),
+        ("policies/a.toml".into(), policy("a", "localhost", "root", a)),
+        ("policies/b.toml".into(), policy("b", "b.test", "root_b", b)),
+    ];
+    all.extend(files.iter().map(|(p, c)| (p.to_string(), c.to_string())));
+    for (path, contents) in all {
+        std::fs::write(dir.join(path), contents).unwrap();
+    }
+    Site::serve(dir)
+}
+
+/// A tenant's connections across all its requests in flight are capped by
+/// `outbound_max_tenant_sockets`: three requests each holding three sockets
+/// get four in all, and another tenant still connects meanwhile.
+#[test]
+fn a_tenants_requests_together_hold_at_most_its_socket_budget() {
+    let up = Holding::start();
+    let echo = raw_upstream();
+    let a = format!(
+        "outbound = [\"tcp://127.0.0.1:{}\"]\noutbound_max_tenant_sockets = 4\nshared_dicts = {{ holds = \"64k\" }}",
+        up.addr.port()
+    );
+    let b = format!("outbound = [\"tcp://127.0.0.1:{}\"]", echo.port());
+    let site = two_tenants(
+        "tcp_tenant_sockets",
+        &a,
+        &b,
+        &[
+            (
+                "root/hold.lua",
+                &HOLD_SOCKETS.replace("PORT", &up.addr.port().to_string()),
+            ),
+            ("root/tried.lua", TRIED),
+            (
+                "root_b/echo.lua",
+                &format!(
+                    "local s = assert(ngx.socket.connect('127.0.0.1', {})) \
+                     assert(s:send('ECHO b connects\\n')) ngx.say(assert(s:receive()))",
+                    echo.port()
+                ),
+            ),
+        ],
+    );
+    let addr = site.addr;
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                common::site::send(
+                    addr,
+                    b"GET /hold.lua HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )
+            })
+        })
+        .collect();
+    // While tenant a holds what it got, tenant b connects.
+    assert!(eventually(|| site.get("/tried.lua").body == "3"));
+    let other = common::site::send(
+        addr,
+        b"GET /echo.lua HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(other.is_ok_with("b connects\n"), "{other:?}");
+    up.release();
+    let replies: Vec<_> = holders.into_iter().map(|t| t.join().unwrap()).collect();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let (held, errors) = held_and_errors(replies.iter().map(|r| r.body.as_str()));
+    assert_eq!(held, 4, "{replies:?}");
+    assert_eq!(up.accepted(), 4, "{replies:?}");
+    assert!(!errors.is_empty(), "{replies:?}");
+    for error in errors {
+        assert_eq!(
+            error,
+            "too many outbound connections open for the tenant (at most 4 at once, all its requests together, idle keepalive connections included; policy [capabilities] outbound_max_tenant_sockets)"
+        );
+    }
+}
+
+/// Idle keepalive connections hold descriptors, so they count against the
+/// tenant's budget: a connect that finds the budget spent closes the oldest
+/// idle connection to make room, and the pool never holds the budget away
+/// from the tenant's requests.
+#[test]
+fn idle_keepalive_connections_count_against_the_tenant_budget() {
+    let open = Arc::new(AtomicUsize::new(0));
+    let counted = open.clone();
+    let up = serve(move |stream, _| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut stream = stream;
+        while let Some(line) = read_line(&mut reader) {
+            if stream.write_all(format!("{line}\n").as_bytes()).is_err() {
+                break;
+            }
+        }
+        counted.fetch_sub(1, Ordering::SeqCst);
+    });
+    let site = site(
+        "tcp_tenant_pool",
+        "",
+        &format!(
+            "{}\noutbound_max_tenant_sockets = 2\noutbound_keepalive_pool = 8",
+            grant(up.port())
+        ),
+        up.port(),
+        r#"
+local pool = ngx.var.arg_pool
+local held = {}
+for i = 1, tonumber(ngx.var.arg_n) do
+  local sock, err = ngx.socket.connect("127.0.0.1", PORT, { pool = pool })
+  if not sock then ngx.say(err) break end
+  assert(sock:send("hi\n")) assert(sock:receive() == "hi")
+  held[#held + 1] = sock
+  ngx.say(pool, " ", sock:getreusedtimes())
+end
+for _, sock in ipairs(held) do assert(sock:setkeepalive()) end
+"#,
+    );
+    // Two connections go to the pool: the budget is spent by idle ones.
+    let first = site.get("/t.lua?pool=p&n=2");
+    assert!(first.is_ok_with("p 0\np 0\n"), "{first:?}");
+    assert!(eventually(|| open.load(Ordering::SeqCst) == 2));
+    // Three more to another pool: the two idle ones are closed to make room
+    // for two, and the third finds the budget spent by the request itself.
+    let second = site.get("/t.lua?pool=q&n=3");
+    assert!(
+        second.is_ok_with(
+            "q 0\nq 0\ntoo many outbound connections open for the tenant (at most 2 at once, all its requests together, idle keepalive connections included; policy [capabilities] outbound_max_tenant_sockets)\n"
+        ),
+        "{second:?}"
+    );
+    // At no point more than the budget stays open at the upstream.
+    assert!(eventually(|| open.load(Ordering::SeqCst) == 2));
+    let third = site.get("/t.lua?pool=q&n=2");
+    assert!(third.is_ok_with("q 1\nq 1\n"), "{third:?}");
 }

@@ -227,6 +227,9 @@ pub struct RequestCaps {
     pub subrequests: Option<Arc<dyn tasks::Subrequests>>,
     /// How deep in subrequests the request is (0: a client's request).
     pub depth: u32,
+    /// The outbound sockets, connects and bytes received of the client's
+    /// request and all its subrequests: one for the whole tree.
+    pub outbound: Arc<tcp::RequestBudget>,
     /// The run is a tenant's init script, not a request: nothing may wait
     /// (no sleep, sockets or subrequests: the state it leaves is snapshotted,
     /// and no operation could outlive it).
@@ -250,6 +253,7 @@ impl RequestCaps {
             grants,
             subrequests: None,
             depth: 0,
+            outbound: Arc::default(),
             init: false,
         }
     }

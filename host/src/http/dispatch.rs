@@ -232,6 +232,7 @@ async fn run_script(
         log.clone(),
     );
     let fuel_pool = Some(subrequests.fuel_pool());
+    let outbound = subrequests.outbound();
     let memory_pool = Some(subrequests.memory_pool());
     let Admitted { in_flight, cpu, .. } = admitted;
     let mut run = RunToTheEnd(Some(Box::pin(async move {
@@ -250,6 +251,7 @@ async fn run_script(
                     grants: tenant.grants.clone(),
                     subrequests: Some(subrequests),
                     depth: 0,
+                    outbound,
                     init: false,
                 },
                 cpu,

@@ -51,6 +51,8 @@ pub(crate) struct TenantSubrequests {
     log: RequestLog,
     /// The fuel the client's request and all its subrequests share.
     fuel: Arc<FuelPool>,
+    /// The outbound sockets and connects they share.
+    outbound: Arc<crate::caps::tcp::RequestBudget>,
     /// The memory they share: their instances' and the host's copies of
     /// bodies and files passed between them.
     memory: Arc<MemoryPool>,
@@ -71,6 +73,7 @@ impl TenantSubrequests {
         };
         Arc::new(TenantSubrequests {
             fuel: Arc::new(FuelPool::new(tenant.limits.sandbox.fuel)),
+            outbound: Arc::default(),
             memory: Arc::new(MemoryPool::new(tenant.limits.sandbox.memory_bytes)),
             app,
             tenant,
@@ -83,6 +86,11 @@ impl TenantSubrequests {
     /// The fuel the request tree shares (the tenant's fuel limit, once).
     pub(crate) fn fuel_pool(&self) -> Arc<FuelPool> {
         self.fuel.clone()
+    }
+
+    /// The outbound budget the request tree shares.
+    pub(crate) fn outbound(&self) -> Arc<crate::caps::tcp::RequestBudget> {
+        self.outbound.clone()
     }
 
     /// The memory the request tree shares (the tenant's memory limit, once).
@@ -240,6 +248,7 @@ impl TenantSubrequests {
             grants: self.tenant.grants.clone(),
             subrequests: Some(self.clone()),
             depth,
+            outbound: self.outbound.clone(),
             init: false,
         };
         let (report, sink) = self

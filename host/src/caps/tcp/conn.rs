@@ -11,6 +11,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
+use super::budget::Place;
+
 /// Most bytes read from a stream at once.
 pub const CHUNK: usize = 16 << 10;
 /// The longest line `*l` returns.
@@ -94,10 +96,13 @@ pub struct Conn {
     pub reused: u32,
     /// Its keepalive pool key (destination and pool name).
     pub key: String,
+    /// Its place among the tenant's open connections, given back when it
+    /// closes (it goes to the keepalive pool with it).
+    pub place: Place,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, reused: u32, key: String) -> Conn {
+    pub fn new(stream: TcpStream, reused: u32, key: String, place: Place) -> Conn {
         // As OpenResty's cosockets: small requests go out at once.
         let _ = stream.set_nodelay(true);
         Conn {
@@ -106,6 +111,7 @@ impl Conn {
             pos: 0,
             reused,
             key,
+            place,
         }
     }
 
@@ -361,7 +367,13 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         });
-        Conn::new(TcpStream::connect(addr).await.unwrap(), 0, "k".into())
+        let place = Place::take(&Arc::default(), 1).unwrap();
+        Conn::new(
+            TcpStream::connect(addr).await.unwrap(),
+            0,
+            "k".into(),
+            place,
+        )
     }
 
     fn bounds(max_received: u64) -> ReadBounds {

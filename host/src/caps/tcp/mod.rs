@@ -11,13 +11,17 @@
 //!   their IPv4-mapped forms...) is refused unless an `outbound_private`
 //!   range holds it, or the script connects to it by the very address an
 //!   `outbound` entry names;
-//! - per request: connects (`outbound_max_connections`), sockets open at
-//!   once (`outbound_max_sockets`), bytes received from all connections
-//!   (`outbound_max_receive_kib`: a huge response is cut with an error, never
-//!   buffered), and the connect, send and read timeouts (a script's
-//!   `settimeout` can only shorten them). Every host buffer is bounded by the
-//!   receive budget, lines by [`conn::MAX_LINE`], patterns by
+//! - per client request, its subrequests included (one [`RequestBudget`]
+//!   for the whole tree, [`budget`]): connects (`outbound_max_connections`),
+//!   sockets open at once (`outbound_max_sockets`), bytes received from all
+//!   connections (`outbound_max_receive_kib`: a huge response is cut with an
+//!   error, never buffered); per run, the connect, send and read timeouts (a
+//!   script's `settimeout` can only shorten them). Every host buffer is
+//!   bounded by the receive budget, lines by [`conn::MAX_LINE`], patterns by
 //!   [`conn::MAX_PATTERN`];
+//! - per tenant, all its requests together: connections open at once, idle
+//!   keepalive connections included (`outbound_max_tenant_sockets`), so that
+//!   no tenant takes the descriptors every tenant's clients need;
 //! - the keepalive pool is the tenant's and bounded ([`pool`]).
 //!
 //! I/O runs as operations of the run's table (caps/tasks.rs): a function
@@ -26,6 +30,7 @@
 //! two light threads' connections overlap, and their waits count against the
 //! request's deadline, not its fuel. TLS is not available.
 
+pub mod budget;
 pub mod conn;
 pub mod pool;
 pub mod rules;
@@ -33,12 +38,13 @@ pub mod rules;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use wasmtime::component::{HasSelf, Linker};
 
+pub use self::budget::RequestBudget;
+use self::budget::{Place, TenantSockets};
 use self::conn::{Conn, MAX_PATTERN, Pattern, ReadBounds};
 use self::pool::Pool;
 use self::rules::{AddressRange, Destination, OutboundLimits, Target, non_public};
@@ -57,12 +63,15 @@ pub struct Grant {
     private: Vec<AddressRange>,
     limits: OutboundLimits,
     pool: Arc<Pool>,
+    /// The tenant's connections open at once (kept across reloads: the
+    /// connections of requests under the old policy are still open).
+    sockets: Arc<TenantSockets>,
 }
 
 impl Grant {
     /// The grant of what the policy's section checked (nothing is parsed
-    /// again).
-    pub fn from_policy(capabilities: &Config) -> Grant {
+    /// again); the tenant's count of open connections is `previous`'s.
+    pub fn from_policy(capabilities: &Config, previous: Option<&Grant>) -> Grant {
         Grant {
             destinations: (capabilities.outbound.iter())
                 .map(|written| written.value.clone())
@@ -72,6 +81,24 @@ impl Grant {
                 .collect(),
             limits: capabilities.outbound_limits,
             pool: Arc::new(Pool::default()),
+            sockets: previous.map_or_else(Default::default, |p| p.sockets.clone()),
+        }
+    }
+
+    /// A place among the tenant's open connections; if they are all taken,
+    /// idle keepalive connections are closed (the oldest first) to make
+    /// room.
+    fn connection_place(&self) -> Result<Place, String> {
+        let max = self.limits.max_tenant_sockets;
+        loop {
+            if let Some(place) = self.sockets.take(max) {
+                return Ok(place);
+            }
+            if !self.pool.close_oldest() {
+                return Err(format!(
+                    "too many outbound connections open for the tenant (at most {max} at once, all its requests together, idle keepalive connections included; policy [capabilities] outbound_max_tenant_sockets)"
+                ));
+            }
         }
     }
 
@@ -103,25 +130,10 @@ impl Grant {
     }
 }
 
-/// Counts a run's sockets (open ones and those inside operations).
-struct Token(Arc<AtomicUsize>);
-
-impl Token {
-    fn new(live: &Arc<AtomicUsize>) -> Token {
-        live.fetch_add(1, Ordering::Relaxed);
-        Token(live.clone())
-    }
-}
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A socket of the run, and its connection if it has one.
+/// A socket of the run (its place among the request tree's sockets), and
+/// its connection if it has one.
 struct Socket {
-    _token: Token,
+    _place: Place,
     conn: Option<Conn>,
 }
 
@@ -139,18 +151,14 @@ struct Done<T> {
     result: T,
 }
 
-/// Per-run state: the sockets, and what the request used.
+/// Per-run state: the sockets, and what the request tree used.
 #[derive(Default)]
 pub struct State {
     sockets: HashMap<u32, Slot>,
     last_id: u32,
     serial: u64,
-    /// Connects made.
-    connections: u64,
-    /// Sockets alive.
-    live: Arc<AtomicUsize>,
-    /// Bytes received by all connections.
-    received: Arc<AtomicU64>,
+    /// What the client request and all its subrequests used.
+    budget: Arc<RequestBudget>,
 }
 
 impl State {
@@ -185,6 +193,14 @@ impl State {
             Some(Slot::Ready(socket)) => Ok(socket),
         }
     }
+}
+
+/// Where a connect's connection comes from.
+enum Origin {
+    /// The keepalive pool: the connection, its reuses, its place.
+    Pool(TcpStream, u32, Place),
+    /// A new connection, for which this place is taken.
+    Connect(Place),
 }
 
 /// A timeout the guest asked for (none or 0: the policy's), capped by the
@@ -240,18 +256,18 @@ async fn open_connection(
 impl wit::Host for RunCaps {
     async fn open(&mut self) -> wasmtime::Result<Result<u32, String>> {
         let max = self.grants.tcp.limits.max_sockets;
-        if self.tcp.live.load(Ordering::Relaxed) as u64 >= max {
+        let Some(place) = Place::take(&self.tcp.budget.sockets, max) else {
             return Ok(Err(format!(
-                "too many open sockets (at most {max} per request; policy [capabilities] outbound_max_sockets)"
+                "too many open sockets (at most {max} per request, its subrequests included; policy [capabilities] outbound_max_sockets)"
             )));
-        }
+        };
         let mut id = self.tcp.last_id.wrapping_add(1).max(1);
         while self.tcp.sockets.contains_key(&id) {
             id = id.wrapping_add(1).max(1);
         }
         self.tcp.last_id = id;
         let socket = Socket {
-            _token: Token::new(&self.tcp.live),
+            _place: place,
             conn: None,
         };
         self.tcp.sockets.insert(id, Slot::Ready(socket));
@@ -287,12 +303,6 @@ impl wit::Host for RunCaps {
                 "outbound connection to {target}:{port} is not granted (policy [capabilities] outbound)"
             )));
         }
-        let max = grant.limits.max_connections;
-        if self.tcp.connections >= max {
-            return Ok(Err(format!(
-                "too many outbound connections (at most {max} per request; policy [capabilities] outbound_max_connections)"
-            )));
-        }
         let mut key = format!("{target}:{port}");
         if let Some(pool) = pool {
             if pool.len() > MAX_POOL_NAME {
@@ -303,29 +313,49 @@ impl wit::Host for RunCaps {
             key.push('/');
             key.push_str(&String::from_utf8_lossy(&pool));
         }
-        self.tcp.connections += 1;
+        let max = grant.limits.max_connections;
+        if !self.tcp.budget.connect(max) {
+            return Ok(Err(format!(
+                "too many outbound connections (at most {max} per request, its subrequests included; policy [capabilities] outbound_max_connections)"
+            )));
+        }
         let limit = timeout(timeout_ms, grant.limits.connect_timeout_ms);
-        let pooled = grant.pool.take(&key);
-        let grants = self.grants.clone();
         let (mut socket, serial) = match self.tcp.take(sock) {
             Ok(taken) => taken,
             Err(error) => return Ok(Err(error)),
         };
-        // A connection it had is closed first.
+        // A connection it had is closed first (its place with it).
         socket.conn = None;
+        // An idle connection from the pool brings its place among the
+        // tenant's connections; a new one takes a place first.
+        let grant = &self.grants.tcp;
+        let from = match grant.pool.take(&key) {
+            Some((stream, reused, place)) => Origin::Pool(stream, reused, place),
+            None => match grant.connection_place() {
+                Ok(place) => Origin::Connect(place),
+                Err(error) => {
+                    self.tcp.budget.unconnect();
+                    self.tcp.give_back(sock, serial, socket);
+                    return Ok(Err(error));
+                }
+            },
+        };
+        let grants = self.grants.clone();
         let started = self.tcp_start(sock, async move {
-            let result = match pooled {
-                Some((stream, reused)) => {
-                    socket.conn = Some(Conn::new(stream, reused + 1, key));
+            let result = match from {
+                Origin::Pool(stream, reused, place) => {
+                    socket.conn = Some(Conn::new(stream, reused + 1, key, place));
                     Ok(reused + 1)
                 }
-                None => match open_connection(grants, target, port, limit).await {
-                    Ok(stream) => {
-                        socket.conn = Some(Conn::new(stream, 0, key));
-                        Ok(0)
+                Origin::Connect(place) => {
+                    match open_connection(grants, target, port, limit).await {
+                        Ok(stream) => {
+                            socket.conn = Some(Conn::new(stream, 0, key, place));
+                            Ok(0)
+                        }
+                        Err(error) => Err(error),
                     }
-                    Err(error) => Err(error),
-                },
+                }
             };
             Done {
                 sock,
@@ -415,7 +445,7 @@ impl wit::Host for RunCaps {
         }
         let limits = self.grants.tcp.limits;
         let bounds = ReadBounds {
-            received: self.tcp.received.clone(),
+            received: self.tcp.budget.received.clone(),
             max_received: limits.max_receive_kib << 10,
             timeout: timeout(timeout_ms, limits.read_timeout_ms),
         };
@@ -502,6 +532,7 @@ impl wit::Host for RunCaps {
             conn.key,
             conn.stream,
             conn.reused,
+            conn.place,
             tokio::time::Instant::now() + idle,
             per_key,
             total,
@@ -548,6 +579,7 @@ pub struct Section {
     outbound_read_timeout_ms: Option<toml::Spanned<u64>>,
     outbound_keepalive_pool: Option<toml::Spanned<u64>>,
     outbound_keepalive_timeout_ms: Option<toml::Spanned<u64>>,
+    outbound_max_tenant_sockets: Option<toml::Spanned<u64>>,
 }
 
 /// What a policy's outbound section checked.
@@ -557,7 +589,8 @@ pub struct Config {
     pub outbound: Vec<super::policy::Written<Destination>>,
     /// Non-public addresses outbound connections may reach (`addr[/bits]`).
     pub outbound_private: Vec<super::policy::Written<AddressRange>>,
-    /// Per-request bounds on outbound connections, and the keepalive pool's.
+    /// Bounds on outbound connections: per client request, the keepalive
+    /// pool's, the tenant's.
     pub outbound_limits: OutboundLimits,
 }
 
@@ -595,6 +628,7 @@ impl super::policy::PolicySection for Section {
             (L::ReadTimeoutMs, &self.outbound_read_timeout_ms),
             (L::KeepalivePool, &self.outbound_keepalive_pool),
             (L::KeepaliveTimeoutMs, &self.outbound_keepalive_timeout_ms),
+            (L::MaxTenantSockets, &self.outbound_max_tenant_sockets),
         ];
         for (limit, value) in limits {
             let Some(value) = value else { continue };
@@ -619,11 +653,18 @@ impl super::Capability for Outbound {
     fn grant(
         _: &str,
         config: &Config,
-        _: Option<&Grant>,
+        previous: Option<&Grant>,
         settings: &super::CapsSettings,
     ) -> Result<Grant, String> {
         let _ = settings;
-        Ok(Grant::from_policy(config))
+        Ok(Grant::from_policy(config, previous))
+    }
+
+    fn state(request: &super::RequestCaps) -> State {
+        State {
+            budget: request.outbound.clone(),
+            ..State::default()
+        }
     }
 
     fn add_to_linker<T: Send + 'static>(

@@ -8,6 +8,12 @@
 //! room), each kept at most `outbound_keepalive_timeout_ms`. Expired
 //! connections are closed by a reaper task and, failing that, whenever the
 //! pool is used.
+//!
+//! An idle connection is a descriptor all the same: it keeps its place
+//! among the tenant's open connections (`outbound_max_tenant_sockets`,
+//! [`super::budget`]) until it is closed, and a connect that finds that
+//! budget spent closes the oldest idle connection to make room
+//! ([`Pool::close_oldest`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -16,11 +22,15 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::budget::Place;
+
 struct Idle {
     key: String,
     stream: TcpStream,
     reused: u32,
     expires: Instant,
+    /// Its place among the tenant's open connections.
+    place: Place,
 }
 
 #[derive(Default)]
@@ -62,27 +72,30 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The most recently kept healthy connection for `key`, and how many
-    /// times it was reused before.
-    pub fn take(&self, key: &str) -> Option<(TcpStream, u32)> {
+    /// The most recently kept healthy connection for `key`, how many times
+    /// it was reused before, and its place among the tenant's connections.
+    pub fn take(&self, key: &str) -> Option<(TcpStream, u32, Place)> {
         let mut inner = self.lock();
         inner.purge(Instant::now());
         while let Some(at) = inner.idle.iter().rposition(|idle| idle.key == key) {
             let idle = inner.idle.remove(at)?;
             if healthy(&idle.stream) {
-                return Some((idle.stream, idle.reused));
+                return Some((idle.stream, idle.reused, idle.place));
             }
         }
         None
     }
 
-    /// Keep `stream` for `key` until `expires`, with at most `per_key` idle
-    /// connections for the key and `total` in all (the oldest go first).
+    /// Keep `stream` (and its `place`) for `key` until `expires`, with at
+    /// most `per_key` idle connections for the key and `total` in all (the
+    /// oldest go first).
+    #[allow(clippy::too_many_arguments)]
     pub fn put(
         self: &Arc<Self>,
         key: String,
         stream: TcpStream,
         reused: u32,
+        place: Place,
         expires: Instant,
         per_key: usize,
         total: usize,
@@ -105,6 +118,7 @@ impl Pool {
             stream,
             reused,
             expires,
+            place,
         });
         if inner.reaper {
             self.wake.notify_one();
@@ -112,6 +126,12 @@ impl Pool {
             inner.reaper = true;
             runtime.spawn(reap(Arc::downgrade(self), self.wake.clone()));
         }
+    }
+
+    /// Close the oldest idle connection, giving its place back: false if
+    /// there is none.
+    pub fn close_oldest(&self) -> bool {
+        self.lock().idle.pop_front().is_some()
     }
 
     /// How many idle connections are kept.
@@ -152,6 +172,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn place() -> Place {
+        Place::take(&Default::default(), 1).unwrap()
+    }
+
     async fn pair(listener: &tokio::net::TcpListener) -> (TcpStream, TcpStream) {
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
@@ -167,15 +191,44 @@ mod tests {
         for (i, key) in ["a", "a", "a", "b", "c"].into_iter().enumerate() {
             let (client, peer) = pair(&listener).await;
             peers.push(peer);
-            pool.put(key.into(), client, i as u32, later, 2, 4);
+            pool.put(key.into(), client, i as u32, place(), later, 2, 4);
         }
         // "a" kept its 2 newest; the oldest overall went for "c".
         assert_eq!(pool.len(), 4);
-        assert_eq!(pool.take("a").map(|(_, reused)| reused), Some(2));
-        assert_eq!(pool.take("a").map(|(_, reused)| reused), Some(1));
+        assert_eq!(pool.take("a").map(|(_, reused, _)| reused), Some(2));
+        assert_eq!(pool.take("a").map(|(_, reused, _)| reused), Some(1));
         assert!(pool.take("a").is_none());
         assert!(pool.take("b").is_some() && pool.take("c").is_some());
         assert!(pool.is_empty());
+    }
+
+    #[tokio::test]
+    async fn idle_connections_keep_their_place_until_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Arc::new(Pool::default());
+        let tenant = Arc::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut peers = Vec::new();
+        for key in ["a", "b", "c"] {
+            let (client, peer) = pair(&listener).await;
+            peers.push(peer);
+            let place = Place::take(&tenant, 3).unwrap();
+            pool.put(key.into(), client, 0, place, later, 8, 8);
+        }
+        assert!(Place::take(&tenant, 3).is_none());
+        // Handed out, the place goes with the connection.
+        let (_, _, place) = pool.take("b").unwrap();
+        assert!(Place::take(&tenant, 3).is_none());
+        drop(place);
+        let mine = Place::take(&tenant, 3).unwrap();
+        // Closing the oldest ("a") gives its place back.
+        assert!(Place::take(&tenant, 3).is_none());
+        assert!(pool.close_oldest());
+        assert!(pool.take("a").is_none());
+        let also = Place::take(&tenant, 3).unwrap();
+        assert!(pool.close_oldest() && !pool.close_oldest());
+        drop((mine, also));
+        assert_eq!(tenant.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
@@ -183,12 +236,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Arc::new(Pool::default());
         let (client, _peer) = pair(&listener).await;
-        pool.put("k".into(), client, 0, Instant::now(), 8, 8);
+        pool.put("k".into(), client, 0, place(), Instant::now(), 8, 8);
         assert!(pool.take("k").is_none());
 
         let (client, peer) = pair(&listener).await;
         let later = Instant::now() + Duration::from_secs(60);
-        pool.put("k".into(), client, 0, later, 8, 8);
+        pool.put("k".into(), client, 0, place(), later, 8, 8);
         drop(peer);
         // The reactor sees the peer's FIN soon; until then the connection
         // may still look alive, as in any pool.
@@ -213,6 +266,7 @@ mod tests {
             "k".into(),
             client,
             0,
+            place(),
             Instant::now() + Duration::from_millis(20),
             8,
             8,

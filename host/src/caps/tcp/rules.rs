@@ -1,6 +1,7 @@
 //! What the policy says about outbound connections: the destinations
 //! (`outbound`), the non-public addresses granted (`outbound_private`), the
-//! per-request bounds (`outbound_*`), and which addresses are not public.
+//! bounds per request tree and per tenant (`outbound_*`), and which
+//! addresses are not public.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -345,7 +346,9 @@ fn non_public_v6(address: Ipv6Addr) -> Option<Special> {
     None
 }
 
-/// The per-request bounds on outbound connections, and the keepalive pool's.
+/// The bounds on outbound connections: per client request (the request
+/// and all its subrequests together), the keepalive pool's, and the
+/// tenant's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboundLimits {
     /// Connects one request may make (new or reused).
@@ -361,6 +364,9 @@ pub struct OutboundLimits {
     pub keepalive_pool: u64,
     /// The longest an idle connection is kept.
     pub keepalive_timeout_ms: u64,
+    /// Connections the tenant may have open at once, all its requests and
+    /// its idle keepalive connections together.
+    pub max_tenant_sockets: u64,
 }
 
 /// One bound of [`OutboundLimits`], a `[capabilities]` key.
@@ -374,6 +380,7 @@ pub enum OutboundLimit {
     ReadTimeoutMs,
     KeepalivePool,
     KeepaliveTimeoutMs,
+    MaxTenantSockets,
 }
 
 impl OutboundLimit {
@@ -384,15 +391,37 @@ impl OutboundLimit {
 
 const MINUTE_MS: u64 = 60_000;
 
+/// The most connections a tenant has open by default.
+pub const DEFAULT_MAX_TENANT_SOCKETS: u64 = 256;
+
+/// By default a tenant may hold [`DEFAULT_MAX_TENANT_SOCKETS`] connections,
+/// or an eighth of this process's open-file limit if that is fewer (but at
+/// least 16): `moonwall serve` raises the soft limit to the hard one before
+/// it reads policies, and under a hard limit of 1,024 eight tenants at their
+/// budget still leave room for the clients' connections.
+fn tenant_sockets_default() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, which lives here.
+    let open_files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    (open_files / 8).clamp(16, DEFAULT_MAX_TENANT_SOCKETS)
+}
+
 /// The outbound bounds, defined once, in the order of [`OutboundLimit`].
-pub static OUTBOUND_LIMITS: [LimitDef; 8] = [
+pub static OUTBOUND_LIMITS: [LimitDef; 9] = [
     LimitDef {
         key: "outbound_max_connections",
         aliases: &[],
         min: 1,
         max: 10_000,
         default: DefaultValue::Value(64),
-        doc: "connects per request (new or reused)",
+        doc: "connects per client request, its subrequests included (new or reused)",
     },
     LimitDef {
         key: "outbound_max_sockets",
@@ -400,7 +429,7 @@ pub static OUTBOUND_LIMITS: [LimitDef; 8] = [
         min: 1,
         max: 1024,
         default: DefaultValue::Value(32),
-        doc: "sockets open at once per request",
+        doc: "sockets open at once per client request, its subrequests included",
     },
     LimitDef {
         key: "outbound_max_receive_kib",
@@ -408,7 +437,7 @@ pub static OUTBOUND_LIMITS: [LimitDef; 8] = [
         min: 1,
         max: KIB_PER_GIB,
         default: DefaultValue::Value(16 << 10),
-        doc: "KiB received per request, all connections together (the default is 16 MiB, the most 1 GiB)",
+        doc: "KiB received per client request, its subrequests and all connections together (the default is 16 MiB, the most 1 GiB)",
     },
     LimitDef {
         key: "outbound_connect_timeout_ms",
@@ -450,6 +479,17 @@ pub static OUTBOUND_LIMITS: [LimitDef; 8] = [
         default: DefaultValue::Value(MINUTE_MS),
         doc: "the longest an idle connection is kept",
     },
+    LimitDef {
+        key: "outbound_max_tenant_sockets",
+        aliases: &[],
+        min: 1,
+        max: 65_536,
+        default: DefaultValue::Computed {
+            value: tenant_sockets_default,
+            doc: "256, or an eighth of the server's open-file limit if that is fewer (at least 16)",
+        },
+        doc: "connections the tenant has open at once, all its requests and its idle keepalive connections together",
+    },
 ];
 
 impl Default for OutboundLimits {
@@ -465,6 +505,7 @@ impl Default for OutboundLimits {
             read_timeout_ms: default(L::ReadTimeoutMs),
             keepalive_pool: default(L::KeepalivePool),
             keepalive_timeout_ms: default(L::KeepaliveTimeoutMs),
+            max_tenant_sockets: default(L::MaxTenantSockets),
         }
     }
 }
@@ -482,6 +523,7 @@ impl OutboundLimits {
             L::ReadTimeoutMs => &mut self.read_timeout_ms,
             L::KeepalivePool => &mut self.keepalive_pool,
             L::KeepaliveTimeoutMs => &mut self.keepalive_timeout_ms,
+            L::MaxTenantSockets => &mut self.max_tenant_sockets,
         }
     }
 }
@@ -515,7 +557,7 @@ mod tests {
     #[test]
     fn the_outbound_bounds_are_documented_as_defined() {
         let keys: Vec<&str> = OUTBOUND_LIMITS.iter().map(|def| def.key).collect();
-        assert_eq!(keys.len(), 8);
+        assert_eq!(keys.len(), 9);
         for (at, def) in OUTBOUND_LIMITS.iter().enumerate() {
             assert!(
                 def.check(def.default_value().unwrap()).is_ok(),
