@@ -168,7 +168,16 @@ impl TenantSubrequests {
         let served = self.clone().run(sub, depth).await;
         let (status, outcome, fuel) = match &served {
             Ok((response, outcome, fuel, _)) => (response.status, outcome.as_str(), *fuel),
-            Err(_) => (500, "subrequest-refused", 0),
+            Err(error) => {
+                // The parent gets the error; the operator sees it too (it may
+                // quote the guest's bytes, so escaped).
+                tracing::warn!(
+                    request_id = self.log.request_id,
+                    "subrequest {method} {path} refused: {}",
+                    log_text::escape(error.as_bytes())
+                );
+                (500, "subrequest-refused", 0)
+            }
         };
         let tenant = &self.tenant;
         tenant.metrics.subrequest(status, outcome, fuel);
