@@ -211,7 +211,7 @@ fn write_scripts(case: &Case, dir: &Path) -> PhaseScripts {
                 "body_filter" => &mut scripts.body_filter,
                 _ => &mut scripts.log,
             };
-            *slot = Some(path);
+            *slot = Some(path.into());
         }
     }
     scripts

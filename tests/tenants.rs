@@ -1711,3 +1711,74 @@ fn sighup_reloads_the_policies_at_once() {
         server.log()
     );
 }
+
+/// A tenant's scripts are opened beneath its allowed root each time they
+/// are read, not by the path checked when the policy loaded: a directory
+/// swapped for a link to outside the allowed roots (a location's script, an
+/// init script's) is refused and never runs, while a link inside the root
+/// swapped to a new version (an atomic deploy) is followed. Before, the
+/// path was opened again as it stood, and the outside script ran.
+#[test]
+fn swapping_a_tenants_script_directory_for_a_link_never_runs_code_from_outside() {
+    let _serial = serial();
+    let mut policy = format!(
+        "init_script = \"boot/init.lua\"\n{}",
+        policy("c", &["c.test"], "", "")
+    );
+    policy.push_str(concat!(
+        "\n[[location]]\npath = \"/app\"\ncontent = \"app/content.lua\"\n",
+        "\n[[location]]\npath = \"/deploy\"\ncontent = \"current/content.lua\"\n",
+        "\n[[location]]\npath = \"/who\"\ncontent = \"who.lua\"\n",
+    ));
+    let dir = layout(
+        "confined-scripts",
+        "allowed_roots = [\"roots\"]",
+        &[
+            ("policies/c.toml", &policy),
+            ("roots/c/boot/init.lua", "who = 'inside'"),
+            ("roots/c/who.lua", "ngx.say(who)"),
+            ("roots/c/app/content.lua", "ngx.say('inside')"),
+            ("roots/c/v1/content.lua", "ngx.say('v1')"),
+            ("roots/c/v2/content.lua", "ngx.say('v2')"),
+            ("outside/boot/init.lua", "who = 'outside'"),
+            ("outside/app/content.lua", "ngx.say('outside')"),
+        ],
+    );
+    let root = dir.join("roots/c");
+    std::os::unix::fs::symlink("v1", root.join("current")).unwrap();
+    let server = Server::start(&dir.join("moonwall.toml"));
+    assert!(server.get("c.test", "/app").is_ok_with("inside\n"));
+    assert!(server.get("c.test", "/deploy").is_ok_with("v1\n"));
+    assert!(server.get("c.test", "/who").is_ok_with("inside\n"));
+
+    // An atomic deploy inside the root: the link now names v2.
+    std::os::unix::fs::symlink("v2", root.join(".current.tmp")).unwrap();
+    std::fs::rename(root.join(".current.tmp"), root.join("current")).unwrap();
+    assert!(server.get("c.test", "/deploy").is_ok_with("v2\n"));
+
+    // The location's directory swapped for a link to outside the roots.
+    std::fs::rename(root.join("app"), root.join("app.old")).unwrap();
+    std::os::unix::fs::symlink(dir.join("outside/app"), root.join("app")).unwrap();
+    let reply = server.get("c.test", "/app");
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(!reply.body.contains("outside"), "{reply:?}");
+    assert!(logged().contains("cannot read"), "nothing logged");
+
+    // The init script's directory, likewise: the reload is refused (the
+    // policy's check sees it first; `ScriptFile`'s unit tests cover the
+    // open itself) and the state the init script left before keeps serving.
+    std::fs::rename(root.join("boot"), root.join("boot.old")).unwrap();
+    std::os::unix::fs::symlink(dir.join("outside/boot"), root.join("boot")).unwrap();
+    let report = server.registry.reload();
+    assert_eq!(report.kept, ["c"], "{:?}", report.problems);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("outside the allowed roots")
+                || p.contains("cannot read init script")),
+        "{:?}",
+        report.problems
+    );
+    assert!(server.get("c.test", "/who").is_ok_with("inside\n"));
+}

@@ -60,7 +60,7 @@ pub fn run(args: CheckArgs) -> u8 {
         match SiteConfig::parse(&args.config, &text) {
             Ok(site) => {
                 collect_locations(&site.locations, &mut scripts);
-                scripts.extend(site.init_script);
+                scripts.extend(site.init_script.map(|script| script.path().to_path_buf()));
             }
             Err(error) => problems.extend(error.problems),
         }
@@ -134,7 +134,14 @@ pub fn run(args: CheckArgs) -> u8 {
 
 fn collect_locations(locations: &Locations, into: &mut Vec<PathBuf>) {
     for location in &locations.locations {
-        into.extend(location.scripts.phases().into_iter().flatten().cloned());
+        into.extend(
+            location
+                .scripts
+                .phases()
+                .into_iter()
+                .flatten()
+                .map(|script| script.path().to_path_buf()),
+        );
     }
 }
 

@@ -13,6 +13,7 @@ use crate::http::request::RequestHead;
 use crate::http::scripts::PhaseScripts;
 use crate::http::{CollectedResponse, RequestLog};
 use crate::runtime::Sandbox;
+use crate::site::routing::ScriptFile;
 
 #[derive(Debug, Args)]
 pub struct RequestArgs {
@@ -74,12 +75,12 @@ fn usage(message: String) -> u8 {
 pub fn run(args: RequestArgs) -> u8 {
     super::init_logging(false);
     let scripts = PhaseScripts {
-        rewrite: args.rewrite.clone(),
-        access: args.access.clone(),
-        content: args.content.clone(),
-        header_filter: args.header_filter.clone(),
-        body_filter: args.body_filter.clone(),
-        log: args.log.clone(),
+        rewrite: args.rewrite.clone().map(ScriptFile::from),
+        access: args.access.clone().map(ScriptFile::from),
+        content: args.content.clone().map(ScriptFile::from),
+        header_filter: args.header_filter.clone().map(ScriptFile::from),
+        body_filter: args.body_filter.clone().map(ScriptFile::from),
+        log: args.log.clone().map(ScriptFile::from),
     };
     let handlers = match scripts.load(std::path::Path::new("")) {
         Ok(handlers) => handlers,
@@ -205,7 +206,7 @@ fn policy_caps(file: &std::path::Path) -> Result<PolicyCaps, u8> {
 type PolicyCaps = (
     crate::sandbox::Limits,
     crate::caps::RequestCaps,
-    Option<(std::path::PathBuf, std::path::PathBuf)>,
+    Option<(ScriptFile, std::path::PathBuf)>,
 );
 
 fn print_response(response: &CollectedResponse) {

@@ -19,6 +19,7 @@ use crate::runtime::Sandbox;
 use crate::sandbox::EngineSettings;
 use crate::site::config::SiteConfig;
 use crate::site::limits::{ConnectionLimit, ConnectionValues, RequestLimit};
+use crate::site::routing::ScriptFile;
 use crate::site::routing::{DocRoot, Router};
 use crate::tenants::metrics::Metrics;
 use crate::tenants::{Registry, ServerConfig, prepare_init};
@@ -242,7 +243,7 @@ pub fn run(args: ServeArgs) -> u8 {
         }
         None => None,
     };
-    let mut init_script = args.init_script.clone();
+    let mut init_script = args.init_script.clone().map(ScriptFile::from);
     let single_site = if server_config.is_some() {
         None
     } else if let Some(config) = &args.config {
@@ -300,7 +301,7 @@ pub fn run(args: ServeArgs) -> u8 {
         (Some((router, limits)), _) => {
             let prepared = match &init_script {
                 Some(script) => {
-                    let shown_from = script.parent().unwrap_or(Path::new(""));
+                    let shown_from = script.path().parent().unwrap_or(Path::new(""));
                     let grants = crate::caps::Grants::none();
                     match prepare_init(&sandbox, script, shown_from, &limits, grants) {
                         Ok(prepared) => Some(prepared),

@@ -14,7 +14,7 @@ use super::{Handlers, Source};
 use crate::caps::files::{Compiled, ModuleCompiler};
 use crate::runtime::Sandbox;
 use crate::sandbox::{Limits, log_text};
-use crate::site::routing::OpenFile;
+use crate::site::routing::{OpenFile, ScriptFile};
 
 pub use crate::site::routing::PhaseScripts;
 
@@ -33,19 +33,13 @@ impl PhaseScripts {
     pub fn load(&self, shown_from: &Path) -> Result<Handlers, ScriptError> {
         let mut sources: [Option<Source>; 6] = Default::default();
         for (path, source) in self.phases().into_iter().zip(&mut sources) {
-            let Some(path) = path else { continue };
+            let Some(script) = path else { continue };
+            let path = script.path();
             let error = |source| ScriptError {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 source,
             };
-            let file = OpenFile::open(path).map_err(error)?;
-            let code = file.read_at_most(MAX_SCRIPT_BYTES).map_err(error)?;
-            if code.len() as u64 > MAX_SCRIPT_BYTES {
-                return Err(error(std::io::Error::other(format!(
-                    "larger than {} MiB",
-                    MAX_SCRIPT_BYTES >> 20
-                ))));
-            }
+            let code = script.read().map_err(error)?;
             *source = Some(named_source(path, shown_from, code, false));
         }
         Ok(handlers(sources))
@@ -77,8 +71,7 @@ fn handlers(sources: [Option<Source>; 6]) -> Handlers {
     }
 }
 
-/// The largest script file served.
-pub const MAX_SCRIPT_BYTES: u64 = 4 << 20;
+pub use crate::site::routing::MAX_SCRIPT_BYTES;
 /// Scripts kept in memory; past this, the least recently used is dropped.
 pub const MAX_CACHED_SCRIPTS: usize = 100_000;
 /// Bytes the scripts kept in memory hold in all (their bytecode, or the
@@ -230,10 +223,11 @@ impl ScriptCache {
     ) -> Result<Handlers, ScriptError> {
         let mut sources: [Option<Source>; 6] = Default::default();
         for (path, source) in scripts.phases().into_iter().zip(&mut sources) {
-            let Some(path) = path else { continue };
+            let Some(script) = path else { continue };
+            let path = script.path();
             let shown = path.strip_prefix(shown_from).unwrap_or(path);
             let opened = opened.filter(|file| file.path() == path);
-            let code = self.script(sandbox, path, shown, opened).await?;
+            let code = self.script(sandbox, script, shown, opened).await?;
             *source = Some(named_source(
                 path,
                 shown_from,
@@ -267,10 +261,11 @@ impl ScriptCache {
     async fn script(
         &self,
         sandbox: &Sandbox,
-        path: &Path,
+        script: &ScriptFile,
         shown: &Path,
         opened: Option<&OpenFile>,
     ) -> Result<Code, ScriptError> {
+        let path = script.path();
         let error = |source| ScriptError {
             path: path.to_path_buf(),
             source,
@@ -279,7 +274,7 @@ impl ScriptCache {
         // that handle.
         let file = match opened {
             Some(file) => file.clone(),
-            None => OpenFile::open(path).map_err(error)?,
+            None => script.open().map_err(error)?,
         };
         let meta = file.metadata();
         let now = stamp(meta);

@@ -48,6 +48,21 @@ impl HostWork {
         }
     }
 
+    /// An account as the call hook arms it for a call with `fuel` left
+    /// (tests of host work outside a store).
+    #[cfg(test)]
+    pub fn armed(fuel: u64, deadline: Instant) -> HostWork {
+        HostWork {
+            available: fuel,
+            ..HostWork::new(deadline, Duration::from_secs(1))
+        }
+    }
+
+    /// Fuel the current host call has charged so far.
+    pub fn charged(&self) -> u64 {
+        self.charged
+    }
+
     /// Charge `fuel` for host work about to be done. `Err` (the run's fuel
     /// limit: return it from the host call) when the run has not that much
     /// fuel left; the work must not be done then.
@@ -132,28 +147,4 @@ pub(crate) fn install<T: 'static>(store: &mut Store<T>, work: fn(&mut T) -> &mut
         }
         Ok(())
     });
-}
-
-/// CPU time this thread has used: what host work is charged by when its
-/// cost is not known in advance (a regex search, a compile).
-pub fn thread_cpu_time() -> Duration {
-    #[cfg(unix)]
-    {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `now` is a valid timespec for the call to fill in.
-        let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-        if status == 0 {
-            return Duration::new(
-                u64::try_from(now.tv_sec).unwrap_or(0),
-                u32::try_from(now.tv_nsec).unwrap_or(0),
-            );
-        }
-    }
-    // Elsewhere (or if the clock fails): wall-clock time, which includes
-    // time the thread did not run, so charges more, never less.
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed()
 }

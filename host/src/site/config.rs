@@ -33,8 +33,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::limits::ConnectionValues;
-use super::routing::PhaseScripts;
 use super::routing::{Location, Locations, Match};
+use super::routing::{PhaseScripts, ScriptFile};
 use crate::sandbox::Limits;
 
 #[derive(Debug, serde::Deserialize)]
@@ -116,7 +116,7 @@ pub(crate) struct LocationFile {
 pub struct SiteConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// OpenResty's `init_by_lua_file` (relative to the config's directory).
-    pub init_script: Option<PathBuf>,
+    pub init_script: Option<ScriptFile>,
     pub limits: Limits,
     /// Its `[connections]` bounds.
     pub connections: ConnectionValues,
@@ -311,29 +311,48 @@ impl SiteConfig {
 /// A script named in a config: `spanned` resolved against `base`; a
 /// problem at its place if it is not a file, or (with `confine`) lies
 /// outside the allowed roots.
+/// A confined script is opened beneath the allowed root it lies in, each
+/// time it is read ([`ScriptFile::open`]).
 pub(crate) fn script_file(
     spanned: &Spanned<PathBuf>,
     base: &Path,
     confine: Option<&[PathBuf]>,
     problems: &mut Problems,
-) -> Option<PathBuf> {
+) -> Option<ScriptFile> {
     let resolved = base.join(spanned.get_ref());
     if !resolved.is_file() {
         problems.at(
             spanned.span(),
             format!("script {} not found", resolved.display()),
         );
-    } else if let Some(roots) = confine
-        && !resolved
-            .canonicalize()
-            .is_ok_and(|real| roots.iter().any(|root| real.starts_with(root)))
-    {
+        return Some(resolved.into());
+    }
+    let Some(roots) = confine else {
+        return Some(resolved.into());
+    };
+    // The root its real path lies in; beneath it, the path as written (a
+    // link inside the root, swapped to a new version, is followed then).
+    let real = resolved.canonicalize().ok();
+    let root = real
+        .as_ref()
+        .and_then(|real| roots.iter().find(|root| real.starts_with(root)));
+    let Some(root) = root else {
         problems.at(
             spanned.span(),
             format!("script {} is outside the allowed roots", resolved.display()),
         );
-    }
-    Some(resolved)
+        return Some(resolved.into());
+    };
+    let relative = match resolved.strip_prefix(root) {
+        Ok(relative) => relative.to_path_buf(),
+        // Written through a link from outside the root: its real path.
+        Err(_) => real
+            .as_ref()
+            .and_then(|real| real.strip_prefix(root).ok())
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    Some(ScriptFile::beneath(root, &relative))
 }
 
 pub(crate) fn parse_locations(
@@ -363,7 +382,7 @@ pub(crate) fn parse_locations(
             );
             continue;
         }
-        let mut script = |field: &Option<Spanned<PathBuf>>| -> Option<PathBuf> {
+        let mut script = |field: &Option<Spanned<PathBuf>>| -> Option<ScriptFile> {
             script_file(field.as_ref()?, base, confine, problems)
         };
         let scripts = PhaseScripts {

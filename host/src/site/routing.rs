@@ -84,6 +84,17 @@ impl OpenFile {
         OpenFile::checked(path.to_path_buf(), file)
     }
 
+    /// `relative`, opened beneath `dir` (never leaving it, symlinks
+    /// included), named `path` in messages.
+    pub fn beneath(dir: &Dir, relative: &Path, path: PathBuf) -> std::io::Result<OpenFile> {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        // Never wait on a FIFO or become a terminal's controlling process.
+        cap_std::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK | libc::O_NOCTTY);
+        let file = dir.open_with(relative, &options)?.into_std();
+        OpenFile::checked(path, file)
+    }
+
     fn checked(path: PathBuf, file: std::fs::File) -> std::io::Result<OpenFile> {
         let meta = file.metadata()?;
         if meta.is_dir() {
@@ -197,12 +208,7 @@ impl DocRoot {
     /// `relative`, opened beneath the root `dir` (never leaving it, symlinks
     /// included), if it is a regular file there.
     fn confined_file(&self, dir: &Dir, relative: &Path) -> Option<OpenFile> {
-        let mut options = OpenOptions::new();
-        options.read(true);
-        // Never wait on a FIFO or become a terminal's controlling process.
-        cap_std::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK | libc::O_NOCTTY);
-        let file = dir.open_with(relative, &options).ok()?.into_std();
-        OpenFile::checked(self.root.join(relative), file).ok()
+        OpenFile::beneath(dir, relative, self.root.join(relative)).ok()
     }
 }
 
@@ -256,30 +262,101 @@ impl Locations {
     }
 }
 
+/// The largest script file read.
+pub const MAX_SCRIPT_BYTES: u64 = 4 << 20;
+
+/// A script a config names: its path (what messages and the script cache
+/// know it by) and, for a tenant's, the allowed root it is opened beneath
+/// each time, so that a directory or link swapped in after the policy was
+/// checked cannot lead out of that root.
+///
+/// Cloned with every route: one shared allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptFile(Arc<Script>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Script {
+    path: PathBuf,
+    /// The root and the path inside it.
+    beneath: Option<(PathBuf, PathBuf)>,
+}
+
+impl ScriptFile {
+    /// `relative` beneath `root`: opened from `root`, never leaving it
+    /// (symlinks included).
+    pub fn beneath(root: &Path, relative: &Path) -> ScriptFile {
+        ScriptFile(Arc::new(Script {
+            path: root.join(relative),
+            beneath: Some((root.to_path_buf(), relative.to_path_buf())),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// Its bytes, at most [`MAX_SCRIPT_BYTES`] of them (a bigger file is an
+    /// error).
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        let code = self.open()?.read_at_most(MAX_SCRIPT_BYTES)?;
+        if code.len() as u64 > MAX_SCRIPT_BYTES {
+            return Err(std::io::Error::other(format!(
+                "larger than {} MiB",
+                MAX_SCRIPT_BYTES >> 20
+            )));
+        }
+        Ok(code)
+    }
+
+    /// Open it: beneath its root if it has one, else by its path.
+    pub fn open(&self) -> std::io::Result<OpenFile> {
+        let Some((root, relative)) = &self.0.beneath else {
+            return OpenFile::open(&self.0.path);
+        };
+        let dir = Dir::open_ambient_dir(root, cap_std::ambient_authority())?;
+        OpenFile::beneath(&dir, relative, self.0.path.clone())
+    }
+}
+
+impl From<PathBuf> for ScriptFile {
+    /// A script opened by its path (one the operator named).
+    fn from(path: PathBuf) -> ScriptFile {
+        ScriptFile(Arc::new(Script {
+            path,
+            beneath: None,
+        }))
+    }
+}
+
+impl From<&str> for ScriptFile {
+    fn from(path: &str) -> ScriptFile {
+        ScriptFile::from(PathBuf::from(path))
+    }
+}
+
 /// Which script handles each phase (`None`: the phase does nothing).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PhaseScripts {
-    pub rewrite: Option<PathBuf>,
-    pub access: Option<PathBuf>,
-    pub content: Option<PathBuf>,
-    pub header_filter: Option<PathBuf>,
-    pub body_filter: Option<PathBuf>,
-    pub log: Option<PathBuf>,
+    pub rewrite: Option<ScriptFile>,
+    pub access: Option<ScriptFile>,
+    pub content: Option<ScriptFile>,
+    pub header_filter: Option<ScriptFile>,
+    pub body_filter: Option<ScriptFile>,
+    pub log: Option<ScriptFile>,
 }
 
 impl PhaseScripts {
     /// A content handler alone.
-    pub fn content(path: PathBuf) -> Self {
+    pub fn content(script: impl Into<ScriptFile>) -> Self {
         PhaseScripts {
-            content: Some(path),
+            content: Some(script.into()),
             ..PhaseScripts::default()
         }
     }
 
     /// The script of each phase, in the order of the fields of the guest's
     /// `handlers` record (`crate::http::Handlers`).
-    pub fn phases(&self) -> [&Option<PathBuf>; 6] {
+    pub fn phases(&self) -> [&Option<ScriptFile>; 6] {
         [
             &self.rewrite,
             &self.access,
@@ -299,7 +376,7 @@ mod tests {
         Location {
             path: path.into(),
             matching,
-            scripts: PhaseScripts::content(content.into()),
+            scripts: PhaseScripts::content(content),
         }
     }
 
@@ -317,7 +394,7 @@ mod tests {
         let content = |uri: &str| {
             locations
                 .find(uri.as_bytes())
-                .and_then(|l| l.scripts.content.clone())
+                .and_then(|l| l.scripts.content.as_ref().map(|s| s.path().to_path_buf()))
         };
         assert_eq!(content("/api/v2/health"), Some("health.lua".into()));
         assert_eq!(content("/api/v2/healthz"), Some("v2.lua".into()));
@@ -328,5 +405,41 @@ mod tests {
             shown_from: PathBuf::new(),
         };
         assert!(matches!(no_root.route(b"/"), Route::NotFound));
+    }
+
+    /// A script named beneath a root is opened from that root each time:
+    /// a link inside the root is followed, one leading out of it (or a
+    /// directory on the way swapped for one) is refused.
+    #[test]
+    fn a_script_beneath_a_root_never_opens_outside_it() {
+        let dir = std::env::temp_dir().join(format!("moonwall-beneath-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (root, outside) = (dir.join("root"), dir.join("outside"));
+        for (path, text) in [
+            (root.join("boot/init.lua"), "inside"),
+            (root.join("v2/init.lua"), "v2"),
+            (outside.join("init.lua"), "outside"),
+        ] {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let script = ScriptFile::beneath(&root, Path::new("boot/init.lua"));
+        assert_eq!(script.path(), root.join("boot/init.lua"));
+        assert_eq!(script.read().unwrap(), b"inside");
+        // A link inside the root: followed.
+        std::fs::rename(root.join("boot"), root.join("boot.old")).unwrap();
+        std::os::unix::fs::symlink("v2", root.join("boot")).unwrap();
+        assert_eq!(script.read().unwrap(), b"v2");
+        // A link out of it, absolute or relative: refused.
+        std::fs::remove_file(root.join("boot")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("boot")).unwrap();
+        assert!(script.read().is_err());
+        std::fs::remove_file(root.join("boot")).unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("boot")).unwrap();
+        assert!(script.read().is_err());
+        // The same path opened as a plain path goes wherever it leads.
+        let plain = ScriptFile::from(root.join("boot/init.lua"));
+        assert_eq!(plain.read().unwrap(), b"outside");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -28,6 +28,7 @@ use crate::runtime::PreparedGuest;
 use crate::sandbox::log_text;
 use crate::site::config::ConfigError;
 use crate::site::hosts::{HostPattern, HostTable, normalize_host};
+use crate::site::routing::ScriptFile;
 use crate::site::routing::{DocRoot, Router};
 use admission::Admission;
 pub use config::ServerConfig;
@@ -122,7 +123,7 @@ impl Tenant {
         let init = policy
             .init_script
             .as_ref()
-            .map(|script| (script.clone(), stamp_of(script)));
+            .map(|script| (script.path().to_path_buf(), stamp_of(script.path())));
         let prepared = match (&policy.init_script, &config.sandbox) {
             (Some(script), Some(sandbox)) => Some(prepare_init(
                 sandbox,
@@ -336,15 +337,16 @@ impl Registry {
 /// (`init.lua:3: message`), or which limit stopped it.
 pub fn prepare_init(
     sandbox: &crate::runtime::Sandbox,
-    script: &Path,
+    script: &ScriptFile,
     shown_from: &Path,
     limits: &crate::sandbox::Limits,
     grants: Arc<crate::caps::Grants>,
 ) -> Result<Arc<PreparedGuest>, String> {
     use crate::sandbox::InitError;
-    let code = std::fs::read(script)
-        .map_err(|e| format!("cannot read init script {}: {e}", script.display()))?;
-    let shown = script.strip_prefix(shown_from).unwrap_or(script);
+    let path = script.path();
+    let cannot = |e: std::io::Error| format!("cannot read init script {}: {e}", path.display());
+    let code = script.read().map_err(cannot)?;
+    let shown = path.strip_prefix(shown_from).unwrap_or(path);
     let source = crate::bindings::moonwall::sandbox::http_types::Source {
         name: format!("@{}", shown.display()),
         code,

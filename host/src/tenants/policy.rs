@@ -229,7 +229,7 @@ pub struct Policy {
     pub root: PathBuf,
     pub serve_static: bool,
     /// The init script (inside the root), if any.
-    pub init_script: Option<PathBuf>,
+    pub init_script: Option<crate::site::routing::ScriptFile>,
     /// Locations, matched before the root (script paths inside the root).
     pub locations: Locations,
     pub limits: TenantLimits,

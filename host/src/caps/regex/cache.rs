@@ -6,14 +6,15 @@
 //! A search is host work done for the guest: it is paid for with the run's
 //! fuel and stops at the run's deadline ([`crate::sandbox::meter`]). The
 //! engine's own searches cannot be interrupted, so the match is found with
-//! lazy DFAs stepped here, a byte at a time, checking the deadline (and
-//! charging fuel) every [`STEP_BYTES`]: forward to the match's end (the
-//! whole rest of the subject when nothing matches), backward to its start;
-//! only then is the engine asked for the groups, within the match.
+//! lazy DFAs stepped here, a byte at a time, checking the deadline every
+//! [`STEP_BYTES`]: forward to the match's end (the whole rest of the subject
+//! when nothing matches), backward to its start; only then is the engine
+//! asked for the groups, within the match. The fuel is counted in work done
+//! (bytes stepped, DFA states built, bytes the engine went through: the
+//! [`rates`]), never in time, so a search costs the same on a loaded host.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
@@ -25,7 +26,6 @@ use regex_automata::{Anchored, Input, MatchKind, PatternID, meta};
 use super::Syntax;
 use super::pcre::{MAX_NESTING, translate};
 use crate::sandbox::HostWork;
-use crate::sandbox::meter::thread_cpu_time;
 
 /// Most heap one compiled pattern's automaton may take.
 pub const NFA_SIZE_LIMIT: usize = 2 << 20;
@@ -52,15 +52,30 @@ pub const NO_OFFSET: u32 = u32::MAX;
 /// Subject bytes a search steps through between two checks of the run's
 /// deadline.
 pub const STEP_BYTES: usize = 256;
-/// Fuel per nanosecond of the thread's CPU time spent compiling or
-/// searching: about what the guest itself burns (10^10 fuel is about a
-/// second of its CPU).
-pub const FUEL_PER_NS: u64 = 10;
-/// Least fuel per subject byte a search steps through, and per pattern byte
-/// compiled, however fast.
-pub const FUEL_PER_BYTE: u64 = 1;
 
-/// A compiled pattern, shared by every run of its tenant that uses it.
+/// What a search or a compile costs in fuel, counted in the work done, not
+/// in time, so that a script pays the same on a busy host as on an idle one.
+/// The rates are what each unit of work takes of a core's time, at worst,
+/// at the guest's rate of about 10 fuel a nanosecond (measured as
+/// `docs/sandbox.md` says, with some margin).
+pub mod rates {
+    /// A byte a lazy DFA steps through (forward or back).
+    pub const STEP: u64 = 64;
+    /// A byte of DFA state a lazy DFA builds (its states are built as a
+    /// search first needs them, and again after its cache was cleared).
+    pub const STATE_BYTE: u64 = 128;
+    /// A byte the engine's own search goes through (capture groups within
+    /// a match, or a whole search the lazy DFAs cannot do) ...
+    pub const ENGINE_BYTE: u64 = 800;
+    /// ... and in addition, per byte, per state of the pattern's automaton.
+    pub const ENGINE_BYTE_STATE: u64 = 8;
+    /// A byte of pattern compiled ...
+    pub const PATTERN_BYTE: u64 = 8_000;
+    /// ... and a byte of what it compiled to.
+    pub const COMPILED_BYTE: u64 = 200;
+}
+
+/// A compiled pattern, shared by every run of its tenant that uses it./// A compiled pattern, shared by every run of its tenant that uses it.
 pub struct Compiled {
     regex: meta::Regex,
     /// Finds where the leftmost-first match ends (leftmost-first, either
@@ -78,6 +93,8 @@ pub struct Compiled {
     scratch: Mutex<Option<Scratch>>,
     /// What this entry counts for against [`CACHE_MAX_MEMORY`].
     weight: usize,
+    /// States of its automaton (what the engine's search costs a byte).
+    states: u64,
 }
 
 struct Scratch {
@@ -104,69 +121,104 @@ pub enum ScanError {
 /// The meter of a search: the run's account, or none (unmetered: tests).
 pub type Meter<'a> = Option<&'a mut HostWork>;
 
-/// The meter of one scan or compile: checks the run's deadline every step,
-/// and charges its fuel for the thread's CPU time at [`FUEL_PER_NS`], at
-/// least [`FUEL_PER_BYTE`] a byte, every [`CHARGE_BYTES`] or
-/// [`CHARGE_EVERY`] (whichever comes first) and at the end.
+/// The meter of one scan: counts its work in fuel ([`rates`]), checks the
+/// run's deadline every step and charges the run's fuel every
+/// [`CHARGE_FUEL`] and at the end.
 struct Stepper<'m, 'a> {
     meter: &'m mut Meter<'a>,
-    cpu_since: Duration,
-    settled: Instant,
-    bytes: usize,
+    /// Fuel counted, not charged yet.
+    owed: u64,
 }
 
-/// Bytes stepped through between two charges of the run's fuel.
-const CHARGE_BYTES: usize = 64 << 10;
-/// Longest time between two charges of the run's fuel.
-const CHARGE_EVERY: Duration = Duration::from_millis(1);
+/// Fuel counted between two charges of the run's account.
+const CHARGE_FUEL: u64 = 1 << 20;
 
 impl<'m, 'a> Stepper<'m, 'a> {
     fn new(meter: &'m mut Meter<'a>) -> Self {
-        let cpu_since = if meter.is_some() {
-            thread_cpu_time()
-        } else {
-            Duration::ZERO
-        };
-        Stepper {
-            meter,
-            cpu_since,
-            settled: Instant::now(),
-            bytes: 0,
-        }
+        Stepper { meter, owed: 0 }
     }
 
-    /// `bytes` more were worked through.
-    fn step(&mut self, bytes: usize) -> Result<(), ScanError> {
+    /// A lazy DFA stepped through `bytes` more, building `built` bytes of
+    /// states on the way.
+    fn step(&mut self, bytes: usize, built: usize) -> Result<(), ScanError> {
+        let fuel = HostWork::cost(bytes, rates::STEP)
+            .saturating_add(HostWork::cost(built, rates::STATE_BYTE));
+        self.owe(fuel)
+    }
+
+    /// The engine's own search went through `bytes` with an automaton of
+    /// `states`.
+    fn engine(&mut self, bytes: usize, states: u64) -> Result<(), ScanError> {
+        let rate =
+            rates::ENGINE_BYTE.saturating_add(states.saturating_mul(rates::ENGINE_BYTE_STATE));
+        self.owe(HostWork::cost(bytes, rate))
+    }
+
+    fn owe(&mut self, fuel: u64) -> Result<(), ScanError> {
         let Some(work) = self.meter.as_deref_mut() else {
             return Ok(());
         };
-        self.bytes += bytes;
-        let now = Instant::now();
-        if now >= work.deadline() {
-            return Err(ScanError::Stopped(work.deadline_passed()));
-        }
-        if self.bytes >= CHARGE_BYTES || now.duration_since(self.settled) >= CHARGE_EVERY {
-            self.settled = now;
+        work.check_deadline().map_err(ScanError::Stopped)?;
+        self.owed = self.owed.saturating_add(fuel);
+        if self.owed >= CHARGE_FUEL {
             self.settle()?;
         }
         Ok(())
     }
 
-    /// Charge what was done since the last charge.
+    /// Charge what was counted since the last charge.
     fn settle(&mut self) -> Result<(), ScanError> {
         let Some(work) = self.meter.as_deref_mut() else {
             return Ok(());
         };
-        let now = thread_cpu_time();
-        let cpu = now.saturating_sub(self.cpu_since);
-        self.cpu_since = now;
-        let by_time = u64::try_from(cpu.as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(FUEL_PER_NS);
-        let bytes = std::mem::take(&mut self.bytes);
-        let fuel = by_time.max(HostWork::cost(bytes, FUEL_PER_BYTE));
-        work.charge(fuel).map_err(ScanError::Stopped)
+        let owed = std::mem::take(&mut self.owed);
+        work.charge(owed).map_err(ScanError::Stopped)
     }
+}
+
+/// How much of a lazy DFA's states a search built: its cache's memory and
+/// clear count when last looked at.
+struct Built {
+    clears: usize,
+    memory: usize,
+}
+
+impl Built {
+    fn of(cache: &DfaCache) -> Built {
+        Built {
+            clears: cache.clear_count(),
+            memory: cache.memory_usage(),
+        }
+    }
+
+    /// Bytes of states built since last looked at (a cache cleared in
+    /// between counts as full when it was cleared).
+    fn since(&mut self, cache: &DfaCache) -> usize {
+        let now = Built::of(cache);
+        let clears = now.clears.saturating_sub(self.clears);
+        let built = if clears == 0 {
+            now.memory.saturating_sub(self.memory)
+        } else {
+            clears
+                .saturating_mul(LAZY_DFA_CAPACITY)
+                .saturating_sub(self.memory)
+                .saturating_add(now.memory)
+        };
+        *self = now;
+        built
+    }
+}
+
+/// How a pattern refused for its size (after building up to the limit)
+/// is told.
+const TOO_BIG: &str = "pattern too big";
+
+/// The fuel a compile costs: its pattern's bytes, and what it compiled to
+/// (for one that failed: as much as a compile may build).
+fn compile_fuel(pattern: usize, compiled: Option<&Compiled>) -> u64 {
+    let built = compiled.map_or(NFA_SIZE_LIMIT, |c| c.weight - KEPT_SCRATCH_BYTES);
+    HostWork::cost(pattern, rates::PATTERN_BYTE)
+        .saturating_add(HostWork::cost(built, rates::COMPILED_BYTE))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -195,7 +247,10 @@ fn lazy_dfa(hir: &regex_syntax::hir::Hir, reverse: bool) -> Result<DFA, String> 
                 .reverse(reverse),
         )
         .build_from_hir(hir)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| match error.size_limit() {
+            Some(limit) => format!("{TOO_BIG}: its compiled form exceeds {limit} bytes"),
+            None => error.to_string(),
+        })?;
     let kind = if reverse {
         MatchKind::All
     } else {
@@ -246,7 +301,7 @@ impl Compiled {
             .build_from_hir(&hir)
             .map_err(|error| {
                 let reason = if let Some(limit) = error.size_limit() {
-                    format!("pattern too big: its compiled form exceeds {limit} bytes")
+                    format!("{TOO_BIG}: its compiled form exceeds {limit} bytes")
                 } else {
                     error.to_string()
                 };
@@ -261,6 +316,7 @@ impl Compiled {
         }
         let forward = lazy_dfa(&hir, false).map_err(|e| compile_error(pattern, &e))?;
         let reverse = lazy_dfa(&hir, true).map_err(|e| compile_error(pattern, &e))?;
+        let states = forward.get_nfa().states().len() as u64;
         let weight = regex.memory_usage()
             + forward.memory_usage()
             + reverse.memory_usage()
@@ -276,6 +332,7 @@ impl Compiled {
             anchored: translated.anchored,
             scratch: Mutex::new(None),
             weight,
+            states,
         })
     }
 
@@ -374,7 +431,7 @@ impl Compiled {
                 .regex
                 .search_slots_with(&mut scratch.regex, input, slots)
                 .is_some();
-            stepper.step(input.end() - input.start())?;
+            stepper.engine(input.end() - input.start(), self.states)?;
             return Ok(found);
         };
         let Some((from, to)) = bounds? else {
@@ -390,7 +447,7 @@ impl Compiled {
             .regex
             .search_slots_with(&mut scratch.regex, &within, slots)
             .is_some();
-        stepper.step(to - from)?;
+        stepper.engine(to - from, self.states)?;
         Ok(found)
     }
 
@@ -431,6 +488,7 @@ impl Compiled {
     ) -> Result<Result<Option<usize>, ScanError>, Unsupported> {
         let dfa = &self.forward;
         let subject = input.haystack();
+        let mut built = Built::of(cache);
         let mut sid = dfa
             .start_state_forward(cache, input)
             .map_err(|_| Unsupported)?;
@@ -447,14 +505,14 @@ impl Compiled {
                     if sid.is_match() {
                         last = Some(at);
                     } else if sid.is_dead() {
-                        return Ok(stepper.step(at - from).map(|()| last));
+                        return Ok(stepper.step(at - from, built.since(cache)).map(|()| last));
                     } else if sid.is_quit() {
                         return Err(Unsupported);
                     }
                 }
                 at += 1;
             }
-            if let Err(error) = stepper.step(at - from) {
+            if let Err(error) = stepper.step(at - from, built.since(cache)) {
                 return Ok(Err(error));
             }
         }
@@ -462,7 +520,7 @@ impl Compiled {
         if sid.is_match() {
             last = Some(input.end());
         }
-        Ok(Ok(last))
+        Ok(stepper.step(0, built.since(cache)).map(|()| last))
     }
 
     /// Where the longest match ending at `input.end()` starts (at or after
@@ -476,6 +534,7 @@ impl Compiled {
     ) -> Result<Result<Option<usize>, ScanError>, Unsupported> {
         let dfa = &self.reverse;
         let subject = input.haystack();
+        let mut built = Built::of(cache);
         let mut sid = dfa
             .start_state_reverse(cache, input)
             .map_err(|_| Unsupported)?;
@@ -492,14 +551,14 @@ impl Compiled {
                     if sid.is_match() {
                         last = Some(at);
                     } else if sid.is_dead() {
-                        return Ok(stepper.step(from - at).map(|()| last));
+                        return Ok(stepper.step(from - at, built.since(cache)).map(|()| last));
                     } else if sid.is_quit() {
                         return Err(Unsupported);
                     }
                 }
                 at -= 1;
             }
-            if let Err(error) = stepper.step(from - at) {
+            if let Err(error) = stepper.step(from - at, built.since(cache)) {
                 return Ok(Err(error));
             }
         }
@@ -515,7 +574,7 @@ impl Compiled {
         if sid.is_match() {
             last = Some(input.start());
         }
-        Ok(Ok(last))
+        Ok(stepper.step(0, built.since(cache)).map(|()| last))
     }
 }
 
@@ -611,8 +670,8 @@ static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(|| Mutex::new(Cache::defaul
 
 impl Cache {
     /// The compiled `pattern` of `tenant` (cached in its partition, or
-    /// compiled and cached there now). A compile is metered like a search:
-    /// its time, at least [`FUEL_PER_BYTE`] a pattern byte.
+    /// compiled and cached there now). A compile is paid for by its
+    /// pattern's bytes and what it compiled to ([`rates`]).
     pub fn get(
         tenant: &str,
         pattern: Vec<u8>,
@@ -635,10 +694,16 @@ impl Cache {
             work.check_deadline().map_err(ScanError::Stopped)?;
         }
         // Compile outside the lock: other runs go on meanwhile.
-        let mut stepper = Stepper::new(&mut meter);
         let compiled = Compiled::new(&key.1, options);
-        stepper.bytes = key.1.len();
-        stepper.settle()?;
+        if let Some(work) = meter {
+            let fuel = match &compiled {
+                Ok(compiled) => compile_fuel(key.1.len(), Some(compiled)),
+                // Refused for its size: it was built up to the limit first.
+                Err(error) if error.contains(TOO_BIG) => compile_fuel(key.1.len(), None),
+                Err(_) => HostWork::cost(key.1.len(), rates::PATTERN_BYTE),
+            };
+            work.charge(fuel).map_err(ScanError::Stopped)?;
+        }
         let compiled = Arc::new(compiled.map_err(ScanError::Refused)?);
         lock(&CACHE).insert(tenant, key, compiled.clone());
         Ok(compiled)
@@ -857,6 +922,94 @@ mod tests {
         assert!(entries <= CACHE_MAX_ENTRIES);
         assert!(bytes <= CACHE_MAX_PATTERN_BYTES);
         assert!(memory <= CACHE_MAX_MEMORY);
+    }
+
+    /// Pseudo-random lowercase letters (the same every time).
+    fn letters(len: usize) -> Vec<u8> {
+        let mut seed: u64 = 7;
+        (0..len)
+            .map(|_| {
+                seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648;
+                b'a' + ((seed / 65_536) % 26) as u8
+            })
+            .collect()
+    }
+
+    /// The fuel a scan of `subject` by a freshly compiled `pattern` charges
+    /// (with `groups`, its groups are collected too).
+    fn scan_fuel(pattern: &str, subject: &[u8], groups: bool) -> u64 {
+        let compiled = Compiled::new(pattern.as_bytes(), Syntax::default()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        let mut work = HostWork::armed(u64::MAX, deadline);
+        let want = if groups { u32::MAX } else { 0 };
+        compiled
+            .scan(subject, 0, want, u32::MAX, false, Some(&mut work))
+            .unwrap();
+        work.charged()
+    }
+
+    /// A search costs the same fuel every time it does the same work, on a
+    /// busy host as on an idle one: it is counted in bytes stepped, states
+    /// built and bytes the engine went through, not in time. (It was charged
+    /// by the thread's CPU time: never the same twice, and more on a loaded
+    /// machine.)
+    #[test]
+    fn a_search_costs_the_same_fuel_every_time() {
+        let subject = letters(256 << 10);
+        for (pattern, groups) in [
+            ("[a-m][a-z]{20}[n-z]{5}", false),
+            ("(q)([a-z]{3})", true),
+            ("zzzzzz", false),
+        ] {
+            let first = scan_fuel(pattern, &subject, groups);
+            for _ in 0..3 {
+                assert_eq!(scan_fuel(pattern, &subject, groups), first, "{pattern}");
+            }
+            // Every byte of the subject was stepped through at least once.
+            assert!(
+                first >= HostWork::cost(subject.len(), rates::STEP),
+                "{pattern}: {first}"
+            );
+        }
+    }
+
+    /// What a search costs grows with the states its DFA must build: a
+    /// pattern whose DFA has few states costs about its bytes stepped, one
+    /// that keeps building new states (and clearing its cache) costs many
+    /// times more on the same subject.
+    #[test]
+    fn building_states_is_paid_for() {
+        let subject = letters(64 << 10);
+        let cheap = scan_fuel("zzzzzz", &subject, false);
+        let stepped = HostWork::cost(subject.len(), rates::STEP);
+        assert!(cheap < stepped * 2, "{cheap} for {stepped} stepped");
+        let costly = scan_fuel("[a-m][a-z]{1000}[n-z]{30}", &subject, false);
+        assert!(costly > cheap * 20, "{costly} vs {cheap}");
+    }
+
+    /// Groups are collected by the engine's own search, within each match,
+    /// at its rate per byte and per state of the automaton.
+    #[test]
+    fn collecting_groups_is_paid_for() {
+        let subject = b"ab".repeat(32 << 10);
+        let bounds = scan_fuel("(?:a|b)+", &subject, true);
+        let groups = scan_fuel("((?:a|b)+)", &subject, true);
+        let engine = HostWork::cost(subject.len(), rates::ENGINE_BYTE);
+        assert!(groups >= bounds + engine, "{groups} vs {bounds} + {engine}");
+    }
+
+    /// A compile costs its pattern's bytes and what it compiled to; one
+    /// refused for its size costs as much as a compile may build.
+    #[test]
+    fn compiles_are_paid_for() {
+        let small = Compiled::new(b"a", Syntax::default()).unwrap();
+        let big = Compiled::new(b"[a-z]{2000}", Syntax::default()).unwrap();
+        assert!(compile_fuel(1, Some(&small)) >= rates::PATTERN_BYTE);
+        assert!(compile_fuel(11, Some(&big)) > 100 * compile_fuel(1, Some(&small)));
+        let refused = Compiled::new(b"(?:[a-z]{1000}){100}", Syntax::default());
+        let error = refused.err().unwrap();
+        assert!(error.contains(TOO_BIG), "{error}");
+        assert!(compile_fuel(8, None) > compile_fuel(11, Some(&big)));
     }
 
     /// A tenant that compiles more patterns than its partition holds evicts

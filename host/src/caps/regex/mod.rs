@@ -16,9 +16,9 @@
 //!   partition bounded in entries, pattern bytes and memory, least recently
 //!   used out first (and all of them together in memory): a tenant cannot
 //!   evict another's patterns, nor time its hits;
-//! - compiles and searches are paid for with the run's fuel (their host
-//!   time, at least a fuel a byte) and searches check the run's deadline
-//!   every [`cache::STEP_BYTES`] of the subject ([`cache`]);
+//! - compiles and searches are paid for with the run's fuel, counted in
+//!   the work they do ([`cache::rates`]), and searches check the run's
+//!   deadline every [`cache::STEP_BYTES`] of the subject ([`cache`]);
 //! - one `scan` returns at most [`cache::MAX_OFFSETS`] offsets; the strings
 //!   (captures, `gsub`'s result) are built by the guest, in its own capped
 //!   memory.
