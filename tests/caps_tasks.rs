@@ -557,3 +557,65 @@ ngx.say(pcall(ngx.location.capture, "/sub.lua"))
         "{reply:?}"
     );
 }
+
+/// Counts a loop's iterations into the shared dict `progress` under `key`,
+/// every 1,000, until it is stopped.
+fn counting(key: &str) -> String {
+    format!(
+        "local d, n = ngx.shared.progress, 0\nwhile true do n = n + 1 if n % 1000 == 0 then d:set('{key}', n) end end"
+    )
+}
+
+/// The log phase that runs after a limit stopped the request runs on fuel
+/// the request held back for it, not on fuel of its own: the content
+/// phase and the log phase together get through no more of the same loop
+/// than the content phase alone does with the whole budget. Before, the
+/// log phase had a tenth of the limit on top (1.1 times the budget), and
+/// its fuel was not counted.
+#[test]
+fn the_log_phase_after_a_limit_runs_within_the_requests_fuel() {
+    let site = Site::start(
+        "log_phase_budget",
+        "",
+        "fuel = 1000000000\ntimeout_ms = 60000",
+        concat!(
+            "shared_dicts = { progress = \"1m\" }\n",
+            "\n[[location]]\npath = \"/alone\"\ncontent = \"alone.lua\"\n",
+            "\n[[location]]\npath = \"/both\"\ncontent = \"content.lua\"\nlog = \"log.lua\"\n",
+            "\n[[location]]\npath = \"/read\"\ncontent = \"read.lua\"\n",
+        ),
+        &[
+            ("root/alone.lua", &counting("alone")),
+            ("root/content.lua", &counting("content")),
+            ("root/log.lua", &counting("log")),
+            (
+                "root/read.lua",
+                "local d = ngx.shared.progress\nngx.say(d:get('alone'), ' ', d:get('content'), ' ', d:get('log'))",
+            ),
+        ],
+    );
+    assert_eq!(site.get("/alone").status, 503);
+    assert_eq!(site.get("/both").status, 503);
+    // The log phase ends after the response: wait for its count.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let counts = loop {
+        let reply = site.get("/read");
+        let counts: Vec<u64> = reply
+            .body
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if counts.len() == 3 && common::site::logged().contains("log phase stopped") {
+            break counts;
+        }
+        assert!(std::time::Instant::now() < give_up, "{reply:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let (alone, content, log) = (counts[0], counts[1], counts[2]);
+    // The log phase ran, on about a tenth.
+    assert!(log > alone / 20 && log < alone / 5, "{counts:?}");
+    // Together, no more than the budget (a few thousand iterations of
+    // slack: counts are kept every 1,000, and each run may overdraw by one
+    // 1 ms tick).
+    assert!(content + log <= alone + alone / 50, "{counts:?}");
+}

@@ -13,8 +13,11 @@
 //!
 //! If the head was already sent, the response is cut short (the client sees
 //! an incomplete body, never a clean end). The log phase runs in every case:
-//! after a limit, in a fresh instance with a small budget of its own, since
-//! the request's instance was stopped.
+//! after a limit, in a fresh instance (the request's was stopped), on the
+//! tenth of the request's fuel held back for it from the start, within the
+//! request's memory, and for at most a tenth of its time limit (after the
+//! response was sent): the request and its log phase together stay within
+//! the request's fuel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,16 +95,20 @@ pub fn phase_name(phase: Phase) -> &'static str {
     }
 }
 
-/// The log phase's own budget after a limit stopped the request: a tenth of
-/// the request's fuel and time, so a failing request costs at most 1.1 times
-/// its budget.
+/// The log phase's limits after a limit stopped the request: at most the
+/// tenth of the request's fuel held back for it ([`LOG_SHARE`]), and a
+/// tenth of its time.
 fn log_only_limits(limits: &Limits) -> Limits {
     Limits {
-        fuel: (limits.fuel / 10).max(1),
-        timeout: (limits.timeout / 10).max(Duration::from_millis(1)),
+        fuel: (limits.fuel / LOG_SHARE).max(1),
+        timeout: (limits.timeout / LOG_SHARE as u32).max(Duration::from_millis(1)),
         ..limits.clone()
     }
 }
+
+/// A request with a log phase holds back this share (1/LOG_SHARE) of its
+/// fuel from the start, for its log phase to run on after a limit.
+const LOG_SHARE: u64 = 10;
 
 /// One request to serve: what [`Sandbox::serve`] needs.
 pub(crate) struct ServeJob<'a> {
@@ -221,6 +228,18 @@ impl Sandbox {
         let request_id = log.request_id;
         let output = LogOutput { log: log.clone() };
         let discard_body = request.method == "HEAD";
+        // With a log phase, a tenth of the fuel is held back from the start:
+        // after a limit, the log phase runs on that (and whatever is left),
+        // so that the request and its log phase stay within one budget.
+        let fuel_pool = match (&handlers.log, fuel_pool) {
+            (Some(_), None) => Some(Arc::new(FuelPool::new(limits.fuel))),
+            (_, pool) => pool,
+        };
+        let held = match (&handlers.log, &fuel_pool) {
+            (Some(_), Some(pool)) => pool.hold(limits.fuel / LOG_SHARE),
+            _ => 0,
+        };
+        let log_pools = (fuel_pool.clone(), memory_pool.clone());
         let mut run = self
             .start_run(RunSetup {
                 limits: limits.clone(),
@@ -244,7 +263,11 @@ impl Sandbox {
             }
             Err(error) => Err(error),
         };
-        let finished = run.finish(result)?;
+        let finished = run.finish(result);
+        if let Some(pool) = &log_pools.0 {
+            pool.give(held);
+        }
+        let finished = finished?;
         let outcome = match finished.result {
             Ok(Ok(())) => HttpOutcome::Served,
             Ok(Err(error)) => HttpOutcome::LuaError {
@@ -300,18 +323,18 @@ impl Sandbox {
         );
         let status = http.status_sent.unwrap_or(0);
         let body_bytes = http.body_bytes;
-        let sink = if trapped && let Some(log_handler) = &handlers.log {
-            // The log phase runs on the CPU slots the request holds.
+        let (sink, log_fuel) = if trapped && let Some(log_handler) = &handlers.log {
+            // The log phase runs on the CPU slots the request holds, on the
+            // fuel held back for it and within the request's memory.
             let cpu = std::mem::take(&mut state.caps.cpu);
+            let (fuel_pool, memory_pool) = log_pools;
             let setup = RunSetup {
                 limits: log_only_limits(limits),
                 output: Box::new(output),
                 cpu,
                 guest,
-                // Its own small budget: it runs because the request's ran
-                // out.
-                fuel_pool: None,
-                memory_pool: None,
+                fuel_pool,
+                memory_pool,
                 setup: Setup {
                     caps,
                     http: Some(http),
@@ -319,32 +342,33 @@ impl Sandbox {
             };
             self.log_only(request, log_handler, status, setup).await
         } else {
-            http.into_sink()
+            (http.into_sink(), 0)
         };
         let report = HttpReport {
             outcome,
             status,
             body_bytes,
-            fuel_used: finished.fuel_used,
+            fuel_used: finished.fuel_used + log_fuel,
             peak_memory_bytes: finished.peak_memory_bytes,
             duration: finished.duration,
         };
         Ok((report, sink))
     }
 
-    /// The log phase alone, in a fresh instance with its own small budget.
+    /// The log phase alone, in a fresh instance; the response's sink, and
+    /// the fuel it used.
     async fn log_only(
         &self,
         request: &Request,
         log_handler: &Source,
         status: u16,
         setup: RunSetup,
-    ) -> Box<dyn ResponseSink> {
+    ) -> (Box<dyn ResponseSink>, u64) {
         let http = (setup.setup.http.as_ref()).expect("the log phase serves a request");
         let request_id = http.request_id();
         if let Err(error) = self.check_limits(&setup.limits) {
             tracing::error!(request_id, "log phase not run: {error}");
-            return setup.setup.http.expect("checked above").into_sink();
+            return (setup.setup.http.expect("checked above").into_sink(), 0);
         }
         let mut run = self.start_checked_run(setup).await;
         let result = match run.instantiate().await {
@@ -356,21 +380,22 @@ impl Sandbox {
             }
             Err(error) => Err(error),
         };
-        let state = match run.finish(result) {
+        let (state, fuel) = match run.finish(result) {
             Ok(finished) => {
                 if let Err(stop) = &finished.result {
                     tracing::error!(request_id, "log phase stopped: {stop}");
                 }
-                finished.state
+                (finished.state, finished.fuel_used)
             }
             Err(unavailable) => {
                 tracing::error!(request_id, "log phase not run: {}", unavailable.error);
-                *unavailable.state
+                (*unavailable.state, 0)
             }
         };
-        (state.caps.http)
+        let sink = (state.caps.http)
             .expect("the HTTP state set above")
-            .into_sink()
+            .into_sink();
+        (sink, fuel)
     }
 }
 

@@ -31,6 +31,27 @@ impl FuelPool {
         self.left.load(Ordering::Acquire)
     }
 
+    /// Hold back up to `fuel` (what the pool has), for a run to come (see
+    /// [`FuelPool::give`]); what was held.
+    pub fn hold(&self, fuel: u64) -> u64 {
+        let before = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                Some(left.saturating_sub(fuel))
+            })
+            .unwrap_or_else(|left| left);
+        before.min(fuel)
+    }
+
+    /// Give back `fuel` held back.
+    pub fn give(&self, fuel: u64) {
+        let _ = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                Some(left.saturating_add(fuel))
+            });
+    }
+
     /// Take `used` out of the pool (down to zero at most); what is left.
     fn spend(&self, used: u64) -> u64 {
         if used == 0 {
@@ -112,5 +133,12 @@ mod tests {
         assert_eq!(pool.left(), 0);
         let (account, fuel) = FuelAccount::open(Some(std::sync::Arc::new(FuelPool::new(5))), 9);
         assert_eq!((fuel, account.withheld()), (5, 4));
+        let pool = FuelPool::new(100);
+        assert_eq!(pool.hold(30), 30);
+        assert_eq!(pool.left(), 70);
+        assert_eq!(pool.spend(80), 0);
+        assert_eq!(pool.hold(10), 0);
+        pool.give(30);
+        assert_eq!(pool.left(), 30);
     }
 }

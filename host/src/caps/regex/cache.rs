@@ -146,12 +146,15 @@ impl<'m, 'a> Stepper<'m, 'a> {
         self.owe(fuel)
     }
 
-    /// The engine's own search went through `bytes` with an automaton of
-    /// `states`.
+    /// The engine's own search is about to go through `bytes` with an
+    /// automaton of `states`: charged now, before it starts (it cannot be
+    /// stopped once started, so a run without the fuel for it never starts
+    /// it, and the fuel bounds how long it can run past the deadline).
     fn engine(&mut self, bytes: usize, states: u64) -> Result<(), ScanError> {
         let rate =
             rates::ENGINE_BYTE.saturating_add(states.saturating_mul(rates::ENGINE_BYTE_STATE));
-        self.owe(HostWork::cost(bytes, rate))
+        self.owe(HostWork::cost(bytes, rate))?;
+        self.settle()
     }
 
     fn owe(&mut self, fuel: u64) -> Result<(), ScanError> {
@@ -427,11 +430,11 @@ impl Compiled {
     ) -> Result<bool, ScanError> {
         let Ok(bounds) = self.bounds(scratch, input, stepper) else {
             // The engine's own search, in one step.
+            stepper.engine(input.end() - input.start(), self.states)?;
             let found = self
                 .regex
                 .search_slots_with(&mut scratch.regex, input, slots)
                 .is_some();
-            stepper.engine(input.end() - input.start(), self.states)?;
             return Ok(found);
         };
         let Some((from, to)) = bounds? else {
@@ -443,11 +446,11 @@ impl Compiled {
             return Ok(true);
         }
         let within = input.clone().span(from..to).anchored(Anchored::Yes);
+        stepper.engine(to - from, self.states)?;
         let found = self
             .regex
             .search_slots_with(&mut scratch.regex, &within, slots)
             .is_some();
-        stepper.engine(to - from, self.states)?;
         Ok(found)
     }
 
