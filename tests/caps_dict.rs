@@ -915,6 +915,198 @@ show("big", ok, err, forcible, left > 1 and left < 2000, d:get("k9000"), d:get("
     assert!(calls >= 8, "evicting ~9000 entries in {calls} script calls");
 }
 
+// ---------------------------------------------------------------------------
+// Writes: the entries they remove for room are paid for in fuel
+// ---------------------------------------------------------------------------
+
+/// The fuel of the `nth` (from 0) request for `path` answered 200, read from
+/// its access-log line (waiting for it: the line may follow the answer).
+/// Fuel is deterministic: the same script doing the same work uses the same
+/// fuel, and what a host call charges adds to it.
+fn fuel_of(path: &str, nth: usize) -> u64 {
+    let needle = format!(" {path} 200");
+    let waited = Instant::now();
+    loop {
+        let log = common::site::logged();
+        if let Some(line) = log.lines().filter(|line| line.contains(&needle)).nth(nth) {
+            return line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("fuel="))
+                .and_then(|fuel| fuel.parse().ok())
+                .unwrap_or_else(|| panic!("no fuel in the access-log line {line:?}"));
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "no access-log line {nth} for {path}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Scripts that fill a dict (`?n=` entries, `&from=` the first's number,
+/// `&ttl=` seconds: entries that expire, then waits for them to), count its entries (expired or live) and empty
+/// it, for the eviction-fuel tests; `write` is one write whose answer does
+/// not depend on what it removed.
+fn eviction_scripts(prefix: &str, write: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            format!("{prefix}_fill.lua"),
+            r#"
+local d = ngx.shared.cache
+local ttl = tonumber(ngx.var.arg_ttl) or 0
+local from = tonumber(ngx.var.arg_from) or 1
+for i = from, from + tonumber(ngx.var.arg_n) - 1 do
+  local ok, err, forcible = d:set("k" .. i, i, ttl)
+  if not ok or forcible then error("the fill evicted at " .. i) end
+end
+if ttl > 0 then ngx.sleep(ttl + 0.05) end
+show("filled")
+"#
+            .to_string(),
+        ),
+        (
+            format!("{prefix}_count.lua"),
+            r#"
+local d = ngx.shared.cache
+local expired = d:flush_expired(0)
+show("left", expired + #d:get_keys(0))
+"#
+            .to_string(),
+        ),
+        (
+            format!("{prefix}_clear.lua"),
+            r#"ngx.shared.cache:flush_all() show("cleared", ngx.shared.cache:flush_expired(0))"#
+                .to_string(),
+        ),
+        (format!("{prefix}_write.lua"), write.to_string()),
+    ]
+}
+
+/// Run `/PREFIX_write.lua` on the empty dict, then on the dict filled with
+/// `n` entries (`ttl`: expired ones) that it must remove (nearly) all of to
+/// make room: the second run's fuel exceeds the first's by 256 an entry
+/// removed, exactly (before, removals were free: the two were equal). The
+/// first run's fuel, and how many the second removed.
+fn removals_cost_fuel(site: &Site, prefix: &str, n: usize, ttl: &str, answer: &str) -> (u64, u64) {
+    let write = format!("/{prefix}_write.lua");
+    let runs_before = common::site::logged()
+        .lines()
+        .filter(|line| line.contains(&format!(" {write} 200")))
+        .count();
+    assert!(ok_body(&site.get(&format!("/{prefix}_clear.lua"))).starts_with("cleared"));
+    assert_eq!(ok_body(&site.get(&write)), answer);
+    let quiet = fuel_of(&write, runs_before);
+    assert!(ok_body(&site.get(&format!("/{prefix}_clear.lua"))).starts_with("cleared"));
+    assert_eq!(
+        ok_body(&site.get(&format!("/{prefix}_fill.lua?n={n}{ttl}"))),
+        "filled\n"
+    );
+    assert_eq!(ok_body(&site.get(&write)), answer);
+    let busy = fuel_of(&write, runs_before + 1);
+    let left: usize = ok_body(&site.get(&format!("/{prefix}_count.lua")))
+        .trim()
+        .strip_prefix("left ")
+        .and_then(|left| left.parse().ok())
+        .expect("a count");
+    // The entries left, expired or live, include what the write wrote.
+    let removed = (n + 1 - left) as u64;
+    assert!(removed >= n as u64 * 8 / 10, "{removed} of {n} removed");
+    assert_eq!(
+        busy,
+        quiet + removed * 256,
+        "{write}: fuel after removing {removed} entries, and with none to remove ({quiet})"
+    );
+    (quiet, removed)
+}
+
+/// One `set` of an 8 MB value into an 8 MiB memory dict that holds 40,000
+/// small entries evicts about 38,000 of them; a `set` into a dict of 40,000
+/// expired entries, or a push, removes them. Each removal costs the request
+/// 256 fuel (counted from the access log against the same write into an
+/// empty dict).
+#[test]
+fn removals_for_room_in_a_memory_dict_are_paid_for_in_fuel() {
+    let set = r#"
+local ok, err = ngx.shared.cache:set("big", string.rep("x", 8000000))
+ngx.say(ok and "stored" or err)
+"#;
+    let push = r#"
+local n, err = ngx.shared.cache:lpush("list", string.rep("x", 8000000))
+ngx.say(n or err)
+"#;
+    let scripts: Vec<(String, String)> = [
+        eviction_scripts("evict_fuel_set", set),
+        eviction_scripts("evict_fuel_push", push),
+    ]
+    .concat();
+    let scripts: Vec<(&str, &str)> = scripts
+        .iter()
+        .map(|(name, body)| (name.as_str(), body.as_str()))
+        .collect();
+    let site = site_limited(
+        "dict_evict_fuel",
+        "",
+        "fuel = 100000000000\ntimeout_ms = 120000",
+        "cache = \"8m\"",
+        &scripts,
+    );
+    let (quiet, removed) = removals_cost_fuel(&site, "evict_fuel_set", 40000, "", "stored\n");
+    removals_cost_fuel(&site, "evict_fuel_set", 40000, "&ttl=0.01", "stored\n");
+    removals_cost_fuel(&site, "evict_fuel_push", 40000, "&ttl=0.01", "1\n");
+
+    // With fuel for the write but not for half its evictions, the write
+    // stops the request on its fuel limit (before: it completed).
+    let limited = site_limited(
+        "dict_evict_fuel_limit",
+        "",
+        &format!("fuel = {}\ntimeout_ms = 120000", quiet + removed * 128),
+        "cache = \"8m\"",
+        &scripts,
+    );
+    let write = "/evict_fuel_set_write.lua";
+    assert_eq!(ok_body(&limited.get(write)), "stored\n");
+    assert!(ok_body(&limited.get("/evict_fuel_set_clear.lua")).starts_with("cleared"));
+    for from in (1..40000).step_by(5000) {
+        let fill = format!("/evict_fuel_set_fill.lua?n=5000&from={from}");
+        assert_eq!(ok_body(&limited.get(&fill)), "filled\n");
+    }
+    let reply = limited.get(write);
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(
+        common::site::logged()
+            .lines()
+            .any(|line| { line.contains(&format!(" {write} 503")) && line.contains("limit-fuel") })
+    );
+}
+
+/// On Redis, one `set` of 1.8 MB into a 2 MiB dict of 9,000 entries evicts
+/// nearly all of them in about nine script calls (answering "again" after
+/// each 1,024): each entry removed costs the request 256 fuel, the batches
+/// before the last counted whole and the last call's own removals as it
+/// reports them; the same for 9,000 expired entries.
+#[test]
+fn removals_for_room_on_redis_are_paid_for_in_fuel() {
+    let redis = RedisServer::start("evict_fuel");
+    let set = r#"
+local ok, err = ngx.shared.cache:set("big", string.rep("x", 1800000))
+ngx.say(ok and "stored" or err)
+"#;
+    let scripts = eviction_scripts("evict_fuel_redis", set);
+    let scripts: Vec<(&str, &str)> = scripts
+        .iter()
+        .map(|(name, body)| (name.as_str(), body.as_str()))
+        .collect();
+    let site = site_limited(
+        "dict_evict_fuel_redis",
+        &redis.backend(""),
+        "fuel = 100000000000\ntimeout_ms = 120000",
+        "cache = \"2m\"",
+        &scripts,
+    );
+    removals_cost_fuel(&site, "evict_fuel_redis", 9000, "", "stored\n");
+    removals_cost_fuel(&site, "evict_fuel_redis", 9000, "&ttl=0.2", "stored\n");
+}
+
 /// 32 requests of one tenant at once, each making 300 Redis calls, hold at
 /// most the tenant's share of the connection pool (16 of 64): Redis never
 /// sees more than 16 connections from the server (plus the one asking).

@@ -3,9 +3,15 @@
 //! One lock per dict, held only for the operation's own bookkeeping
 //! (values are reference-counted, so a large value is copied out after the
 //! lock is released). Every operation is O(log n) in the number of entries,
-//! except those that by nature visit many (`get_keys`, `flush_expired`, and
-//! evicting many small entries to make room for one large one), which are
-//! bounded by the dict's size.
+//! except those that by nature visit many: `get_keys`, `flush_expired`, and
+//! a write that must remove many small entries (expired, or evicted) to make
+//! room for a large one. Those hold the lock for at most [`SCAN_BATCH`]
+//! entries at a time, check the run's deadline between batches, and report
+//! how many entries they visited or removed, which the run pays for in fuel
+//! ([`super::SCAN_FUEL_PER_ENTRY`] each). A write that needs more than a
+//! batch of removals removes a batch, releases the lock and starts again:
+//! the removals change nothing but the room, and the write is done, or
+//! refused, as it finds the dict on its last attempt.
 //!
 //! Each entry sits in:
 //! - the key index (a hash map with a random seed: keys are hostile);
@@ -22,7 +28,8 @@ use std::time::Instant;
 
 use super::{
     DictFuture, EXISTS, Error, IS_A_LIST, Item, Mode, NIL_ADD, NO_MEMORY, NOT_A_LIST, NOT_A_NUMBER,
-    NOT_FOUND, SCAN_BATCH, Scanned, Store, Value, add_numbers, entry_cost, item_cost, value_size,
+    NOT_FOUND, SCAN_BATCH, Scanned, Store, Value, WriteFuture, Written, add_numbers, entry_cost,
+    item_cost, value_size,
 };
 
 /// Milliseconds on a monotonic clock (never 0: 0 means "never expires").
@@ -177,6 +184,45 @@ impl MemoryDict {
         }
     }
 
+    /// Do a write that may need room: `attempt` is the whole write, under
+    /// the lock, with the clock's time; it makes room with
+    /// [`Inner::make_room`], and when that needs more removals than a batch
+    /// (`Step::Again`: it removed a batch and changed nothing else), the
+    /// lock is released, the deadline checked, and the write attempted
+    /// again from the start (other runs may have used the dict meanwhile).
+    /// At most `budget` removals in all ([`Error::Fuel`] past it).
+    fn write<T>(
+        &self,
+        deadline: Instant,
+        budget: u64,
+        mut attempt: impl FnMut(&mut Inner, u64, &mut Removals) -> Step<T>,
+    ) -> Written<T> {
+        let mut removals = Removals {
+            budget,
+            ..Removals::default()
+        };
+        loop {
+            removals.batch = 0;
+            let step = attempt(&mut self.lock(), now_ms(), &mut removals);
+            let answer = match step {
+                Step::Done(answer) => answer,
+                Step::Again if removals.done >= budget => Err(Error::Fuel),
+                Step::Again => {
+                    std::thread::yield_now();
+                    if Instant::now() < deadline {
+                        continue;
+                    }
+                    Err(Error::Deadline)
+                }
+            };
+            return Written {
+                answer,
+                removed: removals.done,
+            };
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn store_now(
         &self,
         key: &[u8],
@@ -184,57 +230,60 @@ impl MemoryDict {
         ttl_ms: u64,
         flags: u32,
         mode: Mode,
-    ) -> Result<bool, Error> {
+        deadline: Instant,
+        budget: u64,
+    ) -> Written<bool> {
         if value.is_none() && matches!(mode, Mode::Add | Mode::SafeAdd | Mode::Replace) {
-            return Err(Error::Refused(NIL_ADD));
+            return Written::only(Err(Error::Refused(NIL_ADD)));
         }
-        let now = now_ms();
-        let mut d = self.lock();
-        let (existing, live) = d.find(key, now);
-        match mode {
-            Mode::Add | Mode::SafeAdd if live.is_some() => return Err(Error::Refused(EXISTS)),
-            Mode::Replace if live.is_none() => return Err(Error::Refused(NOT_FOUND)),
-            _ => {}
-        }
-        if let (Some(slot), None) = (existing, live) {
-            d.remove(slot);
-        }
-        let Some(value) = value else {
-            if let Some(slot) = live {
+        let capacity = self.capacity;
+        self.write(deadline, budget, |d, now, removals| {
+            let (existing, live) = d.find(key, now);
+            match mode {
+                Mode::Add | Mode::SafeAdd if live.is_some() => {
+                    return Step::Done(Err(Error::Refused(EXISTS)));
+                }
+                Mode::Replace if live.is_none() => {
+                    return Step::Done(Err(Error::Refused(NOT_FOUND)));
+                }
+                _ => {}
+            }
+            if let (Some(slot), None) = (existing, live) {
                 d.remove(slot);
             }
-            return Ok(false);
-        };
-        let cost = entry_cost(key.len(), value_size(&value));
-        if cost > self.capacity {
-            return Err(Error::Refused(NO_MEMORY));
-        }
-        let old_cost = live.map_or(0, |slot| d.node(slot).cost);
-        let forcible = d
-            .make_room(
-                self.capacity,
-                cost.saturating_sub(old_cost),
-                live,
-                mode.evicts(),
-                now,
-            )
-            .ok_or(Error::Refused(NO_MEMORY))?;
-        match live {
-            Some(slot) => {
-                d.used = d.used - old_cost + cost;
-                let node = d.node_mut(slot);
-                node.value = Stored::Scalar(value);
-                node.flags = flags;
-                node.cost = cost;
-                d.set_expiry(slot, expiry(now, ttl_ms));
-                d.touch(slot);
-                d.rewrite(slot);
+            let Some(value) = &value else {
+                if let Some(slot) = live {
+                    d.remove(slot);
+                }
+                return Step::Done(Ok(false));
+            };
+            let cost = entry_cost(key.len(), value_size(value));
+            if cost > capacity {
+                return Step::Done(Err(Error::Refused(NO_MEMORY)));
             }
-            None => {
-                d.insert(key, Stored::Scalar(value), flags, expiry(now, ttl_ms), cost);
+            let old_cost = live.map_or(0, |slot| d.node(slot).cost);
+            let need = cost.saturating_sub(old_cost);
+            match d.make_room(capacity, need, live, mode.evicts(), now, removals) {
+                Room::Made => {}
+                Room::Full => return Step::Done(Err(Error::Refused(NO_MEMORY))),
+                Room::Again => return Step::Again,
             }
-        }
-        Ok(forcible)
+            let value = Stored::Scalar(value.clone());
+            match live {
+                Some(slot) => {
+                    d.used = d.used - old_cost + cost;
+                    let node = d.node_mut(slot);
+                    node.value = value;
+                    node.flags = flags;
+                    node.cost = cost;
+                    d.set_expiry(slot, expiry(now, ttl_ms));
+                    d.touch(slot);
+                    d.rewrite(slot);
+                }
+                None => d.insert(key, value, flags, expiry(now, ttl_ms), cost),
+            }
+            Step::Done(Ok(removals.evicted))
+        })
     }
 
     fn incr_now(
@@ -243,43 +292,54 @@ impl MemoryDict {
         delta: &Value,
         init: Option<&Value>,
         init_ttl_ms: u64,
-    ) -> Result<(Value, bool), Error> {
-        let now = now_ms();
-        let mut d = self.lock();
-        let (existing, live) = d.find(key, now);
-        if let Some(slot) = live {
-            let Stored::Scalar(old) = &d.node(slot).value else {
-                return Err(Error::Refused(NOT_A_NUMBER));
+        deadline: Instant,
+        budget: u64,
+    ) -> Written<(Value, bool)> {
+        let capacity = self.capacity;
+        self.write(deadline, budget, |d, now, removals| {
+            let (existing, live) = d.find(key, now);
+            if let Some(slot) = live {
+                let Stored::Scalar(old) = &d.node(slot).value else {
+                    return Step::Done(Err(Error::Refused(NOT_A_NUMBER)));
+                };
+                let new = match add_numbers(old, delta) {
+                    Ok(new) => new,
+                    Err(error) => return Step::Done(Err(error)),
+                };
+                // A number costs the same whatever its type: no room needed.
+                d.node_mut(slot).value = Stored::Scalar(new.clone());
+                d.touch(slot);
+                d.rewrite(slot);
+                return Step::Done(Ok((new, false)));
+            }
+            if let Some(slot) = existing {
+                d.remove(slot);
+            }
+            let Some(init) = init else {
+                return Step::Done(Err(Error::Refused(NOT_FOUND)));
             };
-            let new = add_numbers(old, delta)?;
-            // A number costs the same whatever its type: no room needed.
-            d.node_mut(slot).value = Stored::Scalar(new.clone());
-            d.touch(slot);
-            d.rewrite(slot);
-            return Ok((new, false));
-        }
-        if let Some(slot) = existing {
-            d.remove(slot);
-        }
-        let Some(init) = init else {
-            return Err(Error::Refused(NOT_FOUND));
-        };
-        let new = add_numbers(init, delta)?;
-        let cost = entry_cost(key.len(), value_size(&new));
-        if cost > self.capacity {
-            return Err(Error::Refused(NO_MEMORY));
-        }
-        let forcible = d
-            .make_room(self.capacity, cost, None, true, now)
-            .ok_or(Error::Refused(NO_MEMORY))?;
-        d.insert(
-            key,
-            Stored::Scalar(new.clone()),
-            0,
-            expiry(now, init_ttl_ms),
-            cost,
-        );
-        Ok((new, forcible))
+            let new = match add_numbers(init, delta) {
+                Ok(new) => new,
+                Err(error) => return Step::Done(Err(error)),
+            };
+            let cost = entry_cost(key.len(), value_size(&new));
+            if cost > capacity {
+                return Step::Done(Err(Error::Refused(NO_MEMORY)));
+            }
+            match d.make_room(capacity, cost, None, true, now, removals) {
+                Room::Made => {}
+                Room::Full => return Step::Done(Err(Error::Refused(NO_MEMORY))),
+                Room::Again => return Step::Again,
+            }
+            d.insert(
+                key,
+                Stored::Scalar(new.clone()),
+                0,
+                expiry(now, init_ttl_ms),
+                cost,
+            );
+            Step::Done(Ok((new, removals.evicted)))
+        })
     }
 
     fn ttl_now(&self, key: &[u8]) -> Result<u64, Error> {
@@ -412,50 +472,65 @@ impl MemoryDict {
         })
     }
 
-    fn push_now(&self, key: &[u8], value: Value, front: bool) -> Result<u64, Error> {
-        let now = now_ms();
-        let mut d = self.lock();
-        let (existing, live) = d.find(key, now);
-        if let Some(slot) = live
-            && !matches!(d.node(slot).value, Stored::List(_))
-        {
-            return Err(Error::Refused(NOT_A_LIST));
-        }
-        if let (Some(slot), None) = (existing, live) {
-            d.remove(slot);
-        }
+    fn push_now(
+        &self,
+        key: &[u8],
+        value: Value,
+        front: bool,
+        deadline: Instant,
+        budget: u64,
+    ) -> Written<u64> {
+        let capacity = self.capacity;
         let added = item_cost(&value);
-        let Some(slot) = live else {
-            // A new list: it never expires.
-            let cost = entry_cost(key.len(), 0) + added;
-            if cost > self.capacity {
-                return Err(Error::Refused(NO_MEMORY));
+        self.write(deadline, budget, |d, now, removals| {
+            let (existing, live) = d.find(key, now);
+            if let Some(slot) = live
+                && !matches!(d.node(slot).value, Stored::List(_))
+            {
+                return Step::Done(Err(Error::Refused(NOT_A_LIST)));
             }
-            d.make_room(self.capacity, cost, None, false, now)
-                .ok_or(Error::Refused(NO_MEMORY))?;
-            d.insert(key, Stored::List(VecDeque::from([value])), 0, 0, cost);
-            return Ok(1);
-        };
-        if d.node(slot).cost + added > self.capacity {
-            return Err(Error::Refused(NO_MEMORY));
-        }
-        d.make_room(self.capacity, added, Some(slot), false, now)
-            .ok_or(Error::Refused(NO_MEMORY))?;
-        d.used += added;
-        let node = d.node_mut(slot);
-        node.cost += added;
-        let Stored::List(list) = &mut node.value else {
-            unreachable!("checked above")
-        };
-        if front {
-            list.push_front(value);
-        } else {
-            list.push_back(value);
-        }
-        let length = list.len() as u64;
-        d.touch(slot);
-        d.rewrite(slot);
-        Ok(length)
+            if let (Some(slot), None) = (existing, live) {
+                d.remove(slot);
+            }
+            let Some(slot) = live else {
+                // A new list: it never expires.
+                let cost = entry_cost(key.len(), 0) + added;
+                if cost > capacity {
+                    return Step::Done(Err(Error::Refused(NO_MEMORY)));
+                }
+                match d.make_room(capacity, cost, None, false, now, removals) {
+                    Room::Made => {}
+                    Room::Full => return Step::Done(Err(Error::Refused(NO_MEMORY))),
+                    Room::Again => return Step::Again,
+                }
+                let list = VecDeque::from([value.clone()]);
+                d.insert(key, Stored::List(list), 0, 0, cost);
+                return Step::Done(Ok(1));
+            };
+            if d.node(slot).cost + added > capacity {
+                return Step::Done(Err(Error::Refused(NO_MEMORY)));
+            }
+            match d.make_room(capacity, added, Some(slot), false, now, removals) {
+                Room::Made => {}
+                Room::Full => return Step::Done(Err(Error::Refused(NO_MEMORY))),
+                Room::Again => return Step::Again,
+            }
+            d.used += added;
+            let node = d.node_mut(slot);
+            node.cost += added;
+            let Stored::List(list) = &mut node.value else {
+                unreachable!("checked above")
+            };
+            if front {
+                list.push_front(value.clone());
+            } else {
+                list.push_back(value.clone());
+            }
+            let length = list.len() as u64;
+            d.touch(slot);
+            d.rewrite(slot);
+            Step::Done(Ok(length))
+        })
     }
 
     fn pop_now(&self, key: &[u8], front: bool) -> Result<Option<Value>, Error> {
@@ -672,8 +747,10 @@ impl Inner {
 
     /// Room for `need` more bytes within `capacity`: expired entries go
     /// first, then, if `evict`, the least recently used live ones; `keep`
-    /// (the entry being written) never goes. Whether live entries were
-    /// evicted; `None` if there is no room.
+    /// (the entry being written) never goes. At most what `removals`
+    /// allows: a batch ([`SCAN_BATCH`]) per hold of the lock, within the
+    /// write's budget; past it, [`Room::Again`] (the removals made stay: they
+    /// change nothing but the room).
     fn make_room(
         &mut self,
         capacity: u64,
@@ -681,18 +758,23 @@ impl Inner {
         keep: Option<u32>,
         evict: bool,
         now: u64,
-    ) -> Option<bool> {
+        removals: &mut Removals,
+    ) -> Room {
         while self.used + need > capacity {
-            match self.oldest_expired(now) {
-                Some(slot) => self.remove(slot),
-                None => break,
+            let Some(slot) = self.oldest_expired(now) else {
+                break;
+            };
+            if !removals.may_remove() {
+                return Room::Again;
             }
+            self.remove(slot);
+            removals.count(false);
         }
         if self.used + need <= capacity {
-            return Some(false);
+            return Room::Made;
         }
         if !evict {
-            return None;
+            return Room::Full;
         }
         while self.used + need > capacity {
             let mut victim = self.lru.back;
@@ -700,12 +782,60 @@ impl Inner {
                 victim = self.node(victim).lru.prev;
             }
             if victim == NIL {
-                return None;
+                return Room::Full;
+            }
+            if !removals.may_remove() {
+                return Room::Again;
             }
             self.remove(victim);
+            removals.count(true);
         }
-        Some(true)
+        Room::Made
     }
+}
+
+/// A write's removals to make room, over all its attempts.
+#[derive(Default)]
+struct Removals {
+    /// Removed so far.
+    done: u64,
+    /// Removed in the current attempt (hold of the lock).
+    batch: usize,
+    /// Whether live entries were evicted (the guest's `forcible`).
+    evicted: bool,
+    /// Most removals in all.
+    budget: u64,
+}
+
+impl Removals {
+    fn may_remove(&self) -> bool {
+        self.batch < SCAN_BATCH && self.done < self.budget
+    }
+
+    fn count(&mut self, live: bool) {
+        self.done += 1;
+        self.batch += 1;
+        self.evicted |= live;
+    }
+}
+
+/// What [`Inner::make_room`] made.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    /// Room for the write.
+    Made,
+    /// No room: nothing left that may go.
+    Full,
+    /// Not room yet, and no more removals now: release the lock, then
+    /// attempt the write again.
+    Again,
+}
+
+/// One attempt at a write, under the lock: its answer, or
+/// [`Room::Again`].
+enum Step<T> {
+    Done(Result<T, Error>),
+    Again,
 }
 
 impl Store for MemoryDict {
@@ -725,10 +855,11 @@ impl Store for MemoryDict {
         ttl_ms: u64,
         flags: u32,
         mode: Mode,
-        _deadline: Instant,
-    ) -> DictFuture<'_, bool> {
+        deadline: Instant,
+        budget: u64,
+    ) -> WriteFuture<'_, bool> {
         Box::pin(std::future::ready(
-            self.store_now(&key, value, ttl_ms, flags, mode),
+            self.store_now(&key, value, ttl_ms, flags, mode, deadline, budget),
         ))
     }
 
@@ -738,13 +869,16 @@ impl Store for MemoryDict {
         delta: Value,
         init: Option<Value>,
         init_ttl_ms: u64,
-        _deadline: Instant,
-    ) -> DictFuture<'_, (Value, bool)> {
+        deadline: Instant,
+        budget: u64,
+    ) -> WriteFuture<'_, (Value, bool)> {
         Box::pin(std::future::ready(self.incr_now(
             &key,
             &delta,
             init.as_ref(),
             init_ttl_ms,
+            deadline,
+            budget,
         )))
     }
 
@@ -786,9 +920,12 @@ impl Store for MemoryDict {
         key: Vec<u8>,
         value: Value,
         front: bool,
-        _deadline: Instant,
-    ) -> DictFuture<'_, u64> {
-        Box::pin(std::future::ready(self.push_now(&key, value, front)))
+        deadline: Instant,
+        budget: u64,
+    ) -> WriteFuture<'_, u64> {
+        Box::pin(std::future::ready(
+            self.push_now(&key, value, front, deadline, budget),
+        ))
     }
 
     fn pop(&self, key: Vec<u8>, front: bool, _deadline: Instant) -> DictFuture<'_, Option<Value>> {
@@ -810,6 +947,16 @@ mod tests {
         Some(Value::Str(Bytes::copy_from_slice(text.as_bytes())))
     }
 
+    fn far() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(60)
+    }
+
+    /// A store with all the time and fuel it wants: its answer.
+    fn set(dict: &MemoryDict, key: &str, value: Option<Value>, mode: Mode) -> Result<bool, Error> {
+        dict.store_now(key.as_bytes(), value, 0, 0, mode, far(), u64::MAX)
+            .answer
+    }
+
     #[test]
     fn the_overhead_covers_the_bookkeeping() {
         // A node, its slot, its index entry (key pointer and slot), its
@@ -829,43 +976,158 @@ mod tests {
         let cost = entry_cost(1, 1);
         let dict = MemoryDict::new(cost * 3);
         for key in ["a", "b", "c"] {
-            assert_eq!(
-                dict.store_now(key.as_bytes(), s("x"), 0, 0, Mode::Set),
-                Ok(false)
-            );
+            assert_eq!(set(&dict, key, s("x"), Mode::Set), Ok(false));
         }
         // "a" is used: "b" is now the least recently used.
         assert!(dict.get_now(b"a", false).unwrap().is_some());
-        assert_eq!(dict.store_now(b"d", s("x"), 0, 0, Mode::Set), Ok(true));
+        assert_eq!(set(&dict, "d", s("x"), Mode::Set), Ok(true));
         assert!(dict.get_now(b"b", false).unwrap().is_none());
         assert_eq!(dict.len(), 3);
         assert_eq!(
-            dict.store_now(b"e", s("x"), 0, 0, Mode::SafeSet),
+            set(&dict, "e", s("x"), Mode::SafeSet),
             Err(Error::Refused(NO_MEMORY))
         );
         assert_eq!(
-            dict.store_now(b"a", s("y"), 0, 0, Mode::SafeAdd),
+            set(&dict, "a", s("y"), Mode::SafeAdd),
             Err(Error::Refused(EXISTS))
         );
+    }
+
+    /// A write that needs thousands of removals (expired ones first, then
+    /// the least recently used) makes them a batch per hold of the lock,
+    /// reports them all, and ends with the write done and the most recently
+    /// used entries kept.
+    #[test]
+    fn room_is_made_a_batch_per_hold_of_the_lock() {
+        let cost = entry_cost(6, 1);
+        let dict = MemoryDict::new(cost * 3000);
+        let key = |prefix: char, i: usize| format!("{prefix}{i:05}");
+        for i in 0..1500 {
+            set(&dict, &key('e', i), s("x"), Mode::Set).unwrap();
+        }
+        dict.flush_all_now();
+        for i in 0..1500 {
+            set(&dict, &key('k', i), s("x"), Mode::Set).unwrap();
+        }
+        // k00000 is now the most recently used.
+        assert!(dict.get_now(b"k00000", false).unwrap().is_some());
+        assert_eq!(dict.len(), 3000);
+
+        // One hold of the lock removes at most a batch, expired ones first.
+        let mut removals = Removals {
+            budget: u64::MAX,
+            ..Removals::default()
+        };
+        let room = dict.lock().make_room(
+            dict.capacity,
+            cost * 2500,
+            None,
+            true,
+            now_ms(),
+            &mut removals,
+        );
+        assert_eq!(room, Room::Again);
+        assert_eq!(
+            (removals.done, removals.evicted),
+            (SCAN_BATCH as u64, false)
+        );
+        assert_eq!(dict.len(), 3000 - SCAN_BATCH);
+        assert_eq!(dict.get_now(b"e01023", true), Ok(None));
+        assert!(dict.get_now(b"e01024", true).unwrap().unwrap().stale);
+
+        // A store past its deadline stops after one batch (the expired
+        // entries left, then the least recently used), its write not done.
+        // It costs 2,900 entries: 100 stay.
+        let big = vec![b'v'; (cost * 2900 - ENTRY_OVERHEAD - 3) as usize];
+        let big = Some(Value::Str(Bytes::from(big)));
+        let past = Instant::now();
+        let stopped = dict.store_now(b"big", big.clone(), 0, 0, Mode::Set, past, u64::MAX);
+        assert_eq!(stopped.answer, Err(Error::Deadline));
+        assert_eq!(stopped.removed, SCAN_BATCH as u64);
+        assert_eq!(dict.get_now(b"big", false), Ok(None));
+        assert_eq!(dict.len(), 3000 - 2 * SCAN_BATCH);
+        // Short of its budget: stopped on fuel, having removed that much and
+        // no more.
+        let short = dict.store_now(b"big", big.clone(), 0, 0, Mode::Set, far(), 300);
+        assert_eq!((short.answer, short.removed), (Err(Error::Fuel), 300));
+        assert_eq!(dict.len(), 3000 - 2 * SCAN_BATCH - 300);
+        assert_eq!(dict.get_now(b"big", false), Ok(None));
+
+        // Full again, k00000 the most recently used: the whole store takes
+        // three batches, and is done.
+        let mut next = 1500;
+        while dict.len() < 3000 {
+            set(&dict, &key('k', next), s("x"), Mode::Set).unwrap();
+            next += 1;
+        }
+        assert!(dict.get_now(b"k00000", false).unwrap().is_some());
+        let stored = dict.store_now(b"big", big, 0, 0, Mode::Set, far(), u64::MAX);
+        assert_eq!(stored.answer, Ok(true));
+        assert_eq!(stored.removed, 2900);
+        assert_eq!(dict.len(), 3000 - 2900 + 1);
+        assert!(dict.get_now(b"big", false).unwrap().is_some());
+        assert!(dict.lock().used <= dict.capacity);
+        // No expired entry is left; of the live ones, the most recently
+        // used stay (least recently used first): the last written, then
+        // k00000.
+        let keys = dict.get_keys_now(0, far(), u64::MAX).unwrap().value;
+        let kept: Vec<String> = keys
+            .iter()
+            .map(|key| String::from_utf8(key.clone()).unwrap())
+            .filter(|key| key != "big")
+            .collect();
+        let mut expected: Vec<String> = (next - 99..next).map(|i| key('k', i)).collect();
+        expected.push(key('k', 0));
+        assert_eq!(kept, expected);
+    }
+
+    /// Pushes and `incr` make room the same way (pushes remove only
+    /// expired entries).
+    #[test]
+    fn pushes_and_increments_make_room_in_batches() {
+        let cost = entry_cost(6, 1);
+        let dict = MemoryDict::new(cost * 3000);
+        for i in 0..3000 {
+            set(&dict, &format!("e{i:05}"), s("x"), Mode::Set).unwrap();
+        }
+        dict.flush_all_now();
+        let big = Value::Str(Bytes::from(vec![b'v'; (cost * 2000) as usize]));
+        let pushed = dict.push_now(b"list", big, true, far(), u64::MAX);
+        assert_eq!(pushed.answer, Ok(1));
+        assert!(pushed.removed > SCAN_BATCH as u64, "{}", pushed.removed);
+        assert_eq!(dict.len() as u64, 3000 - pushed.removed + 1);
+
+        let dict = MemoryDict::new(entry_cost(5, 8) * 3000);
+        for i in 0..3000 {
+            let key = format!("{i:05}");
+            set(&dict, &key, Some(Value::Int(i)), Mode::Set).unwrap();
+        }
+        let past = Instant::now();
+        let one = Value::Int(1);
+        let stopped = dict.incr_now(b"nnnnn", &one, Some(&one), 0, past, u64::MAX);
+        // Room for one entry: one eviction, within the first batch.
+        assert_eq!(stopped.answer, Ok((Value::Int(2), true)));
+        assert_eq!(stopped.removed, 1);
     }
 
     #[test]
     fn flushed_entries_are_stale_and_go_first() {
         let cost = entry_cost(1, 1);
         let dict = MemoryDict::new(cost * 2);
-        dict.store_now(b"a", s("1"), 0, 7, Mode::Set).unwrap();
-        dict.store_now(b"b", s("2"), 0, 0, Mode::Set).unwrap();
+        let stored = dict.store_now(b"a", s("1"), 0, 7, Mode::Set, far(), u64::MAX);
+        assert_eq!(stored.answer, Ok(false));
+        set(&dict, "b", s("2"), Mode::Set).unwrap();
         dict.flush_all_now();
         assert_eq!(dict.get_now(b"a", false), Ok(None));
         let stale = dict.get_now(b"a", true).unwrap().unwrap();
         assert!(stale.stale && stale.flags == 7);
         // A flushed entry makes room without counting as forcible.
-        assert_eq!(dict.store_now(b"c", s("3"), 0, 0, Mode::SafeSet), Ok(false));
+        let stored = dict.store_now(b"c", s("3"), 0, 0, Mode::SafeSet, far(), u64::MAX);
+        assert_eq!((stored.answer, stored.removed), (Ok(false), 1));
         assert_eq!(dict.len(), 2);
-        let far = Instant::now() + std::time::Duration::from_secs(60);
-        assert_eq!(dict.flush_expired_now(0, far, u64::MAX).unwrap().value, 1);
+        assert_eq!(dict.flush_expired_now(0, far(), u64::MAX).unwrap().value, 1);
         assert_eq!(
-            dict.get_keys_now(0, far, u64::MAX).unwrap().value,
+            dict.get_keys_now(0, far(), u64::MAX).unwrap().value,
             vec![b"c".to_vec()]
         );
     }

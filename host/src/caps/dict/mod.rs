@@ -95,13 +95,13 @@ pub enum Error {
     Fuel,
 }
 
-/// Fuel per entry a scan visits (`get_keys`, `flush_expired`): about what
-/// the host spends on one (a few tens of nanoseconds, at the guest's ~10
-/// fuel a nanosecond).
+/// Fuel per entry a scan visits (`get_keys`, `flush_expired`) or a write
+/// removes to make room (expired or evicted): about what the host spends on
+/// one (a few tens of nanoseconds, at the guest's ~10 fuel a nanosecond).
 pub const SCAN_FUEL_PER_ENTRY: u64 = 256;
-/// Entries a memory dict's scan visits per hold of the dict's lock, and a
-/// Redis dict's per round trip: between two batches, other runs use the
-/// dict, and the run's deadline is checked.
+/// Entries a memory dict's scan visits (or a write removes for room) per
+/// hold of the dict's lock, and a Redis dict's per round trip: between two
+/// batches, other runs use the dict, and the run's deadline is checked.
 pub const SCAN_BATCH: usize = 1024;
 
 /// What a scan over many entries returned, and how many it visited (what
@@ -110,6 +110,25 @@ pub const SCAN_BATCH: usize = 1024;
 pub struct Scanned<T> {
     pub value: T,
     pub visited: u64,
+}
+
+/// What a write (`store`, `incr`, `push`) answered, and how many entries it
+/// removed to make room (expired and evicted alike), whatever the answer:
+/// each costs [`SCAN_FUEL_PER_ENTRY`]. A write that must remove more than
+/// [`SCAN_BATCH`] removes them a batch at a time (per hold of a memory
+/// dict's lock, per Redis call), checking the run's deadline in between;
+/// it visits at most its budget ([`Error::Fuel`] past it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written<T> {
+    pub answer: Result<T, Error>,
+    pub removed: u64,
+}
+
+impl<T> Written<T> {
+    /// An answer that removed nothing.
+    pub fn only(answer: Result<T, Error>) -> Written<T> {
+        Written { answer, removed: 0 }
+    }
 }
 
 pub const EXISTS: &str = "exists";
@@ -127,8 +146,12 @@ pub const LONG_KEY: &str = "key too long";
 /// The answer of a backend's operation.
 pub type DictFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
+/// The answer of a backend's write, with what it removed for room.
+pub type WriteFuture<'a, T> = Pin<Box<dyn Future<Output = Written<T>> + Send + 'a>>;
+
 /// One dict on its backend. Every method is one atomic operation (but the
-/// scans, `get_keys` and `flush_expired`, done in batches); a
+/// scans, `get_keys` and `flush_expired`, and the removals a write makes
+/// for room, done in batches); a
 /// backend that waits (Redis) gives up at `deadline` with
 /// [`Error::Deadline`]. Keys are checked ([`check_key`]) and times cut to
 /// [`MAX_TTL_MS`] before they get here.
@@ -139,7 +162,9 @@ pub trait Store: Send + Sync {
     /// with [`IS_A_LIST`] on a list.
     fn get(&self, key: Vec<u8>, stale: bool, deadline: Instant) -> DictFuture<'_, Option<Item>>;
     /// Store `value` (none: delete) under `key`, expiring after `ttl_ms`
-    /// (0: never); whether live entries were evicted for room.
+    /// (0: never); whether live entries were evicted for room. Removes at
+    /// most `budget` entries for room ([`Written`]).
+    #[allow(clippy::too_many_arguments)]
     fn store(
         &self,
         key: Vec<u8>,
@@ -148,10 +173,12 @@ pub trait Store: Send + Sync {
         flags: u32,
         mode: Mode,
         deadline: Instant,
-    ) -> DictFuture<'_, bool>;
+        budget: u64,
+    ) -> WriteFuture<'_, bool>;
     /// Add the number `delta` to the number under `key`, or start a missing
     /// key at `init + delta` (flags 0, expiring after `init_ttl_ms`); the new
-    /// value and whether live entries were evicted for it.
+    /// value and whether live entries were evicted for it. Removes at most
+    /// `budget` entries for room ([`Written`]).
     fn incr(
         &self,
         key: Vec<u8>,
@@ -159,7 +186,8 @@ pub trait Store: Send + Sync {
         init: Option<Value>,
         init_ttl_ms: u64,
         deadline: Instant,
-    ) -> DictFuture<'_, (Value, bool)>;
+        budget: u64,
+    ) -> WriteFuture<'_, (Value, bool)>;
     /// Milliseconds before `key` expires (0: never).
     fn ttl(&self, key: Vec<u8>, deadline: Instant) -> DictFuture<'_, u64>;
     /// Make the live entry `key` expire after `ttl_ms` (0: never).
@@ -185,14 +213,16 @@ pub trait Store: Send + Sync {
         budget: u64,
     ) -> DictFuture<'_, Scanned<Vec<Vec<u8>>>>;
     /// Push a string or number onto the list `key` (created if absent);
-    /// its new length.
+    /// its new length. Removes at most `budget` expired entries for room
+    /// ([`Written`]).
     fn push(
         &self,
         key: Vec<u8>,
         value: Value,
         front: bool,
         deadline: Instant,
-    ) -> DictFuture<'_, u64>;
+        budget: u64,
+    ) -> WriteFuture<'_, u64>;
     /// Take an element off the list `key`; none if there is no list.
     fn pop(&self, key: Vec<u8>, front: bool, deadline: Instant) -> DictFuture<'_, Option<Value>>;
     /// The length of the list `key` (0 if absent).
@@ -413,7 +443,8 @@ impl RunCaps {
         }
     }
 
-    /// How many entries a scan may visit on the run's fuel.
+    /// How many entries a scan may visit, or a write remove for room, on
+    /// the run's fuel.
     fn scan_budget(&self) -> u64 {
         self.work.remaining() / SCAN_FUEL_PER_ENTRY
     }
@@ -424,6 +455,14 @@ impl RunCaps {
         let fuel = scanned.visited.saturating_mul(SCAN_FUEL_PER_ENTRY);
         self.work.charge(fuel).map_err(|_| Error::Fuel)?;
         Ok(scanned.value)
+    }
+
+    /// Charge a write for the entries it removed to make room, whatever it
+    /// answered (a refused write may have removed some first).
+    fn charge_removals<T>(&mut self, written: Written<T>) -> Result<T, Error> {
+        let fuel = written.removed.saturating_mul(SCAN_FUEL_PER_ENTRY);
+        self.work.charge(fuel).map_err(|_| Error::Fuel)?;
+        written.answer
     }
 }
 
@@ -478,10 +517,13 @@ impl wit::Host for RunCaps {
         mode: wit::StoreMode,
     ) -> wasmtime::Result<Result<bool, String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = self
+        let budget = self.scan_budget();
+        let written = self
             .off_cpu(async move {
-                let store = store?;
-                check_key(&key)?;
+                let store = match store.and_then(|store| check_key(&key).map(|()| store)) {
+                    Ok(store) => store,
+                    Err(error) => return Written::only(Err(error)),
+                };
                 let value = value.map(Value::from);
                 store
                     .store(
@@ -491,10 +533,12 @@ impl wit::Host for RunCaps {
                         flags,
                         mode.into(),
                         deadline,
+                        budget,
                     )
                     .await
             })
             .await?;
+        let result = self.charge_removals(written);
         self.dict_answer(result)
     }
 
@@ -507,20 +551,31 @@ impl wit::Host for RunCaps {
         init_ttl_ms: u64,
     ) -> wasmtime::Result<Result<(wit::Value, bool), String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = self
+        let budget = self.scan_budget();
+        let written = self
             .off_cpu(async move {
-                let store = store?;
-                check_key(&key)?;
+                let store = match store.and_then(|store| check_key(&key).map(|()| store)) {
+                    Ok(store) => store,
+                    Err(error) => return Written::only(Err(error)),
+                };
                 let delta = Value::from(delta);
                 let init = init.map(Value::from);
                 if !is_number(&delta) || init.as_ref().is_some_and(|init| !is_number(init)) {
-                    return Err(Error::Refused(BAD_VALUE));
+                    return Written::only(Err(Error::Refused(BAD_VALUE)));
                 }
                 store
-                    .incr(key, delta, init, init_ttl_ms.min(MAX_TTL_MS), deadline)
+                    .incr(
+                        key,
+                        delta,
+                        init,
+                        init_ttl_ms.min(MAX_TTL_MS),
+                        deadline,
+                        budget,
+                    )
                     .await
             })
             .await?;
+        let result = self.charge_removals(written);
         self.dict_answer(result.map(|(value, forcible)| (value.into(), forcible)))
     }
 
@@ -605,17 +660,21 @@ impl wit::Host for RunCaps {
         front: bool,
     ) -> wasmtime::Result<Result<u64, String>> {
         let (store, deadline) = (self.dict_store(dict), self.deadline);
-        let result = self
+        let budget = self.scan_budget();
+        let written = self
             .off_cpu(async move {
-                let store = store?;
-                check_key(&key)?;
+                let store = match store.and_then(|store| check_key(&key).map(|()| store)) {
+                    Ok(store) => store,
+                    Err(error) => return Written::only(Err(error)),
+                };
                 let value = Value::from(value);
                 if matches!(value, Value::Bool(_)) {
-                    return Err(Error::Refused(BAD_VALUE));
+                    return Written::only(Err(Error::Refused(BAD_VALUE)));
                 }
-                store.push(key, value, front, deadline).await
+                store.push(key, value, front, deadline, budget).await
             })
             .await?;
+        let result = self.charge_removals(written);
         self.dict_answer(result)
     }
 

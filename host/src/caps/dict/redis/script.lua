@@ -65,13 +65,16 @@ local function oldest_expired()
   return nil
 end
 
+-- Entries this call removed to make room, and whether live ones were among
+-- them (a write answers the count last: the caller charges for them).
+local removed, evicted = 0, 0
+
 -- Room for `need` more bytes: expired entries first, then (if `evict`) the
--- least recently used; `keep` never goes. nil if there is no room, else 1 if
--- live entries were evicted, 0 if not; 'again' after BATCH removals, when
--- there is not room yet (the caller answers {2}: call again).
+-- least recently used; `keep` never goes. nil if there is no room, else
+-- true; 'again' after BATCH removals, when there is not room yet (the caller
+-- answers {2, evicted}: call again).
 local function room(need, keep, evict)
   local u = used()
-  local removed = 0
   while u + need > cap do
     if removed >= BATCH then return 'again' end
     local victim = oldest_expired()
@@ -81,20 +84,21 @@ local function room(need, keep, evict)
     removed = removed + 1
     if h then u = u - h.cost end
   end
-  if u + need <= cap then return 0 end
+  if u + need <= cap then return true end
   if not evict then return nil end
   while u + need > cap do
     if removed >= BATCH then return 'again' end
-    removed = removed + 1
     local tail = redis.call('ZRANGE', KU, 0, 1)
     local victim = tail[1]
     if victim == keep then victim = tail[2] end
     if not victim then return nil end
     local h = header(victim)
     remove(victim, h)
+    removed = removed + 1
+    evicted = 1
     if h then u = u - h.cost end
   end
-  return 1
+  return true
 end
 
 if op == 'get' then
@@ -123,9 +127,9 @@ if op == 'store' then
   if cost > cap then return {1, 'no memory'} end
   local old = h and h.cost or 0
   local evict = mode == 'set' or mode == 'add' or mode == 'replace'
-  local forcible = room(math.max(cost - old, 0), h and k, evict)
-  if forcible == 'again' then return {2} end
-  if not forcible then return {1, 'no memory'} end
+  local roomy = room(math.max(cost - old, 0), h and k, evict)
+  if roomy == 'again' then return {2, evicted} end
+  if not roomy then return {1, 'no memory', removed} end
   if h and h.typ == 'l' then redis.call('DEL', list_key(k)) end
   redis.call('HSET', KT, k, typ .. ':' .. flags .. ':' .. cost)
   redis.call('HSET', KD, k, data)
@@ -133,7 +137,7 @@ if op == 'store' then
   set_expiry(k, ttl)
   touch(k)
   rewrite(k)
-  return {0, forcible}
+  return {0, evicted, removed}
 end
 
 if op == 'incr' then
@@ -159,16 +163,16 @@ if op == 'incr' then
   if ityp == '' then return {1, 'not found'} end
   local cost = entry_cost(k, 8)
   if cost > cap then return {1, 'no memory'} end
-  local forcible = room(cost, nil, true)
-  if forcible == 'again' then return {2} end
-  if not forcible then return {1, 'no memory'} end
+  local roomy = room(cost, nil, true)
+  if roomy == 'again' then return {2, evicted} end
+  if not roomy then return {1, 'no memory', removed} end
   redis.call('HSET', KT, k, ityp .. ':0:' .. cost)
   redis.call('HSET', KD, k, init)
   redis.call('HINCRBY', KM, 'used', cost)
   set_expiry(k, ttl)
   touch(k)
   rewrite(k)
-  return {0, ityp, init, forcible}
+  return {0, ityp, init, evicted, removed}
 end
 
 if op == 'ttl' then
@@ -233,14 +237,14 @@ if op == 'push' then
   local total = (h and h.cost or entry_cost(k, 0)) + item_cost(item)
   if total > cap then return {1, 'no memory'} end
   local roomy = room(total - old, h and k, false)
-  if roomy == 'again' then return {2} end
-  if not roomy then return {1, 'no memory'} end
+  if roomy == 'again' then return {2, evicted} end
+  if not roomy then return {1, 'no memory', removed} end
   local length = redis.call(front and 'LPUSH' or 'RPUSH', list_key(k), item)
   redis.call('HSET', KT, k, 'l:0:' .. total)
   redis.call('HINCRBY', KM, 'used', total - old)
   touch(k)
   rewrite(k)
-  return {0, length}
+  return {0, length, removed}
 end
 
 if op == 'pop' then

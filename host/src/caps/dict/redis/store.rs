@@ -11,7 +11,7 @@ use super::client::{Budget, Client, REPLY_SLACK, Reply, protocol};
 use crate::caps::dict::{
     DictFuture, ENTRY_OVERHEAD, EXISTS, Error, INTEGER_OVERFLOW, IS_A_LIST, Item,
     LIST_ITEM_OVERHEAD, Mode, NIL_ADD, NO_MEMORY, NOT_A_LIST, NOT_A_NUMBER, NOT_FOUND, SCAN_BATCH,
-    Scanned, Store, Value, add_numbers,
+    Scanned, Store, Value, WriteFuture, Written, add_numbers,
 };
 
 /// One dict on the Redis server.
@@ -81,14 +81,24 @@ fn decode(kind: &[u8], data: Vec<u8>) -> Result<Value, Error> {
     }
 }
 
-/// The script's answer when a write had to evict more than
-/// [`SCAN_BATCH`] entries: it evicted that many and changed nothing else;
-/// the call is made again.
+/// The script's answer `{2, evicted}` when a write had to remove more than
+/// [`SCAN_BATCH`] entries for room: it removed that many (`evicted`: 1 if
+/// live ones were among them) and changed nothing else; the call is made
+/// again.
 const AGAIN: i64 = 2;
 
-/// The parts of the script's answer `{0, ...}`, or its refusal `{1, message}`
-/// (`None` for [`AGAIN`]).
-fn answer(reply: Reply) -> Result<Option<Vec<Reply>>, Error> {
+/// What one call of the script answered.
+enum Answer {
+    /// `{0, ...}`: the parts.
+    Done(Vec<Reply>),
+    /// `{1, message[, removed]}`: a refusal, and how many entries the call
+    /// removed for room before it.
+    Refused(Error, u64),
+    /// `{2, evicted}`: [`AGAIN`].
+    Again { evicted: bool },
+}
+
+fn answer(reply: Reply) -> Result<Answer, Error> {
     let Reply::Array(mut items) = reply else {
         return Err(protocol(format!("{reply:?}")));
     };
@@ -96,13 +106,28 @@ fn answer(reply: Reply) -> Result<Option<Vec<Reply>>, Error> {
         return Err(protocol("an empty answer"));
     }
     match items.remove(0) {
-        Reply::Int(0) => Ok(Some(items)),
-        Reply::Int(AGAIN) => Ok(None),
-        Reply::Int(1) => match items.into_iter().next() {
-            Some(Reply::Bytes(message)) => Err(refusal(&message)),
-            _ => Err(protocol("a refusal without its message")),
-        },
+        Reply::Int(0) => Ok(Answer::Done(items)),
+        Reply::Int(AGAIN) => Ok(Answer::Again {
+            evicted: flag(items.into_iter().next())?,
+        }),
+        Reply::Int(1) => {
+            let mut items = items.into_iter();
+            match items.next() {
+                Some(Reply::Bytes(message)) => {
+                    Ok(Answer::Refused(refusal(&message), removed(items.next())?))
+                }
+                _ => Err(protocol("a refusal without its message")),
+            }
+        }
         other => Err(protocol(format!("{other:?}"))),
+    }
+}
+
+/// The count of removals that ends a write's answer (none: 0).
+fn removed(reply: Option<Reply>) -> Result<u64, Error> {
+    match reply {
+        None => Ok(0),
+        reply => u64::try_from(int(reply)?).map_err(|_| protocol("a bad count of removals")),
     }
 }
 
@@ -124,9 +149,35 @@ fn flag(reply: Option<Reply>) -> Result<bool, Error> {
     Ok(int(reply)? != 0)
 }
 
+/// A write's removals for room, over its calls.
+#[derive(Default)]
+struct Removals {
+    removed: u64,
+    /// Whether live entries were evicted (the guest's `forcible`).
+    evicted: bool,
+}
+
 impl RedisDict {
     /// Run operation `op` with `args` on this dict; the answer's parts.
     async fn call(&self, op: &str, args: &[&[u8]], deadline: Instant) -> Result<Vec<Reply>, Error> {
+        self.write(op, args, deadline, u64::MAX, &mut Removals::default())
+            .await
+    }
+
+    /// Run operation `op`, a write that may need room, with `args` on this
+    /// dict; the answer's parts. A call removes at most [`SCAN_BATCH`]
+    /// entries for room, and answers [`AGAIN`] if it needs more: the call
+    /// is made again (after the deadline is checked), at most `budget`
+    /// removals in all ([`Error::Fuel`]); `removals` counts them (each
+    /// [`AGAIN`] as a whole batch), whatever the answer.
+    async fn write(
+        &self,
+        op: &str,
+        args: &[&[u8]],
+        deadline: Instant,
+        budget: u64,
+        removals: &mut Removals,
+    ) -> Result<Vec<Reply>, Error> {
         let capacity = self.capacity.to_string();
         let overhead = ENTRY_OVERHEAD.to_string();
         let item_overhead = LIST_ITEM_OVERHEAD.to_string();
@@ -140,20 +191,42 @@ impl RedisDict {
         let batch = SCAN_BATCH.to_string();
         all.push(batch.as_bytes());
         all.extend_from_slice(args);
-        let budget = Budget {
+        let reply_budget = Budget {
             bytes: self.capacity + REPLY_SLACK,
             items: (self.capacity / ENTRY_OVERHEAD) as usize + 8,
         };
-        // A write that must evict many entries does it a batch per call.
+        // A write that must remove many entries does it a batch per call.
         loop {
             let reply = self
                 .client
-                .eval(&self.share, &all, budget, deadline)
+                .eval(&self.share, &all, reply_budget, deadline)
                 .await?;
-            if let Some(parts) = answer(reply)? {
-                return Ok(parts);
+            match answer(reply)? {
+                Answer::Done(parts) => return Ok(parts),
+                Answer::Refused(error, removed) => {
+                    removals.removed = removals.removed.saturating_add(removed);
+                    return Err(error);
+                }
+                Answer::Again { evicted } => {
+                    removals.removed = removals.removed.saturating_add(SCAN_BATCH as u64);
+                    removals.evicted |= evicted;
+                    if removals.removed >= budget {
+                        return Err(Error::Fuel);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Deadline);
+                    }
+                }
             }
         }
+    }
+}
+
+/// A write's answer, from what its calls answered and removed.
+fn written<T>(answer: Result<T, Error>, removals: Removals) -> Written<T> {
+    Written {
+        answer,
+        removed: removals.removed,
     }
 }
 
@@ -201,10 +274,11 @@ impl Store for RedisDict {
         flags: u32,
         mode: Mode,
         deadline: Instant,
-    ) -> DictFuture<'_, bool> {
-        boxed(async move {
+        budget: u64,
+    ) -> WriteFuture<'_, bool> {
+        Box::pin(async move {
             if value.is_none() && matches!(mode, Mode::Add | Mode::SafeAdd | Mode::Replace) {
-                return Err(Error::Refused(NIL_ADD));
+                return Written::only(Err(Error::Refused(NIL_ADD)));
             }
             let mode: &[u8] = match mode {
                 Mode::Set => b"set",
@@ -219,15 +293,24 @@ impl Store for RedisDict {
             };
             let ttl = ttl_ms.to_string();
             let flags = flags.to_string();
-            let mut parts = self
-                .call(
-                    "store",
-                    &[&key, mode, kind, &data, ttl.as_bytes(), flags.as_bytes()],
-                    deadline,
-                )
-                .await?
-                .into_iter();
-            flag(parts.next())
+            let mut removals = Removals::default();
+            let answer = async {
+                let mut parts = self
+                    .write(
+                        "store",
+                        &[&key, mode, kind, &data, ttl.as_bytes(), flags.as_bytes()],
+                        deadline,
+                        budget,
+                        &mut removals,
+                    )
+                    .await?
+                    .into_iter();
+                let forcible = flag(parts.next())?;
+                removals.removed = removals.removed.saturating_add(removed(parts.next())?);
+                Ok(forcible || removals.evicted)
+            }
+            .await;
+            written(answer, removals)
         })
     }
 
@@ -238,37 +321,50 @@ impl Store for RedisDict {
         init: Option<Value>,
         init_ttl_ms: u64,
         deadline: Instant,
-    ) -> DictFuture<'_, (Value, bool)> {
-        boxed(async move {
+        budget: u64,
+    ) -> WriteFuture<'_, (Value, bool)> {
+        Box::pin(async move {
             let (delta_kind, delta_data) = encode(&delta);
             // A missing key starts at init + delta, computed here exactly.
-            let start = init.map(|init| add_numbers(&init, &delta)).transpose()?;
+            let start = match init.map(|init| add_numbers(&init, &delta)).transpose() {
+                Ok(start) => start,
+                Err(error) => return Written::only(Err(error)),
+            };
             let (start_kind, start_data) = match &start {
                 Some(start) => encode(start),
                 None => (&b""[..], Vec::new()),
             };
             let ttl = init_ttl_ms.to_string();
-            let mut parts = self
-                .call(
-                    "incr",
-                    &[
-                        &key,
-                        delta_kind,
-                        &delta_data,
-                        start_kind,
-                        &start_data,
-                        ttl.as_bytes(),
-                    ],
-                    deadline,
-                )
-                .await?
-                .into_iter();
-            let kind = bytes(parts.next())?;
-            let value = decode(&kind, bytes(parts.next())?)?;
-            if !matches!(value, Value::Int(_) | Value::Float(_)) {
-                return Err(protocol("incr gave a value that is not a number"));
+            let mut removals = Removals::default();
+            let answer = async {
+                let mut parts = self
+                    .write(
+                        "incr",
+                        &[
+                            &key,
+                            delta_kind,
+                            &delta_data,
+                            start_kind,
+                            &start_data,
+                            ttl.as_bytes(),
+                        ],
+                        deadline,
+                        budget,
+                        &mut removals,
+                    )
+                    .await?
+                    .into_iter();
+                let kind = bytes(parts.next())?;
+                let value = decode(&kind, bytes(parts.next())?)?;
+                if !matches!(value, Value::Int(_) | Value::Float(_)) {
+                    return Err(protocol("incr gave a value that is not a number"));
+                }
+                let forcible = flag(parts.next())?;
+                removals.removed = removals.removed.saturating_add(removed(parts.next())?);
+                Ok((value, forcible || removals.evicted))
             }
-            Ok((value, flag(parts.next())?))
+            .await;
+            written(answer, removals)
         })
     }
 
@@ -384,18 +480,32 @@ impl Store for RedisDict {
         value: Value,
         front: bool,
         deadline: Instant,
-    ) -> DictFuture<'_, u64> {
-        boxed(async move {
+        budget: u64,
+    ) -> WriteFuture<'_, u64> {
+        Box::pin(async move {
             let (kind, data) = encode(&value);
             let mut item = Vec::with_capacity(1 + data.len());
             item.extend_from_slice(kind);
             item.extend_from_slice(&data);
             let front: &[u8] = if front { b"1" } else { b"0" };
-            let mut parts = self
-                .call("push", &[&key, front, &item], deadline)
-                .await?
-                .into_iter();
-            Ok(int(parts.next())?.max(0) as u64)
+            let mut removals = Removals::default();
+            let answer = async {
+                let mut parts = self
+                    .write(
+                        "push",
+                        &[&key, front, &item],
+                        deadline,
+                        budget,
+                        &mut removals,
+                    )
+                    .await?
+                    .into_iter();
+                let length = int(parts.next())?.max(0) as u64;
+                removals.removed = removals.removed.saturating_add(removed(parts.next())?);
+                Ok(length)
+            }
+            .await;
+            written(answer, removals)
         })
     }
 
