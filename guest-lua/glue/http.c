@@ -14,6 +14,10 @@
 #include "lauxlib.h"
 #include "lua.h"
 #include "lualib.h"
+/* Lua's internals, configured as the Lua sources are (for leave_room). */
+#include "moonwall_luaconf.h"
+#include "lstate.h"
+#include "lstring.h"
 #include "sandbox.h"
 
 typedef exports_moonwall_sandbox_http_handler_request_t request_t;
@@ -329,6 +333,20 @@ static void load_ngx(lua_State *L) {
 }
 
 /*
+ * Leave room in the snapshot for what every request adds: a full collection
+ * shrinks Lua's string table and the main thread's stack to fit, so each
+ * request would grow them again (rehashing every interned string, copying
+ * the stack) and write to the pages that takes. Grown here once, the
+ * growth is in the snapshot instead.
+ */
+static void leave_room(lua_State *L) {
+  stringtable *strings = &G(L)->strt;
+  if (strings->nuse >= strings->size / 2)
+    luaS_resize(L, strings->size * 2);
+  lua_checkstack(L, LUAI_MAXCCALLS);
+}
+
+/*
  * Fill the free chunks that a tenant's init script's garbage left all over
  * the heap, so that a request's allocations come from fresh memory at its
  * top instead of from holes spread over the snapshot's pages (measured: a
@@ -402,6 +420,7 @@ void exports_sandbox_prepare(void) {
    * an init script, made no difference measurable here: this heap is built
    * by moonwall's own code, with little garbage.) */
   lua_gc(L, LUA_GCCOLLECT);
+  leave_room(L);
   prepared_state = L;
 }
 
@@ -535,7 +554,9 @@ bool exports_moonwall_sandbox_http_handler_init(source_t *script, init_error_t *
   /* Leave no garbage (and no collector debt) in the snapshot, and no holes
    * for a request's allocations to scatter into. */
   lua_gc(L, LUA_GCCOLLECT);
-  if (!call.failed)
+  if (!call.failed) {
+    leave_room(L);
     plug_heap_holes();
+  }
   return !call.failed;
 }
