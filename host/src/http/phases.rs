@@ -236,8 +236,8 @@ impl Sandbox {
             (_, pool) => pool,
         };
         let held = match (&handlers.log, &fuel_pool) {
-            (Some(_), Some(pool)) => pool.hold(limits.fuel / LOG_SHARE),
-            _ => 0,
+            (Some(_), Some(pool)) => Some(pool.hold(limits.fuel / LOG_SHARE)),
+            _ => None,
         };
         let log_pools = (fuel_pool.clone(), memory_pool.clone());
         let mut run = self
@@ -264,9 +264,8 @@ impl Sandbox {
             Err(error) => Err(error),
         };
         let finished = run.finish(result);
-        if let Some(pool) = &log_pools.0 {
-            pool.give(held);
-        }
+        // Given back (for the log phase, or the rest of the tree).
+        drop(held);
         let finished = finished?;
         let outcome = match finished.result {
             Ok(Ok(())) => HttpOutcome::Served,

@@ -9,6 +9,7 @@
 //! most one tick of work per run executing at that moment (runs off the CPU
 //! burn nothing).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::AsContextMut;
@@ -31,25 +32,19 @@ impl FuelPool {
         self.left.load(Ordering::Acquire)
     }
 
-    /// Hold back up to `fuel` (what the pool has), for a run to come (see
-    /// [`FuelPool::give`]); what was held.
-    pub fn hold(&self, fuel: u64) -> u64 {
+    /// Hold back up to `fuel` (what the pool has) for a run to come: no run
+    /// of the pool can spend it until the [`Held`] is dropped.
+    pub fn hold(self: &Arc<Self>, fuel: u64) -> Held {
         let before = self
             .left
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
                 Some(left.saturating_sub(fuel))
             })
             .unwrap_or_else(|left| left);
-        before.min(fuel)
-    }
-
-    /// Give back `fuel` held back.
-    pub fn give(&self, fuel: u64) {
-        let _ = self
-            .left
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                Some(left.saturating_add(fuel))
-            });
+        Held {
+            pool: self.clone(),
+            fuel: before.min(fuel),
+        }
     }
 
     /// Take `used` out of the pool (down to zero at most); what is left.
@@ -64,6 +59,32 @@ impl FuelPool {
             })
             .unwrap_or_else(|left| left);
         before.saturating_sub(used)
+    }
+}
+
+/// Fuel held back from a pool ([`FuelPool::hold`]), given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    pool: Arc<FuelPool>,
+    fuel: u64,
+}
+
+impl Held {
+    /// How much was held back.
+    pub fn fuel(&self) -> u64 {
+        self.fuel
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let fuel = self.fuel;
+        let _ = self
+            .pool
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                Some(left.saturating_add(fuel))
+            });
     }
 }
 
@@ -133,12 +154,13 @@ mod tests {
         assert_eq!(pool.left(), 0);
         let (account, fuel) = FuelAccount::open(Some(std::sync::Arc::new(FuelPool::new(5))), 9);
         assert_eq!((fuel, account.withheld()), (5, 4));
-        let pool = FuelPool::new(100);
-        assert_eq!(pool.hold(30), 30);
-        assert_eq!(pool.left(), 70);
+        let pool = Arc::new(FuelPool::new(100));
+        let held = pool.hold(30);
+        assert_eq!((held.fuel(), pool.left()), (30, 70));
         assert_eq!(pool.spend(80), 0);
-        assert_eq!(pool.hold(10), 0);
-        pool.give(30);
+        let none = pool.hold(10);
+        assert_eq!(none.fuel(), 0);
+        drop((held, none));
         assert_eq!(pool.left(), 30);
     }
 }

@@ -311,6 +311,7 @@ impl SiteConfig {
 /// A script named in a config: `spanned` resolved against `base`; a
 /// problem at its place if it is not a file, or (with `confine`) lies
 /// outside the allowed roots.
+///
 /// A confined script is opened beneath the allowed root it lies in, each
 /// time it is read ([`ScriptFile::open`]).
 pub(crate) fn script_file(
