@@ -780,7 +780,7 @@ fn serve_takes_connection_bounds_from_the_config_and_the_flags() {
     let config = dir.join("site.toml");
     std::fs::write(
         &config,
-        "[connections]\nheader_timeout_ms = 1000\nmax_connections_per_client = 100\n\n[[location]]\npath = \"/\"\ncontent = \"hi.lua\"\n",
+        "[connections]\nheader_timeout_ms = 1000\nmax_connections_per_client = 100\nsend_timeout_ms = 30000\n\n[[location]]\npath = \"/\"\ncontent = \"hi.lua\"\n",
     )
     .unwrap();
     let bad = dir.join("bad.toml");
@@ -797,6 +797,26 @@ fn serve_takes_connection_bounds_from_the_config_and_the_flags() {
             .contains("bad.toml:2:19: [connections] idle_timeout_ms must be between 1 and 3600000"),
         "{stderr}"
     );
+    let bad_send = dir.join("bad-send.toml");
+    std::fs::write(
+        &bad_send,
+        "[connections]\nheader_timeout_ms = 1000\nsend_timeout_ms = 3600001\n\n[[location]]\npath = \"/\"\ncontent = \"hi.lua\"\n",
+    )
+    .unwrap();
+    let output = moonwall(&["serve", "--config", bad_send.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "bad-send.toml:3:19: [connections] send_timeout_ms must be between 1 and 3600000"
+        ),
+        "{stderr}"
+    );
+    let config_arg = config.to_str().unwrap();
+    let output = moonwall(&["serve", "--config", config_arg, "--send-timeout-ms", "0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--send-timeout-ms"), "{stderr}");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_moonwall"))
         .args([
@@ -807,6 +827,8 @@ fn serve_takes_connection_bounds_from_the_config_and_the_flags() {
             "127.0.0.1:0",
             "--max-connections-per-client",
             "1",
+            "--send-timeout-ms",
+            "5000",
         ])
         .env("MOONWALL_CACHE_DIR", common::cache_dir())
         .stderr(std::process::Stdio::piped())
@@ -868,4 +890,90 @@ fn serve_takes_connection_bounds_from_the_config_and_the_flags() {
     assert!(silent_closed, "a silent connection was not closed");
     assert!(first.is_some(), "no connection was served");
     assert_eq!(second, "", "a second connection from one client was served");
+}
+
+/// `moonwall serve --send-timeout-ms` closes the connection of a client
+/// that asks for a file far larger than the socket buffers and reads none
+/// of it, and says so once at info level with the client's address; when
+/// the client reads at last, it gets what the buffers held, then the end.
+#[test]
+fn serve_closes_a_client_that_stops_reading_after_the_send_timeout() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    const BIG: usize = 32 << 20;
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-send-timeout");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("big.bin"), vec![b'y'; BIG]).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moonwall"))
+        .args([
+            "serve",
+            "--root",
+            root.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--send-timeout-ms",
+            "1000",
+        ])
+        .env("MOONWALL_CACHE_DIR", common::cache_dir())
+        .env("MOONWALL_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut address = None;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("http://").nth(1) {
+            address = Some(rest.trim().to_string());
+            break;
+        }
+    }
+    let address = address.expect("the listening line");
+    let mut stalled = std::net::TcpStream::connect(&address).unwrap();
+    let local = stalled.local_addr().unwrap();
+    stalled
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // Nothing is read until the server says it closed the connection.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut closes = Vec::new();
+    while closes.is_empty() && std::time::Instant::now() < deadline {
+        if let Ok(line) = lines_rx.recv_timeout(std::time::Duration::from_millis(100))
+            && line.contains("send timeout")
+        {
+            closes.push(line);
+        }
+    }
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = stalled.read_to_end(&mut got);
+    // Any more lines about it come within a second of the end.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    closes.extend(
+        lines_rx
+            .try_iter()
+            .filter(|line| line.contains("send timeout")),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert!(closes[0].contains("INFO"), "{}", closes[0]);
+    assert!(closes[0].contains(&local.to_string()), "{}", closes[0]);
+    assert!(closes[0].contains("1000 ms"), "{}", closes[0]);
+    // Ended by the server (end of stream or reset), well short of the file.
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() < BIG, "the whole file came: {} bytes", got.len());
 }

@@ -1108,3 +1108,222 @@ fn symlinks_are_followed_only_beneath_the_root() {
         assert!(!response.contains("TOP-SECRET"), "{path}: {response}");
     }
 }
+
+/// An HTTP/2 request of `path` on stream `id` (GET, HPACK literals), its
+/// head the whole request.
+fn h2_get(id: u32, path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.push(0x04); // :path, a literal not indexed
+    block.push(path.len() as u8);
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 0x01, b't']); // :authority t
+    let mut frame = (block.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[0x01, 0x05]); // HEADERS, END_STREAM | END_HEADERS
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// An HTTP/2 connection's start that lets the server send up to 2 GiB
+/// without waiting for the client: the preface, SETTINGS with the largest
+/// stream window, and a WINDOW_UPDATE of the connection's to the largest.
+fn h2_wide_open() -> Vec<u8> {
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&[0, 0, 6, 0x04, 0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&[0, 4, 0x7f, 0xff, 0xff, 0xff]); // INITIAL_WINDOW_SIZE
+    bytes.extend_from_slice(&[0, 0, 4, 0x08, 0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&(0x7fff_ffffu32 - 65_535).to_be_bytes());
+    bytes
+}
+
+/// The requests the server counted with `outcome`, over every status.
+fn outcomes(server: &TestServer, outcome: &str) -> u64 {
+    let label = format!("outcome=\"{outcome}\"}}");
+    server
+        .metrics
+        .render()
+        .lines()
+        .filter(|line| line.starts_with("moonwall_requests_total{") && line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A site of a script streaming 32 MiB in flushed chunks of 64 KiB, a
+/// 32 MiB static file, and a small page; limits that let the script write it
+/// all and wait long for its client.
+fn big_responses(name: &str) -> (PathBuf, Limits) {
+    let dir = site(
+        name,
+        &[
+            ("index.lua", "ngx.say('served')"),
+            (
+                "stream.lua",
+                "local chunk = string.rep('x', 65536) \
+                 for _ = 1, 512 do ngx.print(chunk) ngx.flush(true) end",
+            ),
+        ],
+    );
+    std::fs::write(dir.join("big.bin"), vec![b'y'; BIG]).unwrap();
+    let patient = Limits {
+        fuel: 20_000_000_000,
+        output_bytes: 1 << 30,
+        timeout: Duration::from_secs(120),
+        ..limits()
+    };
+    (dir, patient)
+}
+
+/// The size of each of [`big_responses`]' bodies, far more than the
+/// kernel's socket buffers of a client that reads nothing hold.
+const BIG: usize = 32 << 20;
+
+/// A client that asks for a large response and then reads none of it
+/// (HTTP/1: a static file and a streaming script; HTTP/2: both on one
+/// connection that lets the server send all without flow control) is cut
+/// off once the server's writes have waited the send timeout, while the
+/// client still reads nothing: its connections' places among its address's
+/// are given back, the scripts writing to it end as when a client goes away
+/// (client-closed), and when it does read, each connection ends after what
+/// the socket buffers held, far short of the response. Others are served
+/// meanwhile. Before the send timeout, these connections (and the scripts'
+/// runs) stayed as long as the client liked.
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let (dir, patient) = big_responses("stops-reading");
+    std::fs::write(dir.join("hi.txt"), "hi").unwrap();
+    // Room for the three stalled connections and one more from this
+    // address; probes served keep their places (no header or idle timeout
+    // soon).
+    const PLACES: usize = 4;
+    let settings = ServerSettings {
+        send_timeout: Duration::from_secs(1),
+        max_connections_per_client: PLACES,
+        header_read_timeout: Duration::from_secs(300),
+        idle_timeout: Duration::from_secs(300),
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(docroot(&dir), patient, settings);
+    let stalled = |request: &[u8]| {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.write_all(request).unwrap();
+        stream
+    };
+    let mut file = stalled(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut script = stalled(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut h2 = h2_wide_open();
+    h2.extend(h2_get(1, "/big.bin"));
+    h2.extend(h2_get(3, "/stream"));
+    let mut both = stalled(&h2);
+    assert_eq!(body_of(&get(server.addr, "/").1), "served\n");
+
+    // Nothing is read meanwhile. Probes hold the places they get: all
+    // PLACES are had once the three stalled connections are closed.
+    let mut held = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while held.len() < PLACES && std::time::Instant::now() < deadline {
+        let mut probe = TcpStream::connect(server.addr).unwrap();
+        if get_on(&mut probe, "/hi.txt") == 200 {
+            held.push(probe);
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert_eq!(
+        held.len(),
+        PLACES,
+        "connections of a client that reads nothing are still open"
+    );
+    // The two scripts' runs ended, their client gone.
+    while outcomes(&server, "client-closed") < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        outcomes(&server, "client-closed"),
+        2,
+        "the scripts writing to clients that read nothing still run:\n{}",
+        server.metrics.render()
+    );
+    assert_eq!(outcomes(&server, "lua-error"), 0);
+
+    for (name, stream) in [
+        ("file", &mut file),
+        ("script", &mut script),
+        ("h2", &mut both),
+    ] {
+        let (closed, said) = closes_within(stream, Duration::from_secs(60));
+        assert!(closed, "{name}: the connection is still open");
+        assert!(
+            said.len() < BIG,
+            "{name}: the whole response came ({} bytes)",
+            said.len()
+        );
+        if name != "h2" {
+            assert_eq!(status_of(&said), 200, "{name}");
+        }
+    }
+    // Still serving (on a place held: the cap is full of them).
+    assert_eq!(get_on(&mut held[0], "/hi.txt"), 200);
+}
+
+/// The send timeout is between writes, not for a whole response: a client
+/// that reads slowly but steadily (at most 1 MiB every 200 ms, through a
+/// receive buffer of its own size) gets all of a 32 MiB file and a 32 MiB
+/// stream, each taking at least 32 reads 200 ms apart, several times the
+/// 1 s timeout.
+#[test]
+fn a_slow_but_steady_reader_gets_the_whole_response() {
+    use std::os::fd::AsRawFd;
+    let (dir, patient) = big_responses("slow-reader");
+    let settings = ServerSettings {
+        send_timeout: Duration::from_secs(1),
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(docroot(&dir), patient, settings);
+    let addr = server.addr;
+    let read_slowly = move |path: &'static str| {
+        std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            // A fixed receive buffer (the kernel's autotuning would take
+            // the whole response in at once).
+            let size: libc::c_int = 1 << 20;
+            // SAFETY: a live socket, and the option's value lives here.
+            let set = unsafe {
+                libc::setsockopt(
+                    stream.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(set, 0, "SO_RCVBUF");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut response = Vec::new();
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                match stream.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => response.extend_from_slice(&buffer[..n]),
+                    Err(error) => panic!("{path}: after {} bytes: {error}", response.len()),
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            response
+        })
+    };
+    let file = read_slowly("/big.bin");
+    let script = read_slowly("/stream");
+    for (path, reader) in [("/big.bin", file), ("/stream", script)] {
+        let response = reader.join().unwrap();
+        let response = String::from_utf8_lossy(&response);
+        assert_eq!(status_of(&response), 200, "{path}");
+        let body = body_of(&response);
+        assert_eq!(body.len(), BIG, "{path}");
+        assert!(body.bytes().all(|b| b == b'x' || b == b'y'), "{path}");
+    }
+    assert_eq!(outcomes(&server, "client-closed"), 0);
+}

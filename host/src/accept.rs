@@ -4,8 +4,9 @@
 //! send a request's head from the moment a connection is accepted (slow
 //! clients: slowloris; clients that send nothing, or only the HTTP/2
 //! preface), an idle timeout (HTTP/2 connections with no open stream,
-//! HTTP/1 between requests), optional bounds on the head, and a graceful
-//! shutdown that lets open connections finish for a while.
+//! HTTP/1 between requests), a send timeout (a client that stops taking a
+//! response: its socket stays full), optional bounds on the head, and a
+//! graceful shutdown that lets open connections finish for a while.
 //!
 //! It knows nothing of what it serves: the caller gives a hyper service per
 //! connection. The scripts' server (`http::listener`) and the metrics
@@ -15,6 +16,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -46,6 +49,11 @@ pub struct Settings {
     /// Time a connection that has had a request may have none in progress;
     /// then it is closed (gracefully: HTTP/2 sends GOAWAY).
     pub idle_timeout: Duration,
+    /// Longest a write to the client may wait for room (its socket full:
+    /// the client takes nothing), from the write that would block to one
+    /// that makes progress; then the connection is closed. Between writes,
+    /// not for a whole response (nginx's `send_timeout`).
+    pub send_timeout: Duration,
     /// Bounds on a request's head; `None`: hyper's defaults.
     pub head_limits: Option<HeadLimits>,
     /// Whether HTTP/2 by prior knowledge (h2c) is served besides HTTP/1.1.
@@ -101,7 +109,9 @@ pub enum ShutdownLog {
 /// `header_read_timeout` of being accepted (else it is closed), and, once
 /// it has had a request, no longer than `idle_timeout` with none in
 /// progress (else it is shut down gracefully, and closed if that takes
-/// another `idle_timeout`). A client address already holding
+/// another `idle_timeout`); and a write to it that would block must make
+/// progress within `send_timeout` (else it is closed, logged at info). A
+/// client address already holding
 /// `max_connections_per_client` has its next connection closed as soon as
 /// it is accepted.
 ///
@@ -132,6 +142,7 @@ where
     let deadlines = Deadlines {
         first_head: settings.header_read_timeout,
         idle: settings.idle_timeout,
+        send: settings.send_timeout,
     };
     // The connections, when they are closed after the grace.
     let mut tasks = JoinSet::new();
@@ -166,6 +177,10 @@ where
         let activity = Arc::new(Activity::new());
         let service = Tracked {
             inner: make_service(remote),
+            activity: activity.clone(),
+        };
+        let stream = Watched {
+            inner: stream,
             activity: activity.clone(),
         };
         let connection = builder
@@ -223,12 +238,15 @@ struct Deadlines {
     first_head: Duration,
     /// With no request in progress, once there has been one.
     idle: Duration,
+    /// A write waiting for room in the client's socket.
+    send: Duration,
 }
 
 /// Serve `connection` to its end, or until it misses a deadline: closed
-/// when no request came within `deadlines.first_head`; shut down gracefully
-/// when idle for `deadlines.idle` (and closed if that takes as long again)
-/// or when `closing` says the server shuts down.
+/// when no request came within `deadlines.first_head`, or when a write has
+/// waited `deadlines.send` for the client to take more; shut down
+/// gracefully when idle for `deadlines.idle` (and closed if that takes as
+/// long again) or when `closing` says the server shuts down.
 async fn drive<C>(
     connection: C,
     activity: &Activity,
@@ -252,8 +270,16 @@ async fn drive<C>(
             None if in_progress == 0 => Some(idle_since + deadlines.idle),
             None => None,
         };
+        // Whichever is first, a waiting write's or the others'.
+        let send_deadline = activity
+            .write_waiting_since()
+            .map(|since| since + deadlines.send);
+        let first = match (deadline, send_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let expired = async {
-            match deadline {
+            match first {
                 Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
                 None => std::future::pending().await,
             }
@@ -272,6 +298,17 @@ async fn drive<C>(
             }
             () = activity.changed.notified() => {}
             () = expired => {
+                if activity
+                    .write_waiting_since()
+                    .is_some_and(|since| since.elapsed() >= deadlines.send)
+                {
+                    tracing::info!(%remote, "{prefix}closed: the client took nothing of its response for {} ms (send timeout)", deadlines.send.as_millis());
+                    return;
+                }
+                // The send deadline it was, and the write got on since.
+                if deadline.is_none_or(|deadline| Instant::now() < deadline) {
+                    continue;
+                }
                 let (requests, in_progress, _) = activity.now();
                 if idle_since_shutdown.is_some() {
                     tracing::debug!(%remote, "{prefix}closed: idle, and not done {} ms after being asked to shut down", deadlines.idle.as_millis());
@@ -299,7 +336,7 @@ trait Graceful {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<S, B> Graceful for auto::Connection<'static, TokioIo<TcpStream>, S, TokioExecutor>
+impl<S, B> Graceful for auto::Connection<'static, TokioIo<Watched<TcpStream>>, S, TokioExecutor>
 where
     S: hyper::service::HttpService<Incoming, ResBody = B>,
     S::Future: Send + 'static,
@@ -315,24 +352,58 @@ where
 
 /// The requests of one connection: how many began, how many are in
 /// progress (from the head's arrival to the end of the response body), and
-/// since when none is.
+/// since when none is; and since when a write to it waits for room.
 struct Activity {
     state: Mutex<(u64, usize, Instant)>,
     /// Told of each change ([`Notify::notify_one`]: a change while the
     /// connection's task is busy is kept for its next wait).
     changed: Notify,
+    /// When the connection began.
+    created: Instant,
+    /// When a write began to wait for room in the socket, in nanoseconds
+    /// since `created` plus one; 0 while writes make progress. Only the
+    /// connection's own task touches it (the socket is polled there).
+    write_waiting: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
+        let created = Instant::now();
         Activity {
-            state: Mutex::new((0, 0, Instant::now())),
+            state: Mutex::new((0, 0, created)),
             changed: Notify::new(),
+            created,
+            write_waiting: AtomicU64::new(0),
         }
     }
 
     fn now(&self) -> (u64, usize, Instant) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Since when a write waits for room in the socket, if one does.
+    fn write_waiting_since(&self) -> Option<Instant> {
+        match self.write_waiting.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(self.created + Duration::from_nanos(nanos - 1)),
+        }
+    }
+
+    /// A write would block: the wait starts, unless one already runs (a
+    /// retry that blocks again does not restart it).
+    fn write_blocked(&self) {
+        if self.write_waiting.load(Ordering::Relaxed) == 0 {
+            let nanos = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            self.write_waiting.store(nanos + 1, Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A write made progress: no wait runs.
+    fn write_progressed(&self) {
+        if self.write_waiting.load(Ordering::Relaxed) != 0 {
+            self.write_waiting.store(0, Ordering::Relaxed);
+        }
     }
 
     fn begin(self: &Arc<Self>) -> InProgress {
@@ -419,6 +490,67 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A connection's socket, telling its [`Activity`] when a write would block
+/// (the client takes nothing) and when one makes progress again.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Watched<T> {
+    fn note(&self, written: &Poll<std::io::Result<usize>>) {
+        match written {
+            Poll::Pending => self.activity.write_blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.write_progressed(),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -554,6 +686,7 @@ mod tests {
             max_connections_per_client: None,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
             head_limits: None,
             http2: false,
             shutdown_grace: Duration::from_millis(200),

@@ -137,6 +137,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = in_range(ConnectionLimit::MaxConnectionsPerClient.def()))]
     pub max_connections_per_client: Option<u64>,
 
+    /// Longest a write to the client may wait for it to take more of a
+    /// response, in milliseconds, between two writes that make progress (not
+    /// for the whole response); then the connection is closed [default:
+    /// 60000, or the config's [connections] send_timeout_ms].
+    #[arg(long, value_name = "N", value_parser = in_range(ConnectionLimit::SendTimeoutMs.def()))]
+    pub send_timeout_ms: Option<u64>,
+
     /// On SIGTERM/SIGINT, time in-flight requests get to finish, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = ServerSettings::default().shutdown_grace.as_millis() as u64)]
     pub shutdown_grace_ms: u64,
@@ -147,7 +154,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The flags of the bounds on connections, each with its limit.
-    fn connection_flags(&self) -> [(ConnectionLimit, Option<u64>); 5] {
+    fn connection_flags(&self) -> [(ConnectionLimit, Option<u64>); 6] {
         use ConnectionLimit as L;
         [
             (L::HeaderTimeoutMs, self.header_timeout_ms),
@@ -155,6 +162,7 @@ impl ServeArgs {
             (L::BodyTimeoutMs, self.body_timeout_ms),
             (L::MinBodyBytesPerSec, self.min_body_bytes_per_sec),
             (L::MaxConnectionsPerClient, self.max_connections_per_client),
+            (L::SendTimeoutMs, self.send_timeout_ms),
         ]
     }
 }

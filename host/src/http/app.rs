@@ -39,6 +39,9 @@ pub struct ServerSettings {
     /// Connections open at once from one client address
     /// (`max_connections_per_client`).
     pub max_connections_per_client: usize,
+    /// Longest a write to the client may wait for room, between two that
+    /// make progress; then the connection is closed (`send_timeout_ms`).
+    pub send_timeout: Duration,
     pub shutdown_grace: Duration,
     /// Runs executing guest code at once, across all tenants; a run that
     /// waits on I/O gives its slot back (default: twice the cores, see
@@ -66,6 +69,7 @@ impl Default for ServerSettings {
             body_timeout: Duration::from_millis(L::BodyTimeoutMs.default_value()),
             min_body_bytes_per_sec: L::MinBodyBytesPerSec.default_value(),
             max_connections_per_client: L::MaxConnectionsPerClient.default_value() as usize,
+            send_timeout: Duration::from_millis(L::SendTimeoutMs.default_value()),
             shutdown_grace: Duration::from_secs(10),
             max_running: default_max_running(),
             max_in_flight: EngineSettings::default_max_in_flight(),
@@ -85,6 +89,7 @@ impl ServerSettings {
             L::MaxConnectionsPerClient => {
                 self.max_connections_per_client = usize::try_from(value).unwrap_or(usize::MAX)
             }
+            L::SendTimeoutMs => self.send_timeout = Duration::from_millis(value),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Accepting connections: hyper on tokio (HTTP/1.1 with keep-alive, and
-//! HTTP/2 by prior knowledge), bounded in connections, head size and count
-//! and the time to send a head, with a graceful shutdown that drains the
+//! HTTP/2 by prior knowledge), bounded in connections, head size and count,
+//! the time to send a head and the time a client may take nothing of a
+//! response, with a graceful shutdown that drains the
 //! requests in flight. The accept loop is [`crate::accept`]'s, shared with
 //! the metrics endpoint; this is the scripts' server's use of it, with the
 //! bounds of its [`ServerSettings`](super::app::ServerSettings). Every
@@ -49,6 +50,7 @@ fn accept_settings(settings: &ServerSettings) -> accept::Settings {
         max_connections_per_client: Some(settings.max_connections_per_client),
         header_read_timeout: settings.header_read_timeout,
         idle_timeout: settings.idle_timeout,
+        send_timeout: settings.send_timeout,
         head_limits: Some(HeadLimits {
             max_headers: settings.max_headers,
             max_header_bytes: settings.max_header_bytes,

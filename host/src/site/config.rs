@@ -15,6 +15,7 @@
 //! idle_timeout_ms = 30000            # (all keys: `site::limits::
 //! body_timeout_ms = 10000            # CONNECTION_LIMITS`)
 //! max_connections_per_client = 256
+//! send_timeout_ms = 60000
 //!
 //! [[location]]
 //! path = "/api/"                     # starts with '/'
@@ -71,6 +72,7 @@ pub(crate) struct ConnectionsFile {
     body_timeout_ms: Option<Spanned<u64>>,
     min_body_bytes_per_sec: Option<Spanned<u64>>,
     max_connections_per_client: Option<Spanned<u64>>,
+    send_timeout_ms: Option<Spanned<u64>>,
 }
 
 impl ConnectionsFile {
@@ -84,6 +86,7 @@ impl ConnectionsFile {
             (L::BodyTimeoutMs, &self.body_timeout_ms),
             (L::MinBodyBytesPerSec, &self.min_body_bytes_per_sec),
             (L::MaxConnectionsPerClient, &self.max_connections_per_client),
+            (L::SendTimeoutMs, &self.send_timeout_ms),
         ];
         let mut values = ConnectionValues::default();
         for (limit, value) in written {

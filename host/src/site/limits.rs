@@ -284,15 +284,17 @@ pub enum ConnectionLimit {
     BodyTimeoutMs,
     MinBodyBytesPerSec,
     MaxConnectionsPerClient,
+    SendTimeoutMs,
 }
 
 impl ConnectionLimit {
-    pub const ALL: [ConnectionLimit; 5] = [
+    pub const ALL: [ConnectionLimit; 6] = [
         ConnectionLimit::HeaderTimeoutMs,
         ConnectionLimit::IdleTimeoutMs,
         ConnectionLimit::BodyTimeoutMs,
         ConnectionLimit::MinBodyBytesPerSec,
         ConnectionLimit::MaxConnectionsPerClient,
+        ConnectionLimit::SendTimeoutMs,
     ];
 
     pub fn def(self) -> &'static LimitDef {
@@ -310,7 +312,7 @@ impl ConnectionLimit {
 /// Every bound on connections, in the order of [`ConnectionLimit`]: the
 /// `[connections]` keys of a site config and of a server config, and the
 /// flags of `moonwall serve` (the alias), which win over the file.
-pub static CONNECTION_LIMITS: [LimitDef; 5] = [
+pub static CONNECTION_LIMITS: [LimitDef; 6] = [
     LimitDef {
         key: "header_timeout_ms",
         aliases: &["--header-timeout-ms"],
@@ -351,11 +353,19 @@ pub static CONNECTION_LIMITS: [LimitDef; 5] = [
         default: DefaultValue::Value(256),
         doc: "connections open at once from one client IP address; one more is closed as soon as it is accepted (logged at most once every 10 s, with the count refused meanwhile)",
     },
+    LimitDef {
+        key: "send_timeout_ms",
+        aliases: &["--send-timeout-ms"],
+        min: 1,
+        max: HOUR_MS,
+        default: DefaultValue::Value(60_000),
+        doc: "longest a write to the client may wait for it to take more of a response (its socket full, HTTP/1 or HTTP/2), between two writes that make progress, not for the whole response (nginx's `send_timeout`); then the connection is closed, logged at info, and a script still writing to it ends as when the client goes away (`client-closed`)",
+    },
 ];
 
 /// The connection limits a file wrote, each checked (`None`: not written).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ConnectionValues([Option<u64>; 5]);
+pub struct ConnectionValues([Option<u64>; 6]);
 
 impl ConnectionValues {
     pub fn get(&self, limit: ConnectionLimit) -> Option<u64> {

@@ -24,6 +24,9 @@ const MAX_CONNECTIONS: usize = 64;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a connection of [`serve`] may wait between requests.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a response write of [`serve`] may wait for the client to take
+/// more.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown, the time open connections of [`serve`] get to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -37,6 +40,7 @@ fn accept_settings() -> accept::Settings {
         max_connections_per_client: None,
         header_read_timeout: HEADER_READ_TIMEOUT,
         idle_timeout: IDLE_TIMEOUT,
+        send_timeout: SEND_TIMEOUT,
         head_limits: None,
         http2: false,
         shutdown_grace: SHUTDOWN_GRACE,
@@ -52,7 +56,8 @@ fn accept_settings() -> accept::Settings {
 ///
 /// HTTP/1.1 through hyper, one tokio task per connection, at most 64
 /// connections at once (more wait to be accepted), 10 s from connecting to
-/// send the request headers, 10 s idle between requests. Once `shutdown` completes, it stops accepting, gives open
+/// send the request headers, 10 s idle between requests, 10 s for a write
+/// of a response to make progress. Once `shutdown` completes, it stops accepting, gives open
 /// connections 2 s to finish, and closes the rest.
 pub async fn serve(
     metrics: Arc<Metrics>,
