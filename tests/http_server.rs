@@ -1265,6 +1265,39 @@ fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     assert_eq!(get_on(&mut held[0], "/hi.txt"), 200);
 }
 
+/// An HTTP/2 stream its client keeps shut (it never opens the stream's
+/// flow-control window past the first 64 KiB, while the connection itself
+/// stays healthy, so no send timeout applies) holds the script writing to it
+/// no longer than the run's time limit: waiting to write counts against
+/// `timeout_ms` like any wait. Before, the run waited for the window forever
+/// (still running a minute later), holding its place in flight.
+#[test]
+fn a_script_writing_to_a_shut_http2_stream_stops_at_its_time_limit() {
+    let (dir, patient) = big_responses("shut-h2-stream");
+    let limits = Limits {
+        timeout: Duration::from_secs(2),
+        ..patient
+    };
+    let server = TestServer::start(docroot(&dir), limits, ServerSettings::default());
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS with none: the default windows, 65,535 bytes.
+    h2.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]);
+    h2.extend(h2_get(1, "/stream"));
+    stream.write_all(&h2).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while outcomes(&server, "limit-time") < 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        outcomes(&server, "limit-time"),
+        1,
+        "the script writing to a shut stream still runs:\n{}",
+        server.metrics.render()
+    );
+    drop(stream);
+}
+
 /// The send timeout is between writes, not for a whole response: a client
 /// that reads slowly but steadily (at most 1 MiB every 200 ms, through a
 /// receive buffer of its own size) gets all of a 32 MiB file and a 32 MiB

@@ -314,7 +314,13 @@ impl Waiting<'_> {
             return Ok(output);
         }
         self.cpu.release();
-        let output = future.await;
+        // Waiting counts against the run's time: at its deadline the run
+        // stops, whatever it waited for (a write a client never lets
+        // through, ...) is dropped.
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        let Ok(output) = tokio::time::timeout_at(deadline, future).await else {
+            return Err(deadline_passed(self.time_limit));
+        };
         self.back_on_cpu().await?;
         Ok(output)
     }

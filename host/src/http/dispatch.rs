@@ -211,13 +211,7 @@ async fn run_script(
 ) -> Response<ResponseBody> {
     let (head_tx, mut head_rx) = oneshot::channel();
     let (body_tx, body_rx) = mpsc::channel(16);
-    let sink = ChannelSink {
-        head: Some(head_tx),
-        pending: None,
-        first: None,
-        coalesce: request.method != "HEAD",
-        body: body_tx,
-    };
+    let sink = ChannelSink::new(head_tx, body_tx, request.method != "HEAD");
     let tenant = access
         .tenant
         .clone()

@@ -62,9 +62,27 @@ pub(crate) struct ChannelSink {
     /// Whether a whole response may be sent with a length (not for HEAD).
     pub(crate) coalesce: bool,
     pub(crate) body: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    /// A place in the channel kept for the error that cuts the response
+    /// short, so that aborting never waits on a client that reads nothing.
+    pub(crate) cut: Option<mpsc::OwnedPermit<Result<Frame<Bytes>, std::io::Error>>>,
 }
 
 impl ChannelSink {
+    pub(crate) fn new(
+        head: oneshot::Sender<(Head, Option<Bytes>)>,
+        body: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+        coalesce: bool,
+    ) -> ChannelSink {
+        ChannelSink {
+            head: Some(head),
+            pending: None,
+            first: None,
+            coalesce,
+            cut: body.clone().try_reserve_owned().ok(),
+            body,
+        }
+    }
+
     /// Pass the head on, and the held chunk into the stream.
     fn start_streaming(&mut self) -> bool {
         if let (Some(head), Some(sender)) = (self.pending.take(), self.head.take()) {
@@ -118,7 +136,17 @@ impl ResponseSink for ChannelSink {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
             let cut = std::io::Error::other("the response was cut short");
-            let _ = self.body.send(Err(cut)).await;
+            // Into the place kept for it: the channel may be full of what a
+            // client that reads nothing (or keeps its HTTP/2 stream shut)
+            // never takes.
+            match self.cut.take() {
+                Some(place) => {
+                    place.send(Err(cut));
+                }
+                None => {
+                    let _ = self.body.try_send(Err(cut));
+                }
+            }
         })
     }
 }
