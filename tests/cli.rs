@@ -690,7 +690,7 @@ fn serve_raises_its_open_files_limit_to_the_hard_limit() {
 
 #[test]
 fn serve_runs_an_init_script_once_and_requests_start_from_its_state() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Read, Write};
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-init");
     std::fs::create_dir_all(&dir).unwrap();
     let init = dir.join("init.lua");
@@ -714,20 +714,7 @@ fn serve_runs_an_init_script_once_and_requests_start_from_its_state() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut address = None;
-    let mut seen = String::new();
-    for _ in 0..20 {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        seen.push_str(&line);
-        if let Some(rest) = line.split("http://").nth(1) {
-            address = Some(rest.trim().to_string());
-            break;
-        }
-    }
-    let address = address.unwrap_or_else(|| panic!("no listening line in {seen}"));
+    let (address, seen) = listening_address(&mut stderr);
     assert!(seen.contains("init script ran"), "{seen}");
     for _ in 0..2 {
         let mut stream = std::net::TcpStream::connect(&address).unwrap();
@@ -773,7 +760,7 @@ fn serve_runs_an_init_script_once_and_requests_start_from_its_state() {
 /// unserved), and a value out of range is a usage error naming its place.
 #[test]
 fn serve_takes_connection_bounds_from_the_config_and_the_flags() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Read, Write};
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-connections");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hi.lua"), "ngx.say('hi')").unwrap();
@@ -835,18 +822,7 @@ fn serve_takes_connection_bounds_from_the_config_and_the_flags() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut address = None;
-    for _ in 0..20 {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(rest) = line.split("http://").nth(1) {
-            address = Some(rest.trim().to_string());
-            break;
-        }
-    }
-    let address = address.expect("the listening line");
+    let (address, _) = listening_address(&mut stderr);
     // Sends nothing: closed after the file's header timeout.
     let mut silent = std::net::TcpStream::connect(&address).unwrap();
     silent
@@ -919,18 +895,7 @@ fn serve_closes_a_client_that_stops_reading_after_the_send_timeout() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut address = None;
-    for _ in 0..20 {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(rest) = line.split("http://").nth(1) {
-            address = Some(rest.trim().to_string());
-            break;
-        }
-    }
-    let address = address.expect("the listening line");
+    let (address, _) = listening_address(&mut stderr);
     let mut stalled = std::net::TcpStream::connect(&address).unwrap();
     let local = stalled.local_addr().unwrap();
     stalled
@@ -976,4 +941,22 @@ fn serve_closes_a_client_that_stops_reading_after_the_send_timeout() {
     // Ended by the server (end of stream or reset), well short of the file.
     assert!(got.starts_with(b"HTTP/1.1 200"));
     assert!(got.len() < BIG, "the whole file came: {} bytes", got.len());
+}
+
+/// The address `moonwall serve` listens on, from its `listening on
+/// http://ADDR` line among the first lines it logs (text format), and the
+/// lines read up to it.
+fn listening_address(stderr: &mut impl std::io::BufRead) -> (String, String) {
+    let mut seen = String::new();
+    for _ in 0..20 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if let Some(rest) = line.split("http://").nth(1) {
+            return (rest.trim().to_string(), seen);
+        }
+    }
+    panic!("no listening line in {seen}");
 }
