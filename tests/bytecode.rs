@@ -34,9 +34,9 @@ fn get(path: &str) -> Request {
         .0;
     RequestHead::from_parts(&parts).unwrap().into_request(
         Vec::new(),
-        "http",
         ([127, 0, 0, 1], 80).into(),
         ([127, 0, 0, 1], 1).into(),
+        None,
     )
 }
 

@@ -20,3 +20,4 @@ mod openresty;
 mod policies;
 mod sandbox_api;
 mod tenants;
+mod tls_in;

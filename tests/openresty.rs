@@ -147,9 +147,9 @@ fn via_library(case: &Case) -> Observed {
     let head = RequestHead::from_parts(&parts).expect("a valid path");
     let request = head.into_request(
         case.body.as_bytes().to_vec(),
-        "http",
         ([127, 0, 0, 1], 8080).into(),
         ([127, 0, 0, 1], 40000).into(),
+        None,
     );
     let handlers = Handlers {
         rewrite: source("rewrite", &case.rewrite),
@@ -300,7 +300,7 @@ fn via_server(
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(serve(app, listener, async {
+    let server = runtime.spawn(serve(app, listener, None, async {
         let _ = stopped.await;
     }));
 

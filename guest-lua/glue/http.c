@@ -230,7 +230,7 @@ static void set_text(lua_State *L, const char *field, const sandbox_string_t *te
 }
 
 static void push_request(lua_State *L, const request_t *request) {
-  lua_createtable(L, 0, 13);
+  lua_createtable(L, 0, 15);
   set_text(L, "method", &request->method);
   push_bytes(L, &request->uri);
   lua_setfield(L, -2, "uri");
@@ -244,6 +244,8 @@ static void push_request(lua_State *L, const request_t *request) {
   set_text(L, "remote_addr", &request->remote_addr);
   lua_pushinteger(L, request->remote_port);
   lua_setfield(L, -2, "remote_port");
+  set_text(L, "ssl_protocol", &request->ssl_protocol);
+  set_text(L, "ssl_server_name", &request->ssl_server_name);
   lua_createtable(L, (int)request->headers.len, 0);
   for (size_t i = 0; i < request->headers.len; i++) {
     lua_createtable(L, 0, 2);

@@ -873,6 +873,8 @@ local builtin_vars = {
   scheme = function() return request.scheme end,
   https = function() return request.scheme == "https" and "on" or "" end,
   server_port = function() return tostring(request.server_port) end,
+  ssl_protocol = function() if request.ssl_protocol ~= "" then return request.ssl_protocol end end,
+  ssl_server_name = function() if request.ssl_server_name ~= "" then return request.ssl_server_name end end,
   remote_addr = function() return request.remote_addr end,
   remote_port = function() return tostring(request.remote_port) end,
   server_protocol = function() return "HTTP/" .. request.http_version end,

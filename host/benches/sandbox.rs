@@ -97,9 +97,9 @@ fn bench(c: &mut Criterion) {
         .0;
     let request = RequestHead::from_parts(&parts).unwrap().into_request(
         Vec::new(),
-        "http",
         ([127, 0, 0, 1], 80).into(),
         ([127, 0, 0, 1], 1).into(),
+        None,
     );
     let handlers = content_handler("ngx.say('hello')");
     let serve = || serve_once(sandbox, &request, &handlers, &limits);

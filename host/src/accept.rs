@@ -27,11 +27,33 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a TLS connection's handshake settled, for the requests on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2` (nginx's `$ssl_protocol`).
+    pub protocol: &'static str,
+    /// The name the client asked for (SNI), lowercase, if it sent one.
+    pub server_name: Option<String>,
+}
+
+impl TlsInfo {
+    fn of(connection: &rustls::ServerConnection) -> TlsInfo {
+        TlsInfo {
+            protocol: match connection.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            },
+            server_name: connection.server_name().map(str::to_ascii_lowercase),
+        }
+    }
+}
 
 /// How a listener serves its connections.
 #[derive(Debug, Clone)]
@@ -58,6 +80,10 @@ pub struct Settings {
     pub head_limits: Option<HeadLimits>,
     /// Whether HTTP/2 by prior knowledge (h2c) is served besides HTTP/1.1.
     pub http2: bool,
+    /// TLS: every connection begins with a handshake under this config (its
+    /// certificates, its ALPN protocols), within `header_read_timeout` of
+    /// being accepted; `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Once shutdown begins, the time open connections get to finish.
     pub shutdown_grace: Duration,
     /// What becomes of the connections still open when the grace is over.
@@ -100,7 +126,8 @@ pub enum ShutdownLog {
 }
 
 /// Accept connections on `listener` and serve each in a tokio task of its
-/// own with the service `make_service` gives for its remote address, until
+/// own with the service `make_service` gives for its remote address (and,
+/// over TLS, what its handshake settled), until
 /// `shutdown` completes; then stop accepting, close the listener, give open
 /// connections `settings.shutdown_grace` to finish, and deal with the rest
 /// as `settings.after_grace` says.
@@ -120,7 +147,7 @@ pub enum ShutdownLog {
 pub async fn serve<S, B>(
     listener: TcpListener,
     settings: &Settings,
-    mut make_service: impl FnMut(SocketAddr) -> S,
+    make_service: impl Fn(SocketAddr, Option<TlsInfo>) -> S + Send + Sync + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
@@ -132,7 +159,9 @@ where
     B::Error: Into<BoxError>,
 {
     let prefix = settings.log_prefix;
-    let builder = builder(settings);
+    let builder = Arc::new(builder(settings));
+    let make_service = Arc::new(make_service);
+    let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let clients = Arc::new(Clients::new(settings.max_connections_per_client));
     let mut refusals = Refusals::default();
@@ -174,23 +203,55 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let accepted = Instant::now();
         let activity = Arc::new(Activity::new());
-        let service = Tracked {
-            inner: make_service(remote),
-            activity: activity.clone(),
-        };
         let stream = Watched {
             inner: stream,
             activity: activity.clone(),
         };
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
         let closing = closing.subscribe();
+        let (builder, make_service, tls) = (builder.clone(), make_service.clone(), tls.clone());
         let task = async move {
             let _permit = permit;
             let _client = client;
-            drive(connection, &activity, deadlines, closing, remote, prefix).await;
+            let service = |info| Tracked {
+                inner: make_service(remote, info),
+                activity: activity.clone(),
+            };
+            let Some(tls) = tls else {
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service(None))
+                    .into_owned();
+                drive(
+                    connection, &activity, deadlines, accepted, closing, remote, prefix,
+                )
+                .await;
+                return;
+            };
+            // The handshake is part of the time to send a first head.
+            let handshake = tokio::time::timeout_at(
+                (accepted + deadlines.first_head).into(),
+                tls.accept(stream),
+            );
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%remote, "{prefix}TLS handshake failed: {error}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "{prefix}closed: no TLS handshake within {} ms", deadlines.first_head.as_millis());
+                    return;
+                }
+            };
+            let info = TlsInfo::of(stream.get_ref().1);
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service(Some(info)))
+                .into_owned();
+            drive(
+                connection, &activity, deadlines, accepted, closing, remote, prefix,
+            )
+            .await;
         };
         match settings.after_grace {
             AfterGrace::Close => {
@@ -251,13 +312,13 @@ async fn drive<C>(
     connection: C,
     activity: &Activity,
     deadlines: Deadlines,
+    accepted: Instant,
     mut closing: watch::Receiver<bool>,
     remote: SocketAddr,
     prefix: &str,
 ) where
     C: Future<Output = Result<(), BoxError>> + Graceful,
 {
-    let accepted = Instant::now();
     tokio::pin!(connection);
     let mut shutting_down = false;
     // When an idle connection was asked to shut down.
@@ -336,8 +397,9 @@ trait Graceful {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<S, B> Graceful for auto::Connection<'static, TokioIo<Watched<TcpStream>>, S, TokioExecutor>
+impl<I, S, B> Graceful for auto::Connection<'static, TokioIo<I>, S, TokioExecutor>
 where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = B>,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -689,6 +751,7 @@ mod tests {
             send_timeout: Duration::from_secs(10),
             head_limits: None,
             http2: false,
+            tls: None,
             shutdown_grace: Duration::from_millis(200),
             after_grace,
             log_prefix: "test: ",
@@ -696,7 +759,7 @@ mod tests {
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            let service = |_remote| {
+            let service = |_remote, _tls| {
                 hyper::service::service_fn(|request: Request<Incoming>| async move {
                     if request.uri().path() == "/hang" {
                         std::future::pending::<()>().await;

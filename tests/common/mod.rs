@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod site;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

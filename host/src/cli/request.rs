@@ -123,7 +123,7 @@ pub fn run(args: RequestArgs) -> u8 {
     };
     let local: SocketAddr = ([127, 0, 0, 1], 80).into();
     let remote: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let request = head.into_request(body, "http", local, remote);
+    let request = head.into_request(body, local, remote, None);
 
     let (limits, caps, init) = match &args.policy {
         None => (args.limits.limits(), crate::caps::RequestCaps::none(), None),

@@ -53,6 +53,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
+    /// Also serve HTTPS on this address [default: the config's `tls_listen`],
+    /// with the certificate of --tls-cert (or the config's `[tls]`, and each
+    /// tenant's own for its hosts, chosen by SNI).
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// The certificate chain (PEM, leaf first) HTTPS serves by default.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// With --root: answer 404 for files that are not scripts.
     #[arg(long)]
     pub no_static: bool,
@@ -242,6 +256,8 @@ pub fn run(args: ServeArgs) -> u8 {
                     listen = server_config.listen.clone();
                 }
                 metrics_listen = server_config.metrics_listen;
+                settings.tls_listen = server_config.tls_listen.clone();
+                settings.tls_default = server_config.tls.clone();
                 reload_poll = server_config.reload_poll;
                 connections = server_config.connections;
                 Some(server_config)
@@ -258,6 +274,8 @@ pub fn run(args: ServeArgs) -> u8 {
         match SiteConfig::load(config) {
             Ok(site) => {
                 listen.extend(site.listen.filter(|_| listen.is_empty()));
+                settings.tls_listen = site.tls_listen.into_iter().collect();
+                settings.tls_default = site.tls;
                 init_script = site.init_script;
                 connections = site.connections;
                 Some((Router::Locations(site.locations), site.limits))
@@ -273,6 +291,22 @@ pub fn run(args: ServeArgs) -> u8 {
     };
     if listen.is_empty() {
         listen.push(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    }
+    if let Some(address) = args.tls_listen {
+        settings.tls_listen = vec![address];
+    }
+    if let (Some(certificate), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        match crate::site::tls::Certificate::load(certificate, key) {
+            Ok(loaded) => settings.tls_default = Some(loaded),
+            Err(error) => return usage(format!("--tls-cert/--tls-key: {error}")),
+        }
+    }
+    if !settings.tls_listen.is_empty() && settings.tls_default.is_none() && server_config.is_none()
+    {
+        return usage(
+            "HTTPS needs a certificate: --tls-cert and --tls-key, or [tls] in the config"
+                .to_string(),
+        );
     }
     if let Some((_, limits)) = &single_site
         && let Err(error) = limits.validate()

@@ -51,6 +51,11 @@ pub struct ServerSettings {
     /// across all tenants: each holds an instance (default: sized from the
     /// machine's memory, [`EngineSettings::default_max_in_flight`]).
     pub max_in_flight: usize,
+    /// HTTPS listeners (besides the plain ones the server is bound to).
+    pub tls_listen: Vec<std::net::SocketAddr>,
+    /// The certificate HTTPS listeners serve when no tenant's fits the name
+    /// asked for (a site's own certificate).
+    pub tls_default: Option<crate::site::tls::Certificate>,
 }
 
 impl Default for ServerSettings {
@@ -73,6 +78,8 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(10),
             max_running: default_max_running(),
             max_in_flight: EngineSettings::default_max_in_flight(),
+            tls_listen: Vec::new(),
+            tls_default: None,
         }
     }
 }

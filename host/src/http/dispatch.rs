@@ -74,9 +74,9 @@ impl Access {
 pub(crate) async fn handle(
     app: Arc<App>,
     request: Request<Incoming>,
-    remote: SocketAddr,
-    local: SocketAddr,
+    connection: &super::listener::Connection,
 ) -> Response<ResponseBody> {
+    let remote = connection.remote;
     let id = app.next_request_id();
     let (parts, body) = request.into_parts();
     // The tenant set of this moment serves the request to its end, whatever
@@ -188,7 +188,8 @@ pub(crate) async fn handle(
                     );
                 }
             };
-            let request = head.into_request(body, "http", local, remote);
+            let request =
+                head.into_request(body, connection.local, remote, connection.tls.as_ref());
             run_script(&app, request, handlers, access, admitted).await
         }
     }

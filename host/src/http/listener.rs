@@ -19,27 +19,41 @@ use crate::accept::{self, AfterGrace, HeadLimits, ShutdownLog};
 /// Accept and serve connections until `shutdown` completes, then stop
 /// accepting and give in-flight requests `shutdown_grace` to finish.
 /// Connections still open after that are left to end on their own (or with
-/// the runtime).
+/// the runtime). With `tls`, every connection is HTTPS
+/// ([`super::tls::server_config`]).
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    let settings = accept_settings(&app.settings);
+    let mut settings = accept_settings(&app.settings);
+    settings.tls = tls;
     accept::serve(
         listener,
         &settings,
-        |remote| {
+        move |remote, tls| {
             let app = app.clone();
+            let connection = Arc::new(Connection { remote, local, tls });
             hyper::service::service_fn(move |request| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(app, request, remote, local).await) }
+                let connection = connection.clone();
+                async move { Ok::<_, Infallible>(handle(app, request, &connection).await) }
             })
         },
         shutdown,
     )
     .await
+}
+
+/// The connection a request came on.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub remote: std::net::SocketAddr,
+    pub local: std::net::SocketAddr,
+    /// Over TLS: what the handshake settled.
+    pub tls: Option<accept::TlsInfo>,
 }
 
 /// How the scripts' server accepts: its bounds, HTTP/2 too, its shutdown
@@ -56,6 +70,7 @@ fn accept_settings(settings: &ServerSettings) -> accept::Settings {
             max_header_bytes: settings.max_header_bytes,
         }),
         http2: true,
+        tls: None,
         shutdown_grace: settings.shutdown_grace,
         after_grace: AfterGrace::Leave,
         log_prefix: "",

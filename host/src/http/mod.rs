@@ -16,6 +16,8 @@
 //! - the host side of the guest's HTTP imports (the response, validated and
 //!   bounded, log lines, digests) is a capability like the others:
 //!   [`crate::caps::http`].
+//! - [`tls`]: HTTPS listeners' certificates, chosen by SNI among the
+//!   tenants' own.
 //! - [`subrequests`]: `ngx.location.capture`, routed inside the tenant, each
 //!   in an instance of its own.
 
@@ -30,6 +32,7 @@ pub mod scripts;
 pub mod server;
 pub mod static_files;
 pub mod subrequests;
+pub mod tls;
 
 pub use crate::bindings::moonwall::sandbox::http_types::{Handlers, Header, Request, Source};
 pub use crate::caps::http::{CollectedResponse, RequestLog, ResponseSink};

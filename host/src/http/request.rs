@@ -118,9 +118,9 @@ impl RequestHead {
     pub fn into_request(
         self,
         body: Vec<u8>,
-        scheme: &str,
         local: SocketAddr,
         remote: SocketAddr,
+        tls: Option<&crate::accept::TlsInfo>,
     ) -> Request {
         let start_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -132,11 +132,15 @@ impl RequestHead {
             request_uri: self.request_uri,
             query: self.query,
             http_version: self.http_version,
-            scheme: scheme.to_string(),
+            scheme: if tls.is_some() { "https" } else { "http" }.to_string(),
             host: self.host,
             server_port: local.port(),
             remote_addr: remote.ip().to_string(),
             remote_port: remote.port(),
+            ssl_protocol: tls.map_or("", |tls| tls.protocol).to_string(),
+            ssl_server_name: tls
+                .and_then(|tls| tls.server_name.clone())
+                .unwrap_or_default(),
             headers: self.headers,
             body,
             start_time,

@@ -32,12 +32,24 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+impl BindError {
+    fn tls(address: SocketAddr, error: rustls::Error) -> BindError {
+        BindError {
+            address,
+            metrics: false,
+            source: std::io::Error::other(format!("TLS: {error}")),
+        }
+    }
+}
+
 /// A running server: `app` served on every listen address, and the metrics
 /// endpoint on its own, until [`Server::stop`]. `moonwall serve` and the
 /// tests start it the same way.
 pub struct Server {
     /// The addresses it listens on (port 0 resolved).
     pub addrs: Vec<SocketAddr>,
+    /// The addresses it serves HTTPS on (`ServerSettings::tls_listen`).
+    pub tls_addrs: Vec<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     servers: tokio::task::JoinSet<std::io::Result<()>>,
@@ -64,6 +76,21 @@ impl Server {
         for &address in listen {
             listeners.push(bind(address, false).await?);
         }
+        let tls_listen = app.settings.tls_listen.clone();
+        let mut tls_listeners = Vec::new();
+        for &address in &tls_listen {
+            tls_listeners.push(bind(address, false).await?);
+        }
+        let tls_config = match tls_listen.first() {
+            Some(&address) => Some(
+                super::tls::server_config(super::tls::TenantCertificates::new(
+                    app.registry.clone(),
+                    app.settings.tls_default.clone(),
+                ))
+                .map_err(|error| BindError::tls(address, error))?,
+            ),
+            None => None,
+        };
         let metrics_listener = match metrics_listen {
             Some(address) => Some(bind(address, true).await?),
             None => None,
@@ -84,7 +111,19 @@ impl Server {
             let address = local(&listener, wanted);
             tracing::info!("moonwall listening on http://{address}");
             addrs.push(address);
-            servers.spawn(serve(app.clone(), listener, until_stopped()));
+            servers.spawn(serve(app.clone(), listener, None, until_stopped()));
+        }
+        let mut tls_addrs = Vec::new();
+        for (listener, &wanted) in tls_listeners.into_iter().zip(&tls_listen) {
+            let address = local(&listener, wanted);
+            tracing::info!("moonwall listening on https://{address}");
+            tls_addrs.push(address);
+            servers.spawn(serve(
+                app.clone(),
+                listener,
+                tls_config.clone(),
+                until_stopped(),
+            ));
         }
         let mut metrics_addr = None;
         if let (Some(listener), Some(wanted)) = (metrics_listener, metrics_listen) {
@@ -99,6 +138,7 @@ impl Server {
         }
         Ok(Server {
             addrs,
+            tls_addrs,
             metrics_addr,
             stop,
             servers,
@@ -156,14 +196,19 @@ impl Server {
                         return Ok(());
                     }
                 };
-                let _ = started_tx.send(Ok((server.addrs.clone(), server.metrics_addr)));
+                let _ = started_tx.send(Ok((
+                    server.addrs.clone(),
+                    server.tls_addrs.clone(),
+                    server.metrics_addr,
+                )));
                 let _ = stop_rx.await;
                 server.stop().await
             })
         });
         match started_rx.recv() {
-            Ok(Ok((addrs, metrics_addr))) => Ok(ServerThread {
+            Ok(Ok((addrs, tls_addrs, metrics_addr))) => Ok(ServerThread {
                 addrs,
+                tls_addrs,
                 metrics_addr,
                 stop: Some(stop_tx),
                 thread: Some(thread),
@@ -183,6 +228,7 @@ impl Server {
 /// A [`Server`] on a thread of its own ([`Server::spawn`]).
 pub struct ServerThread {
     pub addrs: Vec<SocketAddr>,
+    pub tls_addrs: Vec<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,

@@ -3,6 +3,11 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"          # optional; --listen wins
+//! tls_listen = "127.0.0.1:8443"      # optional: HTTPS, with [tls]
+//!
+//! [tls]                              # site::tls
+//! certificate = "certs/site.pem"
+//! key = "certs/site.key"
 //!
 //! [limits]                           # optional; each key optional
 //! fuel = 10000000000
@@ -42,6 +47,9 @@ use crate::sandbox::Limits;
 #[serde(deny_unknown_fields)]
 struct SiteFile {
     listen: Option<Spanned<String>>,
+    /// An HTTPS listener, with the certificate of `[tls]`.
+    tls_listen: Option<Spanned<String>>,
+    tls: Option<super::tls::TlsFile>,
     /// Run once at start; every request starts from the state it leaves.
     init_script: Option<Spanned<PathBuf>>,
     limits: Option<LimitsFile>,
@@ -118,6 +126,9 @@ pub(crate) struct LocationFile {
 #[derive(Debug, Clone)]
 pub struct SiteConfig {
     pub listen: Option<std::net::SocketAddr>,
+    /// Where to serve HTTPS, with `tls`'s certificate.
+    pub tls_listen: Option<std::net::SocketAddr>,
+    pub tls: Option<super::tls::Certificate>,
     /// OpenResty's `init_by_lua_file` (relative to the config's directory).
     pub init_script: Option<ScriptFile>,
     pub limits: Limits,
@@ -279,6 +290,32 @@ impl SiteConfig {
             }
         }
 
+        let tls_listen =
+            site.tls_listen
+                .as_ref()
+                .and_then(|listen| match listen.get_ref().parse() {
+                    Ok(address) => Some(address),
+                    Err(_) => {
+                        problems.at(
+                            listen.span(),
+                            format!(
+                                "`{}` is not an address like 127.0.0.1:8443",
+                                listen.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                });
+        let tls = site
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.check(&base, None, &mut problems));
+        if let (Some(listen), None) = (&site.tls_listen, &site.tls) {
+            problems.at(
+                listen.span(),
+                "tls_listen needs a [tls] table with the certificate and key to serve",
+            );
+        }
         let connections = site.connections.check(&mut problems);
         let locations = parse_locations(&site.locations, &base, None, &mut problems);
         let init_script = site
@@ -297,6 +334,8 @@ impl SiteConfig {
         }
         Ok(SiteConfig {
             listen,
+            tls_listen,
+            tls,
             init_script,
             limits,
             connections,

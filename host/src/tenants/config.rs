@@ -19,6 +19,10 @@ use crate::site::limits::ConnectionValues;
 struct ServerFile {
     /// One address or a list of them.
     listen: Option<Spanned<toml::Value>>,
+    /// HTTPS: one address or a list of them.
+    tls_listen: Option<Spanned<toml::Value>>,
+    /// The certificate served when no tenant's fits the name asked for.
+    tls: Option<crate::site::tls::TlsFile>,
     metrics_listen: Option<Spanned<String>>,
     policies: Spanned<PathBuf>,
     default_tenant: Option<Spanned<String>>,
@@ -37,6 +41,11 @@ struct ServerFile {
 pub struct ServerConfig {
     pub file: PathBuf,
     pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners: each tenant's certificate for its hosts (by SNI),
+    /// else `tls`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The default certificate (`[tls]`).
+    pub tls: Option<crate::site::tls::Certificate>,
     pub metrics_listen: Option<SocketAddr>,
     pub policies_dir: PathBuf,
     pub default_tenant: Option<String>,
@@ -54,6 +63,39 @@ pub struct ServerConfig {
     /// What runs tenants' init scripts (the server's sandbox); without one
     /// (`moonwall check`), an init script is checked but not run.
     pub sandbox: Option<Arc<crate::runtime::Sandbox>>,
+}
+
+/// `listen`-like value: one address or a list of them; a problem at each
+/// entry that is not an address.
+fn addresses(value: &Spanned<toml::Value>, key: &str, problems: &mut Problems) -> Vec<SocketAddr> {
+    let mut listen = Vec::new();
+    let texts: Vec<Option<&str>> = match value.get_ref() {
+        toml::Value::String(one) => vec![Some(one.as_str())],
+        toml::Value::Array(many) => many.iter().map(|v| v.as_str()).collect(),
+        _ => vec![None],
+    };
+    for text in texts {
+        match text.map(str::parse::<SocketAddr>) {
+            Some(Ok(address)) => listen.push(address),
+            Some(Err(_)) => {
+                // Point at the entry itself inside a list.
+                let bad = text.unwrap_or("");
+                let span = value.span();
+                let start = problems.text[span.clone()]
+                    .find(&format!("\"{bad}\""))
+                    .map_or(span.start, |offset| span.start + offset);
+                problems.at(
+                    start..span.end,
+                    format!("`{bad}` is not an address like 127.0.0.1:8080"),
+                )
+            }
+            None => problems.at(
+                value.span(),
+                format!("{key} must be an address like \"127.0.0.1:8080\" or a list of them"),
+            ),
+        }
+    }
+    listen
 }
 
 impl ServerConfig {
@@ -79,35 +121,20 @@ impl ServerConfig {
         } else {
             base.clone()
         };
-        let mut listen: Vec<SocketAddr> = Vec::new();
-        if let Some(value) = &server.listen {
-            let texts: Vec<Option<&str>> = match value.get_ref() {
-                toml::Value::String(one) => vec![Some(one.as_str())],
-                toml::Value::Array(many) => many.iter().map(|v| v.as_str()).collect(),
-                _ => vec![None],
-            };
-            for text in texts {
-                match text.map(str::parse::<SocketAddr>) {
-                    Some(Ok(address)) => listen.push(address),
-                    Some(Err(_)) => {
-                        // Point at the entry itself inside a list.
-                        let bad = text.unwrap_or("");
-                        let span = value.span();
-                        let start = problems.text[span.clone()]
-                            .find(&format!("\"{bad}\""))
-                            .map_or(span.start, |offset| span.start + offset);
-                        problems.at(
-                            start..span.end,
-                            format!("`{bad}` is not an address like 127.0.0.1:8080"),
-                        )
-                    }
-                    None => problems.at(
-                        value.span(),
-                        "listen must be an address like \"127.0.0.1:8080\" or a list of them",
-                    ),
-                }
-            }
-        }
+        let listen = server
+            .listen
+            .as_ref()
+            .map(|value| addresses(value, "listen", &mut problems))
+            .unwrap_or_default();
+        let tls_listen = server
+            .tls_listen
+            .as_ref()
+            .map(|value| addresses(value, "tls_listen", &mut problems))
+            .unwrap_or_default();
+        let tls = server
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.check(&base, None, &mut problems));
         let mut address = |text: &Spanned<String>| match text.get_ref().parse::<SocketAddr>() {
             Ok(address) => Some(address),
             Err(_) => {
@@ -189,6 +216,8 @@ impl ServerConfig {
         Ok(ServerConfig {
             file: file.to_path_buf(),
             listen,
+            tls_listen,
+            tls,
             metrics_listen,
             policies_dir,
             default_tenant,

@@ -51,6 +51,8 @@ pub struct Tenant {
     /// The state its init script left, which every request of the tenant
     /// starts from (`None`: no init script, the sandbox's own).
     pub prepared: Option<Arc<PreparedGuest>>,
+    /// Its certificate, served on the HTTPS listeners for its hosts.
+    pub tls: Option<crate::site::tls::Certificate>,
     /// The init script and its stamp when it ran, to notice changes.
     init: Option<(PathBuf, Option<Stamp>)>,
     /// Its host patterns, each with its place in the policy (for messages).
@@ -80,6 +82,7 @@ impl Tenant {
             grants: crate::caps::Grants::none(),
             metrics: metrics.tenant("default"),
             prepared: None,
+            tls: None,
             init: None,
             hosts: Vec::new(),
             name_place: String::new(),
@@ -158,6 +161,7 @@ impl Tenant {
             grants,
             admission,
             prepared,
+            tls: policy.tls,
             init,
             hosts: policy.hosts,
             name_place: policy.tenant_place,
@@ -244,6 +248,14 @@ fn watched_stamps(config: &ServerConfig, set: &TenantSet) -> Vec<(PathBuf, Optio
             .iter()
             .filter_map(|tenant| tenant.init_script())
             .map(|script| (script.to_path_buf(), stamp_of(script))),
+    );
+    // A renewed certificate is read again (and checked again).
+    stamps.extend(
+        set.tenants
+            .iter()
+            .filter_map(|tenant| tenant.tls.as_ref())
+            .flat_map(|tls| [&tls.file, &tls.key_file])
+            .map(|file| (file.clone(), stamp_of(file))),
     );
     stamps
 }

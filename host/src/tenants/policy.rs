@@ -202,6 +202,8 @@ struct PolicyFile {
     hosts: Vec<Spanned<String>>,
     root: Spanned<PathBuf>,
     serve_static: Option<bool>,
+    /// The certificate of the tenant's hosts on the HTTPS listeners.
+    tls: Option<crate::site::tls::TlsFile>,
     /// OpenResty's `init_by_lua_file`: run once per tenant version, and
     /// every request starts from the state it leaves.
     init_script: Option<Spanned<PathBuf>>,
@@ -228,6 +230,9 @@ pub struct Policy {
     /// The script root, a real path inside the allowed roots.
     pub root: PathBuf,
     pub serve_static: bool,
+    /// Its certificate (files inside the allowed roots), served on the
+    /// HTTPS listeners for its hosts; it names no other host.
+    pub tls: Option<crate::site::tls::Certificate>,
     /// The init script (inside the root), if any.
     pub init_script: Option<crate::site::routing::ScriptFile>,
     /// Locations, matched before the root (script paths inside the root).
@@ -300,6 +305,26 @@ impl Policy {
             }
             _ => None,
         };
+        let tls = policy.tls.as_ref().and_then(|tls| {
+            let certificate = tls.check(&base, Some(allowed_roots), &mut problems)?;
+            let patterns: Vec<HostPattern> = hosts.iter().map(|(p, _)| p.clone()).collect();
+            let outside = certificate.names_outside(&patterns);
+            if !outside.is_empty() {
+                problems.at(
+                    tls.certificate.span(),
+                    format!(
+                        "[tls] the certificate names {}, not among this tenant's hosts: a tenant serves certificates for its own hosts only",
+                        outside
+                            .iter()
+                            .map(|name| format!("`{name}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                return None;
+            }
+            Some(certificate)
+        });
         let limits = TenantLimits::parse(&policy.limits, ceilings, &mut problems);
         let written: Vec<Spanned<String>> = policy.capabilities.into_keys().collect();
         let capabilities = crate::caps::policy::parse(
@@ -329,6 +354,7 @@ impl Policy {
             },
             root,
             serve_static: policy.serve_static.unwrap_or(true),
+            tls,
             init_script,
             limits,
             capabilities,

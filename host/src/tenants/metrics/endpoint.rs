@@ -43,6 +43,7 @@ fn accept_settings() -> accept::Settings {
         send_timeout: SEND_TIMEOUT,
         head_limits: None,
         http2: false,
+        tls: None,
         shutdown_grace: SHUTDOWN_GRACE,
         after_grace: AfterGrace::Close,
         log_prefix: "metrics: ",
@@ -67,7 +68,7 @@ pub async fn serve(
     accept::serve(
         listener,
         &accept_settings(),
-        |_remote| {
+        move |_remote, _tls| {
             let metrics = metrics.clone();
             hyper::service::service_fn(move |request| {
                 let metrics = metrics.clone();

@@ -1,0 +1,244 @@
+//! HTTPS listeners: certificates from the server config and from tenants'
+//! policies, chosen by the name the client asks for (SNI), checked with
+//! curl as a real client, against a CA made for the test.
+
+use crate::common;
+
+use common::site::{capture_logs, shared_sandbox as sandbox};
+use common::tls::TestCa;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moonwall::http::server::{App, Server, ServerSettings, ServerThread};
+use moonwall::tenants::metrics::Metrics;
+use moonwall::tenants::{Registry, ServerConfig};
+
+/// What every tenant's index answers: who it is and what its connection is.
+const WHO: &str = r#"
+ngx.say(TENANT, " ", ngx.var.scheme, " https=", ngx.var.https,
+  " sni=", tostring(ngx.var.ssl_server_name), " ", tostring(ngx.var.ssl_protocol))
+"#;
+
+/// A test directory with a CA, tenants `a` (hosts a.test, *.a.test) and `b`
+/// (b.test), each with its certificate unless `a_claims` names others for
+/// `a`, and the server config `top` (listen addresses, [tls]).
+fn layout(name: &str, a_names: &[&str]) -> (PathBuf, TestCa) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("tls_in")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    let ca = TestCa::new("moonwall test CA");
+    ca.write(&dir.join("ca.pem"));
+    ca.leaf(a_names).write(&dir.join("certs"), "a");
+    ca.leaf(&["b.test"]).write(&dir.join("certs"), "b");
+    ca.leaf(&["default.test"])
+        .write(&dir.join("certs"), "default");
+    std::fs::write(
+        dir.join("moonwall.toml"),
+        "listen = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\npolicies = \"policies\"\n",
+    )
+    .unwrap();
+    for (tenant, hosts) in [("a", "\"a.test\", \"*.a.test\""), ("b", "\"b.test\"")] {
+        std::fs::create_dir_all(dir.join("roots").join(tenant)).unwrap();
+        std::fs::write(
+            dir.join("roots").join(tenant).join("index.lua"),
+            format!("local TENANT = {tenant:?}\n{WHO}"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("policies").join(format!("{tenant}.toml")),
+            format!(
+                "tenant = \"{tenant}\"\nhosts = [{hosts}]\nroot = \"../roots/{tenant}\"\n\n[tls]\ncertificate = \"../certs/{tenant}.pem\"\nkey = \"../certs/{tenant}.key\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    (dir, ca)
+}
+
+/// The server of `dir`'s config in this process: its plain and its HTTPS
+/// address.
+fn start(dir: &Path, default_certificate: bool) -> (ServerThread, SocketAddr, SocketAddr) {
+    capture_logs();
+    let config = ServerConfig::load(&dir.join("moonwall.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let tls_listen = config.tls_listen.clone();
+    assert_eq!(tls_listen.len(), 1, "the config has one tls_listen");
+    let tls_default = default_certificate.then(|| {
+        moonwall::site::tls::Certificate::load(
+            &dir.join("certs/default.pem"),
+            &dir.join("certs/default.key"),
+        )
+        .unwrap()
+    });
+    let registry =
+        Arc::new(Registry::load(config, Metrics::new()).unwrap_or_else(|e| panic!("{e}")));
+    let app = App::with_registry(
+        sandbox(),
+        registry,
+        ServerSettings {
+            max_running: 8,
+            shutdown_grace: Duration::from_secs(2),
+            tls_listen,
+            tls_default,
+            ..ServerSettings::default()
+        },
+    );
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let server = Server::spawn(app, &[loopback], None, 2).unwrap();
+    let (plain, tls) = (server.addr(), server.tls_addrs[0]);
+    (server, plain, tls)
+}
+
+/// curl's answer for `https://HOST:PORT/` (HOST resolved to the listener),
+/// trusting the test's CA: (curl's exit code, body, HTTP version).
+fn curl_https(dir: &Path, host: &str, tls: SocketAddr, extra: &[&str]) -> (i32, String, String) {
+    let port = tls.port();
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .args(["-w", "\n%{http_version}"])
+        .args(extra)
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .expect("curl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, version) = stdout.rsplit_once('\n').unwrap_or((&stdout, ""));
+    let code = output.status.code().unwrap_or(-1);
+    if code != 0 {
+        eprintln!("curl {host}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    (code, body.trim_end().to_string(), version.to_string())
+}
+
+#[test]
+fn each_tenant_serves_https_with_its_own_certificate_chosen_by_sni() {
+    let (dir, _ca) = layout("by_sni", &["a.test", "*.a.test"]);
+    let (_server, plain, tls) = start(&dir, false);
+
+    let (code, body, version) = curl_https(&dir, "a.test", tls, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(body, "a https https=on sni=a.test TLSv1.3");
+    assert_eq!(version, "2", "ALPN offers h2, and curl takes it");
+
+    let (code, body, _) = curl_https(&dir, "www.a.test", tls, &[]);
+    assert_eq!(
+        (code, body.as_str()),
+        (0, "a https https=on sni=www.a.test TLSv1.3")
+    );
+
+    // HTTP/1.1 over TLS, and TLS 1.2.
+    let (code, body, version) = curl_https(&dir, "b.test", tls, &["--http1.1", "--tls-max", "1.2"]);
+    assert_eq!(code, 0);
+    assert_eq!(body, "b https https=on sni=b.test TLSv1.2");
+    assert_eq!(version, "1.1");
+
+    // A name no tenant has, with no default certificate: no handshake
+    // (curl's 35: SSL connect error).
+    let (code, _, _) = curl_https(&dir, "c.test", tls, &[]);
+    assert_eq!(code, 35);
+
+    // The plain listener is unchanged: http, no TLS variables.
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-H", "Host: a.test"])
+        .arg(format!("http://{plain}/"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim_end(),
+        "a http https= sni=nil nil"
+    );
+}
+
+#[test]
+fn a_name_without_a_tenants_certificate_gets_the_default_one() {
+    let (dir, _ca) = layout("default", &["a.test"]);
+    let (_server, _plain, tls) = start(&dir, true);
+    // www.a.test is tenant a's host, but a's certificate names only a.test:
+    // the default certificate is served, for which curl refuses the name
+    // (60: the peer's certificate does not fit).
+    let (code, _, _) = curl_https(&dir, "www.a.test", tls, &[]);
+    assert_eq!(code, 60);
+    // The default certificate's own name gets it, and the default tenant
+    // (none here) decides what answers: 404, over HTTPS.
+    let port = tls.port();
+    let output = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(dir.join("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("default.test:{port}:127.0.0.1"))
+        .arg(format!("https://default.test:{port}/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "404");
+    let (code, body, _) = curl_https(&dir, "a.test", tls, &[]);
+    assert_eq!(
+        (code, body.as_str()),
+        (0, "a https https=on sni=a.test TLSv1.3")
+    );
+}
+
+#[test]
+fn a_tenant_cannot_claim_a_certificate_for_another_tenants_host() {
+    let (dir, _ca) = layout("claim", &["a.test", "b.test"]);
+    let config = ServerConfig::load(&dir.join("moonwall.toml")).unwrap();
+    let error = Registry::load(config, Metrics::new())
+        .err()
+        .expect("the policy is refused")
+        .to_string();
+    let policy = dir.join("policies/a.toml");
+    assert!(
+        error.contains(&format!(
+            "{}:6:15: [tls] the certificate names `b.test`, not among this tenant's hosts",
+            policy.display()
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_tenants_certificate_outside_the_allowed_roots_is_refused() {
+    let (dir, _ca) = layout("outside", &["a.test"]);
+    let outside = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tls_in_outside");
+    let _ = std::fs::remove_dir_all(&outside);
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::copy(dir.join("certs/a.pem"), outside.join("a.pem")).unwrap();
+    std::fs::write(
+        dir.join("moonwall.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\npolicies = \"policies\"\nallowed_roots = [\"roots\", \"certs\"]\n"
+        ),
+    )
+    .unwrap();
+    let policy = dir.join("policies/a.toml");
+    let text = std::fs::read_to_string(&policy).unwrap().replace(
+        "../certs/a.pem",
+        &outside.join("a.pem").display().to_string(),
+    );
+    std::fs::write(&policy, text).unwrap();
+    let config = ServerConfig::load(&dir.join("moonwall.toml")).unwrap();
+    let error = Registry::load(config, Metrics::new())
+        .err()
+        .expect("the policy is refused")
+        .to_string();
+    assert!(
+        error.contains(&format!("{}:6:15: [tls] ", policy.display()))
+            && error.contains("is outside the allowed roots"),
+        "{error}"
+    );
+}
