@@ -64,6 +64,14 @@ fn layout(name: &str, a_names: &[&str]) -> (PathBuf, TestCa) {
 /// The server of `dir`'s config in this process: its plain and its HTTPS
 /// address.
 fn start(dir: &Path, default_certificate: bool) -> (ServerThread, SocketAddr, SocketAddr) {
+    let (server, plain, tls, _) = start_with_registry(dir, default_certificate);
+    (server, plain, tls)
+}
+
+fn start_with_registry(
+    dir: &Path,
+    default_certificate: bool,
+) -> (ServerThread, SocketAddr, SocketAddr, Arc<Registry>) {
     capture_logs();
     let config = ServerConfig::load(&dir.join("moonwall.toml")).unwrap_or_else(|e| panic!("{e}"));
     let tls_listen = config.tls_listen.clone();
@@ -79,7 +87,7 @@ fn start(dir: &Path, default_certificate: bool) -> (ServerThread, SocketAddr, So
         Arc::new(Registry::load(config, Metrics::new()).unwrap_or_else(|e| panic!("{e}")));
     let app = App::with_registry(
         sandbox(),
-        registry,
+        registry.clone(),
         ServerSettings {
             max_running: 8,
             shutdown_grace: Duration::from_secs(2),
@@ -91,7 +99,7 @@ fn start(dir: &Path, default_certificate: bool) -> (ServerThread, SocketAddr, So
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let server = Server::spawn(app, &[loopback], None, 2).unwrap();
     let (plain, tls) = (server.addr(), server.tls_addrs[0]);
-    (server, plain, tls)
+    (server, plain, tls, registry)
 }
 
 /// curl's answer for `https://HOST:PORT/` (HOST resolved to the listener),
@@ -194,6 +202,24 @@ fn a_name_without_a_tenants_certificate_gets_the_default_one() {
 }
 
 #[test]
+fn a_renewed_certificate_serves_after_a_reload() {
+    let (dir, ca) = layout("renewed", &["a.test"]);
+    let (_server, _plain, tls, registry) = start_with_registry(&dir, false);
+    // a's certificate does not name www.a.test yet: no certificate fits.
+    assert_eq!(curl_https(&dir, "www.a.test", tls, &[]).0, 35);
+    ca.leaf(&["a.test", "www.a.test"])
+        .write(&dir.join("certs"), "a");
+    assert!(registry.changed(), "a changed certificate is noticed");
+    let report = registry.reload();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let (code, body, _) = curl_https(&dir, "www.a.test", tls, &[]);
+    assert_eq!(
+        (code, body.as_str()),
+        (0, "a https https=on sni=www.a.test TLSv1.3")
+    );
+}
+
+#[test]
 fn a_tenant_cannot_claim_a_certificate_for_another_tenants_host() {
     let (dir, _ca) = layout("claim", &["a.test", "b.test"]);
     let config = ServerConfig::load(&dir.join("moonwall.toml")).unwrap();
@@ -220,9 +246,7 @@ fn a_tenants_certificate_outside_the_allowed_roots_is_refused() {
     std::fs::copy(dir.join("certs/a.pem"), outside.join("a.pem")).unwrap();
     std::fs::write(
         dir.join("moonwall.toml"),
-        format!(
-            "listen = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\npolicies = \"policies\"\nallowed_roots = [\"roots\", \"certs\"]\n"
-        ),
+        "listen = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\npolicies = \"policies\"\nallowed_roots = [\"roots\", \"certs\"]\n",
     )
     .unwrap();
     let policy = dir.join("policies/a.toml");
@@ -240,5 +264,93 @@ fn a_tenants_certificate_outside_the_allowed_roots_is_refused() {
         error.contains(&format!("{}:6:15: [tls] ", policy.display()))
             && error.contains("is outside the allowed roots"),
         "{error}"
+    );
+}
+
+/// `moonwall serve --root` with the TLS flags, as a user starts it: HTTPS
+/// with the given certificate, and the flags' mistakes are usage errors.
+#[test]
+fn serve_root_over_https_with_the_tls_flags() {
+    use std::io::{BufRead, BufReader};
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("tls_in")
+        .join("serve_root");
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = TestCa::new("moonwall test CA");
+    ca.write(&dir.join("ca.pem"));
+    let (certificate, key) = ca
+        .leaf(&["localhost", "127.0.0.1"])
+        .write(&dir.join("certs"), "site");
+    let (_, other_key) = ca.leaf(&["localhost"]).write(&dir.join("certs"), "other");
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(
+        dir.join("www/index.lua"),
+        "ngx.say(ngx.var.scheme, ' ', ngx.var.ssl_protocol)",
+    )
+    .unwrap();
+    let serve = |key: &Path, extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_moonwall"));
+        command
+            .args(["serve", "--root"])
+            .arg(dir.join("www"))
+            .args(["--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
+            .arg("--tls-cert")
+            .arg(&certificate)
+            .arg("--tls-key")
+            .arg(key)
+            .args(extra)
+            .env("MOONWALL_CACHE_DIR", common::cache_dir())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+
+    // A key that is not the certificate's: refused before serving.
+    let output = serve(&other_key, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--tls-cert/--tls-key") && stderr.contains("other.key"),
+        "{stderr}"
+    );
+    // HTTPS without a certificate: a usage error.
+    let output = Command::new(env!("CARGO_BIN_EXE_moonwall"))
+        .args(["serve", "--root"])
+        .arg(dir.join("www"))
+        .args(["--tls-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("HTTPS needs a certificate"), "{stderr}");
+
+    let mut child = serve(&key, &[]).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut address = None;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if let Some(rest) = line.split("https://").nth(1) {
+            address = Some(rest.trim().to_string());
+            break;
+        }
+    }
+    let address = address.unwrap_or_else(|| panic!("no https listening line in {seen}"));
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .arg(format!("https://{address}/"))
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim_end(),
+        "https TLSv1.3",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }

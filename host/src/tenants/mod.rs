@@ -53,6 +53,8 @@ pub struct Tenant {
     pub prepared: Option<Arc<PreparedGuest>>,
     /// Its certificate, served on the HTTPS listeners for its hosts.
     pub tls: Option<crate::site::tls::Certificate>,
+    /// The stamps of its certificate and key files when they were read.
+    tls_stamps: Vec<(PathBuf, Option<Stamp>)>,
     /// The init script and its stamp when it ran, to notice changes.
     init: Option<(PathBuf, Option<Stamp>)>,
     /// Its host patterns, each with its place in the policy (for messages).
@@ -83,6 +85,7 @@ impl Tenant {
             metrics: metrics.tenant("default"),
             prepared: None,
             tls: None,
+            tls_stamps: Vec::new(),
             init: None,
             hosts: Vec::new(),
             name_place: String::new(),
@@ -102,11 +105,13 @@ impl Tenant {
         self.init.as_ref().map(|(script, _)| script.as_path())
     }
 
-    /// Whether its init script changed since it ran.
-    fn init_changed(&self) -> bool {
+    /// Whether its init script changed since it ran, or its certificate
+    /// or key since they were read.
+    fn files_changed(&self) -> bool {
         self.init
-            .as_ref()
-            .is_some_and(|(script, stamp)| stamp_of(script) != *stamp)
+            .iter()
+            .chain(&self.tls_stamps)
+            .any(|(file, stamp)| stamp_of(file) != *stamp)
     }
 
     fn from_policy(
@@ -161,6 +166,12 @@ impl Tenant {
             grants,
             admission,
             prepared,
+            tls_stamps: policy
+                .tls
+                .iter()
+                .flat_map(|tls| [&tls.file, &tls.key_file])
+                .map(|file| (file.clone(), stamp_of(file)))
+                .collect(),
             tls: policy.tls,
             init,
             hosts: policy.hosts,
@@ -253,9 +264,8 @@ fn watched_stamps(config: &ServerConfig, set: &TenantSet) -> Vec<(PathBuf, Optio
     stamps.extend(
         set.tenants
             .iter()
-            .filter_map(|tenant| tenant.tls.as_ref())
-            .flat_map(|tls| [&tls.file, &tls.key_file])
-            .map(|file| (file.clone(), stamp_of(file))),
+            .flat_map(|tenant| &tenant.tls_stamps)
+            .map(|(file, _)| (file.clone(), stamp_of(file))),
     );
     stamps
 }
@@ -424,7 +434,7 @@ fn build(
     // policy cannot take their hosts away (it is refused instead).
     let unchanged = |file: &PathBuf| {
         previous_of(file)
-            .filter(|t| t.stamp.is_some() && t.stamp == stamp_of(file) && !t.init_changed())
+            .filter(|t| t.stamp.is_some() && t.stamp == stamp_of(file) && !t.files_changed())
             .cloned()
     };
     let mut tenants: Vec<Arc<Tenant>> = files.iter().filter_map(unchanged).collect();
