@@ -842,6 +842,7 @@ fn policy_keys_are_checked() {
             &policy,
             &moonwall::tenants::policy::Ceilings::default(),
             &[dir.canonicalize().unwrap()],
+            &Default::default(),
         )
         .expect_err(line)
         .to_string();

@@ -18,6 +18,7 @@ mod hostile;
 mod http_server;
 mod openresty;
 mod policies;
+mod proxy;
 mod sandbox_api;
 mod tenants;
 mod tls_in;

@@ -281,6 +281,7 @@ fn via_server(
             path: "/".into(),
             matching: Match::Prefix,
             scripts,
+            proxy: None,
         }],
         shown_from: dir.to_path_buf(),
     };

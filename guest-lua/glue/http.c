@@ -209,12 +209,110 @@ static int p_now(lua_State *L) {
   return 1;
 }
 
+/* ---- proxied locations: wit/upstream.wit -------------------------------- */
+
+/* proxied() -> boolean */
+static int p_proxied(lua_State *L) {
+  lua_pushboolean(L, moonwall_sandbox_upstream_proxied());
+  return 1;
+}
+
+/* proxy_send(method, target, {name, value, ...}, body) -> op | nil, err */
+static int p_proxy_send(lua_State *L) {
+  sandbox_list_u8_t method = moonwall_borrowed_bytes(L, 1);
+  sandbox_list_u8_t target = moonwall_borrowed_bytes(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  sandbox_list_u8_t body = moonwall_borrowed_bytes(L, 4);
+  lua_Integer n = luaL_len(L, 3);
+  if (n < 0 || n % 2 != 0)
+    return luaL_error(L, "proxy: malformed header list");
+  moonwall_push_header_block(L, 3, (size_t)n / 2, "proxy: ");
+  sandbox_list_u8_t block = moonwall_borrowed_bytes(L, -1);
+  uint32_t op;
+  sandbox_string_t err;
+  if (!moonwall_sandbox_upstream_send(&method, &target, &block, &body, &op, &err))
+    return return_error(L, &err);
+  lua_pushinteger(L, op);
+  return 1;
+}
+
+static int push_failure(lua_State *L, moonwall_sandbox_upstream_failure_t *failure) {
+  lua_pushnil(L);
+  lua_pushlstring(L, (const char *)failure->message.ptr, failure->message.len);
+  lua_pushinteger(L, failure->status);
+  lua_pushlstring(L, (const char *)failure->addr.ptr, failure->addr.len);
+  moonwall_sandbox_upstream_failure_free(failure);
+  return 4;
+}
+
+/* proxy_finish_send(op) -> {status, headers = {n1, v1, ...}, addr, connect_ms, header_ms}
+   | nil, err, status, addr */
+static int p_proxy_finish_send(lua_State *L) {
+  moonwall_sandbox_upstream_head_t ok;
+  moonwall_sandbox_upstream_failure_t failure;
+  lua_Integer op = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, op >= 0 && op <= 0xffffffffLL, 1, "bad id");
+  if (!moonwall_sandbox_upstream_finish_send((uint32_t)op, &ok, &failure))
+    return push_failure(L, &failure);
+  moonwall_sandbox_upstream_head_t *head = &ok;
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, head->status);
+  lua_setfield(L, -2, "status");
+  lua_createtable(L, (int)(head->headers.len * 2), 0);
+  for (size_t i = 0; i < head->headers.len; i++) {
+    lua_pushlstring(L, (const char *)head->headers.ptr[i].f0.ptr, head->headers.ptr[i].f0.len);
+    lua_rawseti(L, -2, (lua_Integer)(2 * i + 1));
+    lua_pushlstring(L, (const char *)head->headers.ptr[i].f1.ptr, head->headers.ptr[i].f1.len);
+    lua_rawseti(L, -2, (lua_Integer)(2 * i + 2));
+  }
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, (const char *)head->addr.ptr, head->addr.len);
+  lua_setfield(L, -2, "addr");
+  lua_pushinteger(L, head->connect_ms);
+  lua_setfield(L, -2, "connect_ms");
+  lua_pushinteger(L, head->header_ms);
+  lua_setfield(L, -2, "header_ms");
+  moonwall_sandbox_upstream_head_free(head);
+  return 1;
+}
+
+/* proxy_read() -> op | nil, err */
+static int p_proxy_read(lua_State *L) {
+  uint32_t op;
+  sandbox_string_t err;
+  if (!moonwall_sandbox_upstream_read(&op, &err))
+    return return_error(L, &err);
+  lua_pushinteger(L, op);
+  return 1;
+}
+
+/* proxy_finish_read(op) -> chunk | false (the end) | nil, err, status, addr */
+static int p_proxy_finish_read(lua_State *L) {
+  sandbox_option_list_u8_t ok;
+  moonwall_sandbox_upstream_failure_t failure;
+  lua_Integer op = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, op >= 0 && op <= 0xffffffffLL, 1, "bad id");
+  if (!moonwall_sandbox_upstream_finish_read((uint32_t)op, &ok, &failure))
+    return push_failure(L, &failure);
+  if (!ok.is_some) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  sandbox_list_u8_t *chunk = &ok.val;
+  lua_pushlstring(L, (const char *)chunk->ptr, chunk->len);
+  sandbox_list_u8_free(chunk);
+  return 1;
+}
+
 static void push_primitives(lua_State *L) {
   static const luaL_Reg primitives[] = {
       {"send_head", p_send_head}, {"write", p_write},   {"flush", p_flush},
       {"log", p_log},             {"where", p_where},   {"md5", p_md5},
       {"sha1", p_sha1},           {"hmac_sha1", p_hmac_sha1}, {"crc32", p_crc32},
       {"b64enc", p_b64enc},       {"b64dec", p_b64dec}, {"now", p_now},
+      {"proxied", p_proxied},     {"proxy_send", p_proxy_send},
+      {"proxy_finish_send", p_proxy_finish_send},
+      {"proxy_read", p_proxy_read}, {"proxy_finish_read", p_proxy_finish_read},
       {NULL, NULL},
   };
   luaL_newlib(L, primitives);

@@ -103,6 +103,8 @@ local req_headers = {}   -- { {name = as sent, key = lowercase name, value = str
 local host_header_set = false  -- a script changed or cleared the Host header
 local uri, query         -- current $uri and $args (rewritable)
 local body_state = "unread"  -- "unread", "read" or "discarded"
+local upstream_vars = {}  -- a proxied location's $upstream_* variables
+local proxy_started = 0   -- when its content phase began (ngx.now's clock)
 local user_vars = {}     -- ngx.var assignments to names moonwall does not define (lowercase names)
 
 local resp = {
@@ -897,6 +899,8 @@ ngx.var = setmetatable({}, {
     name = lower(name)
     local builtin = builtin_vars[name]
     if builtin then return builtin() end
+    local upstream = upstream_vars[name]
+    if upstream then return upstream end
     if sub(name, 1, 5) == "http_" then return http_value(sub(name, 6)) end
     if sub(name, 1, 4) == "arg_" then return arg_value(sub(name, 5)) end
     if sub(name, 1, 7) == "cookie_" then return cookie_value(sub(name, 8)) end
@@ -1092,6 +1096,78 @@ local function guarded(step, ...)
   return err
 end
 
+-- A proxied location's content phase (nginx's proxy_pass): the request as
+-- the earlier phases left it goes to the upstream; its answer comes back
+-- through the header filter, then chunk by chunk through the body filter.
+-- The host picks the peer, adds the forwarding headers and times every
+-- wait; a failure before the head is 502 or 504.
+local HOP_BY_HOP = {
+  connection = true, ["keep-alive"] = true, ["proxy-connection"] = true, te = true,
+  trailer = true, ["transfer-encoding"] = true, upgrade = true, ["content-length"] = true,
+}
+local function proxy_content()
+  local target
+  if uri == request.uri and query == request.query then
+    target = request.request_uri
+  else
+    target = util.escape_uri(uri, 0)
+    if query ~= "" then target = target .. "?" .. query end
+  end
+  local headers = {}
+  for _, h in ipairs(req_headers) do
+    if not HOP_BY_HOP[h.key] then
+      headers[#headers + 1] = h.name
+      headers[#headers + 1] = h.value
+    end
+  end
+  local body = body_state == "discarded" and "" or request.body
+  local op, err = prim.proxy_send(method, target, headers, body)
+  if not op then error(err, 0) end
+  tasks.await(op)
+  local head, message, status, addr = prim.proxy_finish_send(op)
+  if not head then
+    upstream_vars.upstream_addr = addr ~= "" and addr or nil
+    upstream_vars.upstream_status = status == 504 and "504" or "502"
+    prim.log(ERR, "upstream: " .. message)
+    return ngx.exit(status)
+  end
+  upstream_vars.upstream_addr = head.addr
+  upstream_vars.upstream_status = tostring(head.status)
+  upstream_vars.upstream_connect_time = format("%.3f", head.connect_ms / 1000)
+  upstream_vars.upstream_header_time = format("%.3f", head.header_ms / 1000)
+  resp.status = head.status
+  -- the upstream's headers as they are (a repeated name keeps every value);
+  -- no default Content-Type is added to an answer without one
+  local list, grouped, order = head.headers, {}, {}
+  for i = 1, #list, 2 do
+    local key = lower(list[i])
+    local values = grouped[key]
+    if values then values[#values + 1] = list[i + 1]
+    else grouped[key] = { list[i + 1] }; order[#order + 1] = list[i] end
+  end
+  for _, name in ipairs(order) do set_response_header(name, grouped[lower(name)]) end
+  resp.mime_set = true
+  send_headers()
+  while true do
+    op, err = prim.proxy_read()
+    if not op then error(err, 0) end
+    tasks.await(op)
+    local chunk
+    chunk, message = prim.proxy_finish_read(op)
+    if chunk == nil then
+      -- the head went out: the response can only be cut short
+      error("upstream: " .. message, 0)
+    end
+    if chunk == false then break end
+    if not resp.header_only and not resp.discard then
+      resp.seen_body = true
+      pass(chunk, false)
+      flush_buffer()
+    end
+  end
+  upstream_vars.upstream_response_time = format("%.3f", prim.now() - proxy_started)
+end
+
 local function compile(sources)
   for _, name in ipairs({ "rewrite", "access", "content", "header_filter", "body_filter", "log" }) do
     local source = sources[name]
@@ -1144,6 +1220,10 @@ local function serve(req, sources)
   end
 
   if not outcome then
+    if not handlers.content and prim.proxied() then
+      proxy_started = prim.now()
+      handlers.content = proxy_content
+    end
     if handlers.content then
       local result = run_handler("content", handlers.content)
       if type(result) == "table" then

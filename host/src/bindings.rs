@@ -16,6 +16,7 @@ wasmtime::component::bindgen!({
         // Capabilities that wait (timers, I/O, subrequests, Redis).
         "moonwall:sandbox/tasks": async | trappable,
         "moonwall:sandbox/tcp": async | trappable,
+        "moonwall:sandbox/upstream": async | trappable,
         "moonwall:sandbox/shared-dict": async | trappable,
         // `require` may wait for a module to be compiled.
         "moonwall:sandbox/files.find-module": async | trappable,

@@ -24,6 +24,7 @@
 //! | [`dict`] | `shared-dict` | `ngx.shared.DICT` |
 //! | [`regex`] | `regex` | `ngx.re.*` |
 //! | [`tcp`] | `tcp` | `ngx.socket.tcp`, `resty.http` |
+//! | [`upstream`] | `upstream` | a proxied location's content phase (`proxy = "http://NAME"`) |
 //! | [`files`] | `files`, `env` | `io.open`, `io.lines`, `require`, `os.getenv` |
 //! | [`http`] | `response`, `log`, `codec`, `http-types` | the response, `ngx.log`, `ngx.md5` and the other digests |
 //!
@@ -42,6 +43,7 @@ pub mod policy;
 pub mod regex;
 pub mod tasks;
 pub mod tcp;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -204,6 +206,8 @@ capabilities! {
     regex: regex::Regex,
     /// Outbound TCP (and HTTP over it): destinations, private ranges, bounds.
     tcp: tcp::Outbound,
+    /// The operator's upstreams its proxied locations may pass requests to.
+    upstream: upstream::Proxy,
     /// Directories to read, to `require` from, environment variables.
     files: files::Files,
     /// The response and the log: the most verbose `ngx.log` level kept.
@@ -234,6 +238,8 @@ pub struct RequestCaps {
     /// (no sleep, sockets or subrequests: the state it leaves is snapshotted,
     /// and no operation could outlive it).
     pub init: bool,
+    /// A proxied location's upstream, and the client it proxies for.
+    pub proxy: Option<upstream::ProxyTarget>,
 }
 
 impl Default for RequestCaps {
@@ -255,6 +261,7 @@ impl RequestCaps {
             depth: 0,
             outbound: Arc::default(),
             init: false,
+            proxy: None,
         }
     }
 

@@ -34,6 +34,8 @@ pub struct PolicyContext<'a, 'p> {
     pub(crate) base: &'a Path,
     /// Directories every path a policy grants must lie inside.
     pub(crate) allowed_roots: &'a [PathBuf],
+    /// The upstreams the server config declares (a policy grants some).
+    pub(crate) upstreams: &'a crate::site::upstreams::Upstreams,
     pub(crate) problems: &'a mut Problems<'p>,
 }
 

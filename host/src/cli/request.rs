@@ -183,12 +183,13 @@ fn policy_caps(file: &std::path::Path) -> Result<PolicyCaps, u8> {
     let cwd = std::env::current_dir()
         .and_then(|dir| dir.canonicalize())
         .map_err(|error| usage(format!("the current directory: {error}")))?;
-    let policy = Policy::load(file, &Ceilings::default(), &[cwd]).map_err(|error| {
-        for problem in &error.problems {
-            eprintln!("{problem}");
-        }
-        exit::USAGE
-    })?;
+    let policy =
+        Policy::load(file, &Ceilings::default(), &[cwd], &Default::default()).map_err(|error| {
+            for problem in &error.problems {
+                eprintln!("{problem}");
+            }
+            exit::USAGE
+        })?;
     let grants = crate::caps::Grants::from_policy(
         &policy.tenant,
         &policy.capabilities,

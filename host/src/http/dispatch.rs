@@ -22,6 +22,7 @@ use super::response::{ChannelBody, ChannelSink, ResponseBody, full, rejected, si
 use super::static_files::{self, StaticFile};
 use crate::caps::RequestCaps;
 use crate::caps::http::RequestLog;
+use crate::caps::upstream::ProxyTarget;
 use crate::site::routing::Route;
 use crate::tenants::Tenant;
 use crate::tenants::admission::Admitted;
@@ -128,6 +129,7 @@ pub(crate) async fn handle(
             scripts,
             shown_from,
             opened,
+            proxy,
         } => {
             if let Err(rejection) = tenant.admission.check_rate() {
                 return access.host(rejected(rejection), rejection.label());
@@ -190,7 +192,16 @@ pub(crate) async fn handle(
             };
             let request =
                 head.into_request(body, connection.local, remote, connection.tls.as_ref());
-            run_script(&app, request, handlers, access, admitted).await
+            let proxy = proxy.map(|upstream| ProxyTarget {
+                upstream,
+                client: remote,
+                scheme: if connection.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+            });
+            run_script(&app, request, handlers, proxy, access, admitted).await
         }
     }
 }
@@ -207,6 +218,7 @@ async fn run_script(
     app: &Arc<App>,
     request: super::Request,
     handlers: super::Handlers,
+    proxy: Option<ProxyTarget>,
     access: Access,
     admitted: Admitted,
 ) -> Response<ResponseBody> {
@@ -248,6 +260,7 @@ async fn run_script(
                     depth: 0,
                     outbound,
                     init: false,
+                    proxy,
                 },
                 cpu,
                 guest: tenant.prepared.clone(),

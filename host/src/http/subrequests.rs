@@ -219,12 +219,13 @@ impl TenantSubrequests {
         let _body = self.reserve(sub.body.len(), "a subrequest body")?;
         let request = self.request_of(sub)?;
         let route = self.tenant.router.route(&request.uri);
-        let (scripts, shown_from, opened) = match route {
+        let (scripts, shown_from, opened, proxy) = match route {
             Route::Scripts {
                 scripts,
                 shown_from,
                 opened,
-            } => (scripts, shown_from, opened),
+                proxy,
+            } => (scripts, shown_from, opened, proxy),
             Route::Static(file) => {
                 // Held from before the read until the parent collects it.
                 let size = usize::try_from(file.metadata().len()).unwrap_or(usize::MAX);
@@ -259,6 +260,22 @@ impl TenantSubrequests {
             depth,
             outbound: self.outbound.clone(),
             init: false,
+            // A proxied location's subrequest proxies for the client too.
+            proxy: proxy.map(|upstream| crate::caps::upstream::ProxyTarget {
+                upstream,
+                client: std::net::SocketAddr::new(
+                    request
+                        .remote_addr
+                        .parse()
+                        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                    request.remote_port,
+                ),
+                scheme: if request.scheme == "https" {
+                    "https"
+                } else {
+                    "http"
+                },
+            }),
         };
         let (report, sink) = self
             .app

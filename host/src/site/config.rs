@@ -22,6 +22,14 @@
 //! max_connections_per_client = 256
 //! send_timeout_ms = 60000
 //!
+//! [upstreams.backend]               # site::upstreams
+//! peers = ["127.0.0.1:9001"]
+//!
+//! [[location]]
+//! path = "/app/"
+//! access = "scripts/auth.lua"
+//! proxy = "http://backend"           # instead of a content script
+//!
 //! [[location]]
 //! path = "/api/"                     # starts with '/'
 //! match = "prefix"                   # or "exact"; default "prefix"
@@ -41,6 +49,7 @@ use toml::Spanned;
 use super::limits::ConnectionValues;
 use super::routing::{Location, Locations, Match};
 use super::routing::{PhaseScripts, ScriptFile};
+use super::upstreams::Upstreams;
 use crate::sandbox::Limits;
 
 #[derive(Debug, serde::Deserialize)]
@@ -57,6 +66,9 @@ struct SiteFile {
     connections: ConnectionsFile,
     #[serde(default, rename = "location")]
     locations: Vec<LocationFile>,
+    /// The upstreams proxied locations name.
+    #[serde(default)]
+    upstreams: super::upstreams::UpstreamsFile,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -120,6 +132,9 @@ pub(crate) struct LocationFile {
     header_filter: Option<Spanned<PathBuf>>,
     body_filter: Option<Spanned<PathBuf>>,
     log: Option<Spanned<PathBuf>>,
+    /// `"http://NAME"`: pass the request to the upstream NAME (instead of
+    /// a content script).
+    proxy: Option<Spanned<String>>,
 }
 
 /// A site configuration, checked.
@@ -317,7 +332,8 @@ impl SiteConfig {
             );
         }
         let connections = site.connections.check(&mut problems);
-        let locations = parse_locations(&site.locations, &base, None, &mut problems);
+        let upstreams = Upstreams::parse(&site.upstreams, &mut problems);
+        let locations = parse_locations(&site.locations, &base, None, &upstreams, &mut problems);
         let init_script = site
             .init_script
             .as_ref()
@@ -402,8 +418,15 @@ pub(crate) fn parse_locations(
     files: &[LocationFile],
     base: &Path,
     confine: Option<&[PathBuf]>,
+    upstreams: &Upstreams,
     problems: &mut Problems,
 ) -> Vec<Location> {
+    // A tenant's (confined) locations may use the upstreams its policy grants.
+    let whose = if confine.is_some() {
+        "granted by this policy's [capabilities] upstreams"
+    } else {
+        "declared in this config's [upstreams]"
+    };
     let mut locations: Vec<Location> = Vec::new();
     for location in files {
         let path = location.path.get_ref();
@@ -436,7 +459,23 @@ pub(crate) fn parse_locations(
             body_filter: script(&location.body_filter),
             log: script(&location.log),
         };
-        if scripts == PhaseScripts::default() {
+        let proxy = match &location.proxy {
+            Some(proxy) => {
+                if location.content.is_some() {
+                    problems.at(
+                        proxy.span(),
+                        format!("location `{path}` has both a content script and a proxy: one produces the response"),
+                    );
+                    continue;
+                }
+                match upstreams.resolve(proxy, whose, problems) {
+                    Some(upstream) => Some(upstream),
+                    None => continue,
+                }
+            }
+            None => None,
+        };
+        if scripts == PhaseScripts::default() && proxy.is_none() {
             problems.at(
                 location.path.span(),
                 format!("location `{path}` names no script for any phase"),
@@ -447,6 +486,7 @@ pub(crate) fn parse_locations(
             path: path.clone(),
             matching,
             scripts,
+            proxy,
         });
     }
     locations

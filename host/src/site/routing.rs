@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 use cap_std::fs::{Dir, OpenOptions};
 
+use super::upstreams::Upstream;
+
 /// What serves a request.
 #[derive(Debug, Clone)]
 pub enum Route {
@@ -33,6 +35,9 @@ pub enum Route {
         /// document root's): it is read from this handle, never opened
         /// again by its path.
         opened: Option<OpenFile>,
+        /// A proxied location's upstream: the content phase passes the
+        /// request there.
+        proxy: Option<Arc<Upstream>>,
     },
     /// Send this file as it is (opened beneath the document root).
     Static(OpenFile),
@@ -183,6 +188,7 @@ impl DocRoot {
                     scripts: PhaseScripts::content(file.path.clone()),
                     shown_from: self.root.clone(),
                     opened: Some(file),
+                    proxy: None,
                 })
         };
         if relative.as_os_str().is_empty() || uri.ends_with(b"/") {
@@ -225,6 +231,9 @@ pub struct Location {
     pub path: String,
     pub matching: Match,
     pub scripts: PhaseScripts,
+    /// `proxy = "http://NAME"`: the upstream the content phase passes the
+    /// request to.
+    pub proxy: Option<Arc<Upstream>>,
 }
 
 /// Configured locations, matched with nginx's precedence: an exact match
@@ -256,6 +265,7 @@ impl Locations {
                 scripts: location.scripts.clone(),
                 shown_from: self.shown_from.clone(),
                 opened: None,
+                proxy: location.proxy.clone(),
             },
             None => Route::NotFound,
         }
@@ -377,6 +387,7 @@ mod tests {
             path: path.into(),
             matching,
             scripts: PhaseScripts::content(content),
+            proxy: None,
         }
     }
 

@@ -34,6 +34,9 @@ struct ServerFile {
     limits: LimitsFile,
     #[serde(default)]
     connections: ConnectionsFile,
+    /// The upstreams tenants' proxied locations may be granted.
+    #[serde(default)]
+    upstreams: crate::site::upstreams::UpstreamsFile,
 }
 
 /// The server config of a multi-tenant server (`moonwall.toml`), checked.
@@ -58,6 +61,9 @@ pub struct ServerConfig {
     pub ceilings: Ceilings,
     /// Its `[connections]` bounds.
     pub connections: ConnectionValues,
+    /// The upstreams declared (`[upstreams.NAME]`); a policy grants some of
+    /// them to its tenant (`[capabilities] upstreams`).
+    pub upstreams: crate::site::upstreams::Upstreams,
     /// Server-wide settings of the capabilities (where shared dicts live).
     pub caps: crate::caps::CapsSettings,
     /// What runs tenants' init scripts (the server's sandbox); without one
@@ -188,6 +194,7 @@ impl ServerConfig {
             }
         };
         let ceilings = Ceilings::parse(&server.limits, &mut problems);
+        let upstreams = crate::site::upstreams::Upstreams::parse(&server.upstreams, &mut problems);
         let connections = server.connections.check(&mut problems);
         let dict_backend = match &server.shared_dicts_backend {
             None => crate::caps::dict::BackendConfig::default(),
@@ -226,6 +233,7 @@ impl ServerConfig {
             reload_poll,
             ceilings,
             connections,
+            upstreams,
             caps: crate::caps::CapsSettings {
                 dict_backend,
                 module_compiler: None,

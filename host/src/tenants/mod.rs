@@ -440,13 +440,18 @@ fn build(
     let mut tenants: Vec<Arc<Tenant>> = files.iter().filter_map(unchanged).collect();
     for file in files.iter().filter(|file| unchanged(file).is_none()) {
         let old = previous_of(file);
-        let candidate = Policy::load(file, &config.ceilings, &config.allowed_roots)
-            .map_err(|e| e.problems)
-            .and_then(|policy| {
-                Tenant::from_policy(policy, stamp_of(file), old.map(|t| &**t), metrics, config)
-                    .map(Arc::new)
-                    .map_err(|e| vec![format!("{}: {e}", file.display())])
-            });
+        let candidate = Policy::load(
+            file,
+            &config.ceilings,
+            &config.allowed_roots,
+            &config.upstreams,
+        )
+        .map_err(|e| e.problems)
+        .and_then(|policy| {
+            Tenant::from_policy(policy, stamp_of(file), old.map(|t| &**t), metrics, config)
+                .map(Arc::new)
+                .map_err(|e| vec![format!("{}: {e}", file.display())])
+        });
         match candidate.and_then(|tenant| conflicts(&tenant, &tenants).map(|()| tenant)) {
             Ok(tenant) => tenants.push(tenant),
             Err(problems) => {

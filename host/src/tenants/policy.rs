@@ -20,6 +20,7 @@ use crate::site::config::{
 use crate::site::hosts::HostPattern;
 use crate::site::limits::{LimitValues, RequestLimit};
 use crate::site::routing::Locations;
+use crate::site::upstreams::Upstreams;
 
 /// `[limits]` as written, in a policy or (as ceilings) in moonwall.toml:
 /// one field per limit of [`RequestLimit`], defined in `site::limits`.
@@ -247,9 +248,10 @@ impl Policy {
         file: &Path,
         ceilings: &Ceilings,
         allowed_roots: &[PathBuf],
+        upstreams: &Upstreams,
     ) -> Result<Policy, ConfigError> {
         let text = crate::site::config::read_config(file)?;
-        Self::parse(file, &text, ceilings, allowed_roots)
+        Self::parse(file, &text, ceilings, allowed_roots, upstreams)
     }
 
     pub fn parse(
@@ -257,6 +259,7 @@ impl Policy {
         text: &str,
         ceilings: &Ceilings,
         allowed_roots: &[PathBuf],
+        upstreams: &Upstreams,
     ) -> Result<Policy, ConfigError> {
         let mut problems = Problems::new(file, text);
         let Some(policy) = problems.parse::<PolicyFile>() else {
@@ -292,11 +295,27 @@ impl Policy {
             }
         }
 
+        let written: Vec<Spanned<String>> = policy.capabilities.into_keys().collect();
+        let capabilities = crate::caps::policy::parse(
+            &written,
+            &mut crate::caps::policy::PolicyContext {
+                base: &base,
+                allowed_roots,
+                upstreams,
+                problems: &mut problems,
+            },
+        );
+        // Its locations may proxy to the upstreams it is granted, no other.
+        let granted = crate::caps::upstream::granted(upstreams, &capabilities.upstream);
         let root = allowed_dir(&policy.root, &base, allowed_roots, &mut problems);
         let locations = match &root {
-            Some(root) => {
-                parse_locations(&policy.locations, root, Some(allowed_roots), &mut problems)
-            }
+            Some(root) => parse_locations(
+                &policy.locations,
+                root,
+                Some(allowed_roots),
+                &granted,
+                &mut problems,
+            ),
             None => Vec::new(),
         };
         let init_script = match (&root, &policy.init_script) {
@@ -326,15 +345,6 @@ impl Policy {
             Some(certificate)
         });
         let limits = TenantLimits::parse(&policy.limits, ceilings, &mut problems);
-        let written: Vec<Spanned<String>> = policy.capabilities.into_keys().collect();
-        let capabilities = crate::caps::policy::parse(
-            &written,
-            &mut crate::caps::policy::PolicyContext {
-                base: &base,
-                allowed_roots,
-                problems: &mut problems,
-            },
-        );
 
         let Some(root) = root else {
             return Err(problems.into_error());

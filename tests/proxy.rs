@@ -1,0 +1,427 @@
+//! Proxied locations (`proxy = "http://NAME"`), end to end: a real upstream
+//! HTTP server on loopback started by the test (hyper, counting what it
+//! receives), moonwall in front of it with a tenant whose policy grants the
+//! upstream, real clients over sockets.
+
+use crate::common;
+
+use common::site::{Reply, Site, logged, send};
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A test upstream on 127.0.0.1: every request it receives, and how many
+/// connections it accepted.
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Upstream {
+    /// Answers by path: `/big/N` streams N bytes of `a` in 64 KiB chunks;
+    /// `/hang` never answers; anything else echoes what it saw, with
+    /// `Server: upstream/1.0` and two `Set-Cookie`s.
+    fn start(name: &'static str) -> Upstream {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (seen2, connections2) = (seen.clone(), connections.clone());
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                connections2.fetch_add(1, Ordering::SeqCst);
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move { Ok::<_, Infallible>(answer(name, request, &seen).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            connections,
+            _runtime: runtime,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn answer(name: &str, request: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        target: parts.uri.to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    });
+    if path == "/hang" {
+        std::future::pending::<()>().await;
+    }
+    if let Some(size) = path.strip_prefix("/big/") {
+        let size: usize = size.parse().unwrap();
+        return Response::builder()
+            .header("Content-Type", "text/plain")
+            .body(BodyExt::boxed(Chunks { left: size }))
+            .unwrap();
+    }
+    let text = format!(
+        "{name} saw {} {} body={}",
+        parts.method,
+        parts.uri,
+        String::from_utf8_lossy(&body)
+    );
+    Response::builder()
+        .status(201)
+        .header("Server", "upstream/1.0")
+        .header("Content-Type", "text/x-upstream")
+        .header("Set-Cookie", "a=1")
+        .header("Set-Cookie", "b=2")
+        .body(BodyExt::boxed(http_body_util::Full::new(Bytes::from(text))))
+        .unwrap()
+}
+
+/// A body of `left` bytes of `a`, in 64 KiB frames (chunked on the wire).
+struct Chunks {
+    left: usize,
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(65536);
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'a'; n])))))
+    }
+}
+
+/// A tenant's site in front of `peers` (upstream `backend`, with the extra
+/// keys `upstream_keys`), its one location `/` proxied there with the given
+/// phase scripts (`("access", "...lua source...")`, ...).
+fn gateway(
+    name: &str,
+    peers: &[SocketAddr],
+    upstream_keys: &str,
+    limits: &str,
+    phases: &[(&str, &str)],
+) -> Site {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    let server_top = format!(
+        "[upstreams.backend]\npeers = [{}]\n{upstream_keys}\n",
+        peers.join(", ")
+    );
+    let mut location = String::from(
+        "upstreams = [\"backend\"]\n\n[[location]]\npath = \"/\"\nproxy = \"http://backend\"\n",
+    );
+    let mut files = Vec::new();
+    for (phase, source) in phases {
+        location.push_str(&format!("{phase} = \"{phase}.lua\"\n"));
+        files.push((format!("root/{phase}.lua"), source.to_string()));
+    }
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, s)| (p.as_str(), s.as_str()))
+        .collect();
+    Site::start(name, &server_top, limits, &location, &files)
+}
+
+fn request(site: &Site, head: &str) -> Reply {
+    send(site.addr, format!("{head}\r\n\r\n").as_bytes())
+}
+
+#[test]
+fn an_access_check_rejects_before_the_upstream_and_filters_shape_its_answer() {
+    let upstream = Upstream::start("backend");
+    let site = gateway(
+        "proxy_access",
+        &[upstream.addr],
+        "",
+        "",
+        &[
+            (
+                "access",
+                r#"if ngx.var.http_x_api_key ~= "secret" then return ngx.exit(401) end
+ngx.req.set_header("X-User", "alice")
+ngx.req.clear_header("X-Api-Key")"#,
+            ),
+            (
+                "header_filter",
+                r#"ngx.header["Server"] = nil
+ngx.header["X-Request-Id"] = "req-" .. ngx.var.remote_port
+ngx.header["X-Upstream-Status"] = ngx.status"#,
+            ),
+            (
+                "log",
+                r#"ngx.log(ngx.WARN, "proxied to ", ngx.var.upstream_addr, " status ", ngx.var.upstream_status)"#,
+            ),
+        ],
+    );
+
+    // No key: the access phase answers, the upstream never sees it.
+    let reply = request(
+        &site,
+        "GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+    );
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(upstream.seen().len(), 0);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 0);
+
+    let reply = request(
+        &site,
+        "GET /hello/w%6Frld?x=1&y=%20 HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: secret\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close",
+    );
+    assert_eq!(reply.status, 201, "{reply:?} {}", logged());
+    assert_eq!(reply.body, "backend saw GET /hello/w%6Frld?x=1&y=%20 body=");
+    assert_ne!(reply.header("server"), Some("upstream/1.0"), "{reply:?}");
+    assert!(
+        reply
+            .header("x-request-id")
+            .is_some_and(|id| id.starts_with("req-"))
+    );
+    assert_eq!(reply.header("x-upstream-status"), Some("201"));
+    assert_eq!(reply.header("content-type"), Some("text/x-upstream"));
+    let cookies: Vec<&str> = reply
+        .head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .collect();
+    assert_eq!(cookies.len(), 2, "{reply:?}");
+
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let seen = &seen[0];
+    assert_eq!(seen.method, "GET");
+    assert_eq!(
+        seen.target, "/hello/w%6Frld?x=1&y=%20",
+        "the target as the client sent it"
+    );
+    assert_eq!(seen.header("x-user"), Some("alice"));
+    assert_eq!(
+        seen.header("x-api-key"),
+        None,
+        "the access phase removed it"
+    );
+    assert_eq!(seen.header("host"), Some("backend"), "nginx's $proxy_host");
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("connection"),
+        None,
+        "no hop-by-hop header is passed on"
+    );
+    assert!(seen.body.is_empty());
+
+    // A POST's body goes along; the connection to the upstream is reused.
+    let reply = request(
+        &site,
+        "POST /form HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: secret\r\nContent-Length: 7\r\nConnection: close\r\n\r\na=1&b=2",
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.body, "backend saw POST /form body=a=1&b=2");
+    assert_eq!(upstream.seen()[1].body, b"a=1&b=2");
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 1, "kept alive");
+    let upstream_addr = upstream.addr.to_string();
+    assert!(
+        common::site::logged().contains(&format!("proxied to {upstream_addr} status 201")),
+        "{}",
+        logged()
+    );
+}
+
+#[test]
+fn a_body_filter_rewrites_a_streamed_body_chunk_by_chunk_in_bounded_memory() {
+    const SIZE: usize = 24 << 20;
+    let upstream = Upstream::start("backend");
+    let site = gateway(
+        "proxy_body_filter",
+        &[upstream.addr],
+        "",
+        // Far less memory than the body: it has to stream through.
+        "memory_mib = 8\ntimeout_ms = 60000\nmax_response_body_kib = 65536\nfuel = 100000000000",
+        &[(
+            "body_filter",
+            r#"local chunk = ngx.arg[1]
+if chunk ~= "" then ngx.arg[1] = string.upper(chunk) end"#,
+        )],
+    );
+    let reply = request(
+        &site,
+        &format!("GET /big/{SIZE} HTTP/1.1\r\nHost: localhost\r\nConnection: close"),
+    );
+    assert_eq!(reply.status, 200, "{} {}", reply.head, logged());
+    assert!(reply.complete, "{}", reply.head);
+    assert_eq!(reply.body.len(), SIZE);
+    assert!(reply.body.bytes().all(|b| b == b'A'));
+}
+
+#[test]
+fn a_dead_peer_is_skipped_a_hanging_one_is_504_and_a_closing_one_502() {
+    let upstream = Upstream::start("live");
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // A peer that takes the request and closes without an answer.
+    let closing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closing_addr = closing.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in closing.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buffer = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut buffer);
+            drop(stream);
+        }
+    });
+
+    let site = gateway(
+        "proxy_peers",
+        &[dead, upstream.addr],
+        "connect_timeout_ms = 2000\nread_timeout_ms = 1000\nsend_timeout_ms = 1000",
+        "timeout_ms = 30000",
+        &[(
+            "log",
+            r#"ngx.log(ngx.WARN, "peers ", ngx.var.upstream_addr, " status ", ngx.var.upstream_status)"#,
+        )],
+    );
+    for _ in 0..2 {
+        let reply = request(
+            &site,
+            "GET /a HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+        );
+        assert_eq!(reply.status, 201, "{reply:?} {}", logged());
+        assert_eq!(reply.body, "live saw GET /a body=");
+    }
+    // Round robin: one of the two requests started at the dead peer, and
+    // went on to the live one.
+    assert!(
+        logged().contains(&format!("peers {dead}, {} status 201", upstream.addr)),
+        "{}",
+        logged()
+    );
+
+    let reply = request(
+        &site,
+        "GET /hang HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+    );
+    assert_eq!(reply.status, 504, "{reply:?} {}", logged());
+
+    let site = gateway("proxy_closing", &[closing_addr], "", "", &[]);
+    let reply = request(
+        &site,
+        "GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+    );
+    assert_eq!(reply.status, 502, "{reply:?} {}", logged());
+}
+
+#[test]
+fn a_proxy_to_an_upstream_not_granted_is_refused_with_its_place() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("proxy_refused");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    std::fs::write(
+        dir.join("moonwall.toml"),
+        "policies = \"policies\"\n\n[upstreams.backend]\npeers = [\"127.0.0.1:9\"]\n\n[upstreams.billing]\npeers = [\"127.0.0.1:10\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policies/t.toml"),
+        "tenant = \"t\"\nroot = \"../root\"\n\n[capabilities]\nupstreams = [\"backend\", \"payroll\"]\n\n[[location]]\npath = \"/\"\nproxy = \"http://billing\"\n",
+    )
+    .unwrap();
+    let config = moonwall::tenants::ServerConfig::load(&dir.join("moonwall.toml")).unwrap();
+    let error =
+        moonwall::tenants::Registry::load(config, moonwall::tenants::metrics::Metrics::new())
+            .err()
+            .expect("refused")
+            .to_string();
+    let policy = dir.join("policies/t.toml").display().to_string();
+    assert!(
+        error.contains(&format!(
+            "{policy}:5:25: upstreams: `payroll` is not declared in the server config"
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "{policy}:9:9: proxy `http://billing`: no upstream `billing` is granted by this policy's [capabilities] upstreams (there are: backend)"
+        )),
+        "{error}"
+    );
+}
