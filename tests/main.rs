@@ -13,6 +13,7 @@ mod caps_tasks;
 mod caps_tcp;
 mod cli;
 mod example_api;
+mod example_gateway;
 mod host_work;
 mod hostile;
 mod http_server;

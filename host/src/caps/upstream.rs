@@ -119,6 +119,9 @@ fn build_request(
     block: &[u8],
     body: Vec<u8>,
 ) -> Result<hyper::Request<Full<Bytes>>, String> {
+    if method.is_empty() || method.len() > 32 {
+        return Err("proxy: invalid method".into());
+    }
     let method =
         hyper::Method::from_bytes(method).map_err(|_| "proxy: invalid method".to_string())?;
     if path.len() > MAX_TARGET_BYTES {
