@@ -128,7 +128,7 @@ fn server_config_unknown_key() {
     assert_eq!(
         site.server_problems("policies = \"policies\"\nlisten_on = \"127.0.0.1:80\"\n"),
         [format!(
-            "{}:2:1: unknown field `listen_on`, expected one of `listen`, `metrics_listen`, `policies`, `default_tenant`, `allowed_roots`, `reload_poll_ms`, `shared_dicts_backend`, `limits`, `connections`",
+            "{}:2:1: unknown field `listen_on`, expected one of `listen`, `metrics_listen`, `policies`, `default_tenant`, `allowed_roots`, `reload_poll_ms`, `shared_dicts_backend`, `tls_ca_file`, `limits`, `connections`",
             site.config().display()
         )]
     );
@@ -428,7 +428,7 @@ fn policy_unknown_key_in_capabilities() {
             "tenant = \"a\"\nroot = \"../www\"\n\n[capabilities]\nlog_level = \"info\"\nfilesystem = true\n"
         ),
         [format!(
-            "{}:6:1: unknown field `filesystem`, expected one of `shared_dicts`, `outbound`, `outbound_private`, `outbound_max_connections`, `outbound_max_sockets`, `outbound_max_receive_kib`, `outbound_connect_timeout_ms`, `outbound_send_timeout_ms`, `outbound_read_timeout_ms`, `outbound_keepalive_pool`, `outbound_keepalive_timeout_ms`, `outbound_max_tenant_sockets`, `read_dirs`, `lib_dirs`, `env`, `log_level`",
+            "{}:6:1: unknown field `filesystem`, expected one of `shared_dicts`, `outbound`, `outbound_private`, `outbound_max_connections`, `outbound_max_sockets`, `outbound_max_receive_kib`, `outbound_connect_timeout_ms`, `outbound_send_timeout_ms`, `outbound_read_timeout_ms`, `outbound_keepalive_pool`, `outbound_keepalive_timeout_ms`, `outbound_max_tenant_sockets`, `outbound_tls_no_verify`, `read_dirs`, `lib_dirs`, `env`, `log_level`",
             p(&site)
         )]
     );
