@@ -555,3 +555,44 @@ fn the_ca_file_is_checked_with_the_server_config() {
         );
     }
 }
+
+/// Each handshake costs 10^7 fuel: 10 fit in a request of 2 * 10^8, 30 do
+/// not (the script's own work for them is a small part of that).
+#[test]
+fn handshakes_are_paid_for_in_fuel() {
+    let ca = Ca::new();
+    let (chain, key) = ca.leaf(&["localhost", "127.0.0.1"]);
+    let server = tls_server(chain, key);
+    let port = server.addr.port();
+    let script = |n: u32| {
+        format!(
+            r#"
+for i = 1, {n} do
+  local sock = ngx.socket.tcp()
+  assert(sock:connect("127.0.0.1", {port}))
+  assert(sock:sslhandshake(false, "localhost"))
+  sock:close()
+end
+ngx.say("{n} handshakes")
+"#
+        )
+    };
+    let ten = script(10);
+    let thirty = script(30);
+    let site = Site::start(
+        "tls_fuel",
+        "tls_ca_file = \"ca.pem\"",
+        "fuel = 200000000",
+        &format!("outbound = [\"tcp://127.0.0.1:{port}\"]"),
+        &[
+            ("ca.pem", &ca.pem()),
+            ("root/ten.lua", &ten),
+            ("root/thirty.lua", &thirty),
+        ],
+    );
+    let reply = site.get("/ten.lua");
+    assert!(reply.is_ok_with("10 handshakes\n"), "{reply:?}");
+    let reply = site.get("/thirty.lua");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(!reply.body.contains("handshakes"), "{reply:?}");
+}
