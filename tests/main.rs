@@ -11,6 +11,7 @@ mod caps_json;
 mod caps_regex;
 mod caps_tasks;
 mod caps_tcp;
+mod caps_tls;
 mod cli;
 mod example_api;
 mod example_gateway;

@@ -128,7 +128,7 @@ fn server_config_unknown_key() {
     assert_eq!(
         site.server_problems("policies = \"policies\"\nlisten_on = \"127.0.0.1:80\"\n"),
         [format!(
-            "{}:2:1: unknown field `listen_on`, expected one of `listen`, `metrics_listen`, `policies`, `default_tenant`, `allowed_roots`, `reload_poll_ms`, `shared_dicts_backend`, `limits`, `connections`",
+            "{}:2:1: unknown field `listen_on`, expected one of `listen`, `tls_listen`, `tls`, `metrics_listen`, `policies`, `default_tenant`, `allowed_roots`, `reload_poll_ms`, `shared_dicts_backend`, `tls_ca_file`, `limits`, `connections`, `upstreams`",
             site.config().display()
         )]
     );
@@ -400,7 +400,7 @@ fn policy_unknown_key_at_top_level() {
     assert_eq!(
         site.policy_problems("tenant = \"a\"\nroot = \"../www\"\nhost = \"a.example\"\n"),
         [format!(
-            "{}:3:1: unknown field `host`, expected one of `tenant`, `hosts`, `root`, `serve_static`, `init_script`, `limits`, `capabilities`, `location`",
+            "{}:3:1: unknown field `host`, expected one of `tenant`, `hosts`, `root`, `serve_static`, `tls`, `init_script`, `limits`, `capabilities`, `location`",
             p(&site)
         )]
     );
@@ -428,7 +428,7 @@ fn policy_unknown_key_in_capabilities() {
             "tenant = \"a\"\nroot = \"../www\"\n\n[capabilities]\nlog_level = \"info\"\nfilesystem = true\n"
         ),
         [format!(
-            "{}:6:1: unknown field `filesystem`, expected one of `shared_dicts`, `outbound`, `outbound_private`, `outbound_max_connections`, `outbound_max_sockets`, `outbound_max_receive_kib`, `outbound_connect_timeout_ms`, `outbound_send_timeout_ms`, `outbound_read_timeout_ms`, `outbound_keepalive_pool`, `outbound_keepalive_timeout_ms`, `outbound_max_tenant_sockets`, `read_dirs`, `lib_dirs`, `env`, `log_level`",
+            "{}:6:1: unknown field `filesystem`, expected one of `shared_dicts`, `outbound`, `outbound_private`, `outbound_max_connections`, `outbound_max_sockets`, `outbound_max_receive_kib`, `outbound_connect_timeout_ms`, `outbound_send_timeout_ms`, `outbound_read_timeout_ms`, `outbound_keepalive_pool`, `outbound_keepalive_timeout_ms`, `outbound_max_tenant_sockets`, `outbound_tls_no_verify`, `upstreams`, `read_dirs`, `lib_dirs`, `env`, `log_level`",
             p(&site)
         )]
     );

@@ -287,6 +287,7 @@ fn the_guest_imports_only_the_moonwall_interfaces() {
             "moonwall:sandbox/shared-dict@0.1.0",
             "moonwall:sandbox/tasks@0.1.0",
             "moonwall:sandbox/tcp@0.1.0",
+            "moonwall:sandbox/upstream@0.1.0",
         ]
     );
 }

@@ -167,6 +167,34 @@ static int p_finish_receive(lua_State *L) {
   return 2;
 }
 
+/* sslhandshake(id, server_name?, verify, timeout_ms?) -> op | nil, err */
+static int p_sslhandshake(lua_State *L) {
+  uint32_t id = check_id(L, 1);
+  sandbox_list_u8_t name;
+  sandbox_list_u8_t *maybe_name = NULL;
+  if (!lua_isnoneornil(L, 2)) {
+    name = moonwall_borrowed_bytes(L, 2);
+    maybe_name = &name;
+  }
+  bool verify = lua_toboolean(L, 3);
+  uint32_t timeout;
+  uint32_t *maybe_timeout = opt_timeout(L, 4, &timeout);
+  uint32_t op;
+  sandbox_string_t err;
+  bool ok = moonwall_sandbox_tcp_ssl_handshake(id, maybe_name, verify, maybe_timeout, &op, &err);
+  return push_op(L, ok, op, &err);
+}
+
+/* finish_sslhandshake(op) -> reused_times | nil, err */
+static int p_finish_sslhandshake(lua_State *L) {
+  uint32_t reused;
+  sandbox_string_t err;
+  if (!moonwall_sandbox_tcp_finish_ssl_handshake(check_id(L, 1), &reused, &err))
+    return moonwall_push_error(L, &err);
+  lua_pushinteger(L, reused);
+  return 1;
+}
+
 /* setkeepalive(id, timeout_ms?, size?) -> true | nil, err */
 static int p_setkeepalive(lua_State *L) {
   uint32_t id = check_id(L, 1);
@@ -193,6 +221,8 @@ int moonwall_open_tcp(lua_State *L) {
       {"receive_until", p_receive_until},
       {"finish_receive", p_finish_receive},
       {"setkeepalive", p_setkeepalive},
+      {"sslhandshake", p_sslhandshake},
+      {"finish_sslhandshake", p_finish_sslhandshake},
       {NULL, NULL},
   };
   luaL_newlib(L, primitives);

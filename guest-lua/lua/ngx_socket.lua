@@ -19,8 +19,6 @@ local format = string.format
 
 local M = {}
 
-local NO_TLS = "TLS is not available in moonwall (sslhandshake): "
-  .. "use plain TCP, or a TLS-terminating proxy the policy grants"
 
 local function bad_arg(n, fname, message)
   error(format("bad argument #%d to '%s' (%s)", n, fname, message), 3)
@@ -111,8 +109,40 @@ function tcp:connect(host, port, options)
   return 1
 end
 
-function tcp:sslhandshake()
-  return nil, NO_TLS
+-- A TLS session as sslhandshake returns it: moonwall keeps sessions on the
+-- host (per tenant), so this only stands for one.
+local session_mt = { __name = "ssl session", __tostring = function() return "ssl session" end }
+
+-- sslhandshake(reused_session?, server_name?, ssl_verify?, send_status_req?):
+-- the connection becomes TLS. The certificate is verified unless ssl_verify
+-- is false (which the policy must grant: outbound_tls_no_verify); nil
+-- verifies too (OpenResty's default is not to). reused_session and
+-- send_status_req are accepted and ignored (no client-side session objects,
+-- no OCSP). A connection from the keepalive pool that is TLS for the same
+-- server name and verification needs no handshake.
+function tcp:sslhandshake(reused_session, server_name, ssl_verify, send_status_req)
+  if type(self) ~= "table" or getmetatable(self) ~= tcp then
+    error("bad argument #1 to 'sslhandshake' (tcp socket expected)", 2)
+  end
+  if server_name == false then server_name = nil end
+  if server_name ~= nil and type(server_name) ~= "string" then
+    bad_arg(2, "sslhandshake", "string expected, got " .. type(server_name))
+  end
+  local verify = true
+  if ssl_verify ~= nil then verify = ssl_verify and true or false end
+  local _ = send_status_req
+  if self.busy then return nil, "socket busy" end
+  if not self.id or not self.connected then return nil, "closed" end
+  local reused, err, _, refused = run(self, prim.sslhandshake, prim.finish_sslhandshake, self.id,
+    server_name, verify, self.connect_timeout)
+  if not reused then
+    if not refused then release(self) end
+    return nil, err
+  end
+  -- 0 if a new connection was made for another server name or verification
+  self.reused = reused
+  if reused_session == false then return true end
+  return setmetatable({}, session_mt)
 end
 
 -- send(data): data a string, a number, or an array (nested) of them.

@@ -3,8 +3,9 @@
 -- written for moonwall.
 --
 -- Pure Lua: the host checks the destination, the addresses, the bytes
--- received and the time of every connection, as for any cosocket. TLS is not
--- available, so https URIs fail with a clear error.
+-- received and the time of every connection, as for any cosocket. https
+-- URIs make the connection TLS (sock:sslhandshake): the certificate is
+-- verified unless ssl_verify = false, which the policy must grant.
 
 local socket = require("ngx.socket")
 
@@ -14,8 +15,6 @@ local byte, find, format, gsub, lower, match, sub =
   string.byte, string.find, string.format, string.gsub, string.lower, string.match, string.sub
 local concat, sort, unpack = table.concat, table.sort, table.unpack
 
-local NO_TLS = "TLS is not available in moonwall (https): "
-  .. "use plain http, or a TLS-terminating proxy the policy grants"
 -- Bytes read per body chunk unless the reader is asked for another size.
 local DEFAULT_CHUNK = 65536
 local MAX_HEADERS = 1000
@@ -149,21 +148,46 @@ function _M.connect(self, options, ...)
     return sock:connect(host, port, (select(2, ...)))
   end
   local scheme = options.scheme or "http"
-  if scheme == "https" then return nil, NO_TLS end
-  if scheme ~= "http" then return nil, "unsupported scheme: " .. tostring(scheme) end
+  if scheme ~= "http" and scheme ~= "https" then
+    return nil, "unsupported scheme: " .. tostring(scheme)
+  end
   if options.proxy_opts then return nil, "proxies are not supported" end
   local host = options.host
   if type(host) ~= "string" then return nil, "no host given" end
-  local port = options.port or 80
+  local ssl = scheme == "https"
+  local port = options.port or (ssl and 443 or 80)
+  local ssl_verify, ssl_server_name = true, nil
+  if ssl then
+    if options.ssl_verify == false then ssl_verify = false end
+    ssl_server_name = options.ssl_server_name
+    if ssl_server_name ~= nil and type(ssl_server_name) ~= "string" then
+      return nil, "bad ssl_server_name: string expected, got " .. type(ssl_server_name)
+    end
+  end
+  local pool = options.pool
+  if pool == nil and ssl then
+    -- As lua-resty-http: a TLS connection is reused only for the same
+    -- server name and verification.
+    pool = format("%s:%s:%s:%s:%s", scheme, host, tostring(port), ssl_server_name or host,
+      tostring(ssl_verify))
+  end
   self.host, self.port, self.scheme = host, port, scheme
   self.keepalive, self.response_done = true, true
-  local ok, err = sock:connect(host, port, { pool = options.pool, pool_size = options.pool_size })
+  local ok, err = sock:connect(host, port, { pool = pool, pool_size = options.pool_size })
   if not ok then return nil, err end
+  if ssl then
+    -- On a connection from the pool that is TLS for the same server name
+    -- and verification already, the host makes no new handshake.
+    ok, err = sock:sslhandshake(false, ssl_server_name or host, ssl_verify)
+    if not ok then return nil, err end
+  end
   return true
 end
 
-function _M.ssl_handshake()
-  return nil, NO_TLS
+-- ssl_handshake(reused_session, server_name, ssl_verify): the socket's
+-- sslhandshake, for a client connected with connect(host, port).
+function _M.ssl_handshake(self, ...)
+  return self.sock:sslhandshake(...)
 end
 
 function _M.get_reused_times(self)
@@ -214,7 +238,8 @@ local function request_head(self, params)
   if headers["Host"] == nil and self.host then
     local host, port = self.host, tonumber(self.port)
     if find(host, ":", 1, true) and sub(host, 1, 1) ~= "[" then host = "[" .. host .. "]" end
-    if port and port ~= 80 then host = host .. ":" .. port end
+    local default_port = self.scheme == "https" and 443 or 80
+    if port and port ~= default_port then host = host .. ":" .. port end
     headers["Host"] = host
   end
   if headers["User-Agent"] == nil then headers["User-Agent"] = "lua-resty-http (moonwall)" end
@@ -461,13 +486,13 @@ function _M.request_uri(self, uri, params)
   local parsed, err = self:parse_uri(uri, false)
   if not parsed then return nil, err end
   local scheme, host, port, path, query = unpack(parsed)
-  if scheme == "https" then return nil, NO_TLS end
   if params.path == nil then params.path = path end
   if params.query == nil then params.query = query end
   local connect_host = host
   if sub(host, 1, 1) == "[" then connect_host = sub(host, 2, -2) end
   local ok, connect_err = self:connect({
     scheme = scheme, host = connect_host, port = port, pool = params.pool,
+    ssl_verify = params.ssl_verify, ssl_server_name = params.ssl_server_name,
   })
   if not ok then return nil, connect_err end
   if params.keepalive == false then

@@ -60,6 +60,9 @@ pub struct CapsSettings {
     /// file version (the server's sandbox); without one, modules are
     /// handed to the guest as source text.
     pub module_compiler: Option<Arc<dyn files::ModuleCompiler>>,
+    /// The roots TLS connections' certificates are verified against (the
+    /// server config's `tls_ca_file`, else the system's), loaded once.
+    pub tls_roots: Arc<tcp::tls::TlsRoots>,
 }
 
 /// What makes a capability, defined in its module: its policy section and

@@ -67,7 +67,7 @@ impl ResolvesServerCert for TenantCertificates {
 pub fn server_config(
     certificates: TenantCertificates,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let provider = Arc::new(crate::site::tls::provider());
+    let provider = crate::site::tls::provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

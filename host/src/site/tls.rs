@@ -239,8 +239,12 @@ impl TlsFile {
 /// provider that has (aws-lc-rs) needs cmake and adds minutes to every
 /// build, so moonwall does without post-quantum key exchange for now.
 #[allow(deprecated)]
-pub fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ struct ServerFile {
     reload_poll_ms: Option<Spanned<u64>>,
     /// Where shared dicts live: "memory" (the default) or a redis:// URL.
     shared_dicts_backend: Option<Spanned<String>>,
+    /// The CA certificates (PEM) TLS connections are verified against,
+    /// instead of the system's.
+    tls_ca_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     limits: LimitsFile,
     #[serde(default)]
@@ -205,6 +208,14 @@ impl ServerConfig {
                 })
             }
         };
+        let tls_roots = match &server.tls_ca_file {
+            None => crate::caps::tcp::tls::TlsRoots::system(),
+            Some(path) => crate::caps::tcp::tls::TlsRoots::from_ca_file(&base.join(path.get_ref()))
+                .unwrap_or_else(|message| {
+                    problems.at(path.span(), message);
+                    crate::caps::tcp::tls::TlsRoots::system()
+                }),
+        };
         let default_tenant = server.default_tenant.as_ref().map(|t| t.get_ref().clone());
         let default_tenant_place = server
             .default_tenant
@@ -237,6 +248,7 @@ impl ServerConfig {
             caps: crate::caps::CapsSettings {
                 dict_backend,
                 module_compiler: None,
+                tls_roots: Arc::new(tls_roots),
             },
             sandbox: None,
         })

@@ -1,15 +1,19 @@
 //! One outbound connection: its stream and the bytes read but not yet
 //! returned, and the ways to receive (`*l`, `*a`, a count, `receiveuntil`)
 //! and send. Every read is bounded by the request's receive budget, so no
-//! buffer here grows past it.
+//! buffer here grows past it. The stream is plain TCP, or TLS over it once
+//! `sslhandshake` succeeded ([`Stream`]).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
+use tokio_rustls::client::TlsStream;
 
 use super::budget::Place;
 
@@ -87,8 +91,120 @@ pub fn io_message(error: &std::io::Error) -> String {
     }
 }
 
+/// What a TLS connection was made for: it is reused only for the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsMode {
+    /// The server name (SNI, and the name the certificate was checked for).
+    pub server_name: String,
+    /// Whether the certificate was verified.
+    pub verify: bool,
+}
+
+/// A connection's stream: plain TCP, or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>, TlsMode),
+}
+
+impl Stream {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls, _) => tls.get_ref().0,
+        }
+    }
+
+    /// What the TLS connection was made for; `None` for plain TCP.
+    pub fn tls(&self) -> Option<&TlsMode> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(_, mode) => Some(mode),
+        }
+    }
+
+    /// Whether an idle connection can be kept or handed out: nothing to
+    /// read now (the peer neither closed it nor sent anything unasked; a
+    /// TLS connection processes what TLS itself sent, such as session
+    /// tickets, without returning it).
+    pub fn is_idle(&mut self) -> bool {
+        self.probe() == Probe::Idle
+    }
+
+    /// What an idle connection has to read now, without waiting.
+    pub fn probe(&mut self) -> Probe {
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(self).poll_read(&mut cx, &mut buf) {
+            Poll::Pending => Probe::Idle,
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Probe::Closed,
+            Poll::Ready(Err(_)) => Probe::Closed,
+            Poll::Ready(Ok(())) => Probe::Data,
+        }
+    }
+}
+
+/// What [`Stream::probe`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing to read: the connection is idle.
+    Idle,
+    /// The peer closed it (or it failed).
+    Closed,
+    /// The peer sent something nobody asked for.
+    Data,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls, _) => match Pin::new(tls).poll_read(cx, buf) {
+                // A peer that closes without TLS's close_notify: the end
+                // of the stream, as for plain TCP (as OpenResty, and most
+                // servers do it).
+                Poll::Ready(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
+            Stream::Tls(tls, _) => Pin::new(tls).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls, _) => Pin::new(tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls, _) => Pin::new(tls).poll_shutdown(cx),
+        }
+    }
+}
+
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read; those before `pos` are returned already.
     buf: Vec<u8>,
     pos: usize,
@@ -99,12 +215,17 @@ pub struct Conn {
     /// Its place among the tenant's open connections, given back when it
     /// closes (it goes to the keepalive pool with it).
     pub place: Place,
+    /// The server name a TLS handshake checks by default: the host the
+    /// script connected to.
+    pub host: String,
+    /// Whether `sslhandshake` was called on it since the connect.
+    pub handshaken: bool,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, reused: u32, key: String, place: Place) -> Conn {
+    pub fn new(stream: Stream, reused: u32, key: String, place: Place, host: String) -> Conn {
         // As OpenResty's cosockets: small requests go out at once.
-        let _ = stream.set_nodelay(true);
+        let _ = stream.tcp().set_nodelay(true);
         Conn {
             stream,
             buf: Vec::new(),
@@ -112,6 +233,8 @@ impl Conn {
             reused,
             key,
             place,
+            host,
+            handshaken: false,
         }
     }
 
@@ -146,42 +269,47 @@ impl Conn {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        loop {
-            let received = bounds.received.load(Ordering::Relaxed);
-            let room = bounds.max_received.saturating_sub(received);
-            if room == 0 {
-                // The budget is spent: only the end of the stream may come.
-                let mut probe = [0u8; 1];
-                return match timeout_at(until, self.stream.peek(&mut probe)).await {
-                    Err(_) => Err(ReadFail::Timeout),
-                    Ok(Ok(0)) => Ok(false),
-                    Ok(Ok(_)) => Err(ReadFail::Limit(bounds.max_received)),
-                    Ok(Err(error)) => Err(ReadFail::Io(error)),
-                };
+        let read = std::future::poll_fn(|cx| self.poll_fill(cx, bounds));
+        match timeout_at(until, read).await {
+            Err(_) => Err(ReadFail::Timeout),
+            Ok(result) => result,
+        }
+    }
+
+    /// One attempt to read: the look at the budget and the read that
+    /// counts against it happen in one poll, with nothing in between.
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        bounds: &ReadBounds,
+    ) -> Poll<Result<bool, ReadFail>> {
+        let received = bounds.received.load(Ordering::Relaxed);
+        let room = bounds.max_received.saturating_sub(received);
+        if room == 0 {
+            // The budget is spent: only the end of the stream may come.
+            let mut probe = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut probe);
+            return match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(())) => Poll::Ready(Err(ReadFail::Limit(bounds.max_received))),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(ReadFail::Io(error))),
+            };
+        }
+        let want = usize::try_from(room).unwrap_or(CHUNK).min(CHUNK);
+        let start = self.buf.len();
+        self.buf.resize(start + want, 0);
+        let mut buf = ReadBuf::new(&mut self.buf[start..]);
+        let polled = Pin::new(&mut self.stream).poll_read(cx, &mut buf);
+        let n = buf.filled().len();
+        self.buf.truncate(start + n);
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                bounds.received.fetch_add(n as u64, Ordering::Relaxed);
+                Poll::Ready(Ok(n > 0))
             }
-            match timeout_at(until, self.stream.readable()).await {
-                Err(_) => return Err(ReadFail::Timeout),
-                Ok(Err(error)) => return Err(ReadFail::Io(error)),
-                Ok(Ok(())) => {}
-            }
-            let want = usize::try_from(room).unwrap_or(CHUNK).min(CHUNK);
-            let start = self.buf.len();
-            self.buf.resize(start + want, 0);
-            match self.stream.try_read(&mut self.buf[start..]) {
-                Ok(n) => {
-                    self.buf.truncate(start + n);
-                    // Nothing ran between the look at the budget and here.
-                    bounds.received.fetch_add(n as u64, Ordering::Relaxed);
-                    return Ok(n > 0);
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.buf.truncate(start);
-                }
-                Err(error) => {
-                    self.buf.truncate(start);
-                    return Err(ReadFail::Io(error));
-                }
-            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(ReadFail::Io(error))),
         }
     }
 
@@ -323,7 +451,12 @@ impl Conn {
                 Ok(Err(error)) => return Err(io_message(&error)),
             }
         }
-        Ok(())
+        // TLS: what rustls still holds goes out too.
+        match tokio::time::timeout(timeout, self.stream.flush()).await {
+            Err(_) => Err("timeout".into()),
+            Ok(Err(error)) => Err(io_message(&error)),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 }
 
@@ -369,10 +502,11 @@ mod tests {
         });
         let place = Place::take(&Arc::default(), 1).unwrap();
         Conn::new(
-            TcpStream::connect(addr).await.unwrap(),
+            Stream::Plain(TcpStream::connect(addr).await.unwrap()),
             0,
             "k".into(),
             place,
+            "127.0.0.1".into(),
         )
     }
 

@@ -28,12 +28,25 @@
 //! starts one and returns its id, the guest waits, `finish-*` collects it.
 //! The operation's future owns the socket meanwhile (its slot is busy), so
 //! two light threads' connections overlap, and their waits count against the
-//! request's deadline, not its fuel. TLS is not available.
+//! request's deadline, not its fuel.
+//!
+//! TLS (`sslhandshake`, [`tls`]): a connected socket's connection becomes
+//! TLS over it (rustls); the certificate is verified against the server's
+//! roots unless the script asks not to and the policy grants it
+//! (`outbound_tls_no_verify`). The handshake is an operation like the
+//! others, bounded by its timeout (the connect timeout's) and the deadline,
+//! and paid for with fuel ([`TLS_HANDSHAKE_FUEL`]), as is every byte sent or
+//! received through TLS ([`TLS_FUEL_PER_BYTE`]). A TLS connection goes back
+//! to the keepalive pool with what it was made for (server name,
+//! verification): a connect that takes it from the pool gets it as it is,
+//! and a handshake asking for the same skips the handshake; asking for
+//! another server name or verification closes it and connects anew.
 
 pub mod budget;
 pub mod conn;
 pub mod pool;
 pub mod rules;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,7 +58,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 pub use self::budget::RequestBudget;
 use self::budget::{Place, TenantSockets};
-use self::conn::{Conn, MAX_PATTERN, Pattern, ReadBounds};
+use self::conn::{Conn, MAX_PATTERN, Pattern, Probe, ReadBounds, Stream, TlsMode};
 use self::pool::Pool;
 use self::rules::{AddressRange, Destination, OutboundLimits, Target, non_public};
 use super::{Grants, RunCaps};
@@ -55,6 +68,12 @@ use crate::bindings::moonwall::sandbox::tcp as wit;
 const MAX_ADDRESSES: usize = 64;
 /// The longest keepalive pool name.
 const MAX_POOL_NAME: usize = 256;
+/// Fuel a TLS handshake costs (key exchange, certificate chain and
+/// signature checks: about the CPU time of a full handshake, docs/sandbox.md).
+pub const TLS_HANDSHAKE_FUEL: u64 = 10_000_000;
+/// Fuel a byte sent or received through TLS costs (encryption or
+/// decryption).
+pub const TLS_FUEL_PER_BYTE: u64 = 8;
 
 /// What a tenant may reach, and its keepalive pool.
 #[derive(Default)]
@@ -66,12 +85,20 @@ pub struct Grant {
     /// The tenant's connections open at once (kept across reloads: the
     /// connections of requests under the old policy are still open).
     sockets: Arc<TenantSockets>,
+    /// `sslhandshake` with `verify = false` is granted.
+    tls_no_verify: bool,
+    /// The tenant's TLS client configurations.
+    tls: tls::TlsClients,
 }
 
 impl Grant {
     /// The grant of what the policy's section checked (nothing is parsed
     /// again); the tenant's count of open connections is `previous`'s.
-    pub fn from_policy(capabilities: &Config, previous: Option<&Grant>) -> Grant {
+    pub fn from_policy(
+        capabilities: &Config,
+        previous: Option<&Grant>,
+        roots: Arc<tls::TlsRoots>,
+    ) -> Grant {
         Grant {
             destinations: (capabilities.outbound.iter())
                 .map(|written| written.value.clone())
@@ -82,6 +109,8 @@ impl Grant {
             limits: capabilities.outbound_limits,
             pool: Arc::new(Pool::default()),
             sockets: previous.map_or_else(Default::default, |p| p.sockets.clone()),
+            tls_no_verify: capabilities.outbound_tls_no_verify,
+            tls: tls::TlsClients::new(roots),
         }
     }
 
@@ -198,9 +227,22 @@ impl State {
 /// Where a connect's connection comes from.
 enum Origin {
     /// The keepalive pool: the connection, its reuses, its place.
-    Pool(TcpStream, u32, Place),
+    Pool(Stream, u32, Place),
     /// A new connection, for which this place is taken.
     Connect(Place),
+}
+
+/// What a handshake does.
+enum Handshake {
+    /// The connection is TLS for the same server name and verification
+    /// already (from the keepalive pool): nothing.
+    Reused,
+    /// A handshake over the connection.
+    New,
+    /// The connection from the pool is TLS for something else: it is
+    /// closed, and a new connection made to the same (checked) address,
+    /// with this place among the tenant's connections.
+    Reconnect(SocketAddr, Place),
 }
 
 /// A timeout the guest asked for (none or 0: the policy's), capped by the
@@ -341,16 +383,21 @@ impl wit::Host for RunCaps {
             },
         };
         let grants = self.grants.clone();
+        let host = match &target {
+            Target::Name(name) => name.clone(),
+            Target::Address(address) => address.to_string(),
+        };
         let started = self.tcp_start(sock, async move {
             let result = match from {
                 Origin::Pool(stream, reused, place) => {
-                    socket.conn = Some(Conn::new(stream, reused + 1, key, place));
+                    socket.conn = Some(Conn::new(stream, reused + 1, key, place, host));
                     Ok(reused + 1)
                 }
                 Origin::Connect(place) => {
                     match open_connection(grants, target, port, limit).await {
                         Ok(stream) => {
-                            socket.conn = Some(Conn::new(stream, 0, key, place));
+                            let stream = Stream::Plain(stream);
+                            socket.conn = Some(Conn::new(stream, 0, key, place, host));
                             Ok(0)
                         }
                         Err(error) => Err(error),
@@ -379,8 +426,17 @@ impl wit::Host for RunCaps {
     ) -> wasmtime::Result<Result<u32, String>> {
         match self.tcp.ready(sock) {
             Err(error) => return Ok(Err(error)),
-            Ok(socket) if socket.conn.is_none() => return Ok(Err("closed".into())),
-            Ok(_) => {}
+            Ok(Socket { conn: None, .. }) => return Ok(Err("closed".into())),
+            Ok(Socket {
+                conn: Some(conn), ..
+            }) => {
+                if conn.stream.tls().is_some() {
+                    self.work.charge(crate::sandbox::HostWork::cost(
+                        data.len(),
+                        TLS_FUEL_PER_BYTE,
+                    ))?;
+                }
+            }
         }
         let limit = timeout(timeout_ms, self.grants.tcp.limits.send_timeout_ms);
         let (mut socket, serial) = match self.tcp.take(sock) {
@@ -454,6 +510,10 @@ impl wit::Host for RunCaps {
             Err(error) => return Ok(Err(error)),
         };
         let started = self.tcp_start(sock, async move {
+            let tls = socket
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.stream.tls().is_some());
             let result = match socket.conn.as_mut() {
                 None => Err(("closed".to_string(), Vec::new())),
                 Some(conn) => match conn.receive(&pattern, &bounds).await {
@@ -470,7 +530,7 @@ impl wit::Host for RunCaps {
                 sock,
                 serial,
                 socket,
-                result,
+                result: (result, tls),
             }
         });
         Ok(started)
@@ -480,13 +540,26 @@ impl wit::Host for RunCaps {
         &mut self,
         op: u32,
     ) -> wasmtime::Result<Result<wit::Received, wit::ReceiveError>> {
-        let result = match self.tcp_finish::<Result<(Vec<u8>, bool), (String, Vec<u8>)>>(op) {
+        type Received = (Result<(Vec<u8>, bool), (String, Vec<u8>)>, bool);
+        let result = match self.tcp_finish::<Received>(op) {
             Err(message) => Err(wit::ReceiveError {
                 message,
                 partial: Vec::new(),
             }),
-            Ok(Ok((data, found))) => Ok(wit::Received { data, found }),
-            Ok(Err((message, partial))) => Err(wit::ReceiveError { message, partial }),
+            Ok((result, tls)) => {
+                if tls {
+                    // What TLS decrypted for the script.
+                    let bytes = match &result {
+                        Ok((data, _)) | Err((_, data)) => data.len(),
+                    };
+                    self.work
+                        .charge(crate::sandbox::HostWork::cost(bytes, TLS_FUEL_PER_BYTE))?;
+                }
+                match result {
+                    Ok((data, found)) => Ok(wit::Received { data, found }),
+                    Err((message, partial)) => Err(wit::ReceiveError { message, partial }),
+                }
+            }
         };
         Ok(result)
     }
@@ -510,7 +583,7 @@ impl wit::Host for RunCaps {
         let Some(Slot::Ready(socket)) = self.tcp.sockets.get_mut(&sock) else {
             return Ok(Err("closed".into()));
         };
-        let Some(conn) = socket.conn.take() else {
+        let Some(mut conn) = socket.conn.take() else {
             return Ok(Err("closed".into()));
         };
         let limits = self.grants.tcp.limits;
@@ -520,13 +593,12 @@ impl wit::Host for RunCaps {
             Some(size) if size > 0 => (size as usize).min(total),
             _ => total,
         };
-        let mut probe = [0u8; 1];
-        match conn.stream.try_read(&mut probe) {
+        match conn.stream.probe() {
             // Nothing pending: keep it.
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Probe::Idle => {}
             // The peer closed it: nothing to keep.
-            Ok(0) | Err(_) => return Ok(Ok(())),
-            Ok(_) => return Ok(Err("connection in dubious state".into())),
+            Probe::Closed => return Ok(Ok(())),
+            Probe::Data => return Ok(Err("connection in dubious state".into())),
         }
         self.grants.tcp.pool.put(
             conn.key,
@@ -538,6 +610,155 @@ impl wit::Host for RunCaps {
             total,
         );
         Ok(Ok(()))
+    }
+    async fn ssl_handshake(
+        &mut self,
+        sock: u32,
+        server_name: Option<Vec<u8>>,
+        verify: bool,
+        timeout_ms: Option<u32>,
+    ) -> wasmtime::Result<Result<u32, String>> {
+        let conn = match self.tcp.ready(sock) {
+            Err(error) => return Ok(Err(error)),
+            Ok(Socket { conn: None, .. }) => return Ok(Err("closed".into())),
+            Ok(Socket {
+                conn: Some(conn), ..
+            }) => conn,
+        };
+        if conn.handshaken {
+            return Ok(Err(
+                "sslhandshake was done on this connection already".into()
+            ));
+        }
+        if conn.has_unread() {
+            return Ok(Err("unread data in buffer".into()));
+        }
+        let grant = &self.grants.tcp;
+        if !verify && !grant.tls_no_verify {
+            return Ok(Err("sslhandshake with verify = false is not granted: the server's certificate must be verified (policy [capabilities] outbound_tls_no_verify)".into()));
+        }
+        // The name the script gave (checked), else the host it connected to.
+        let name = tls::server_name(server_name.as_deref().unwrap_or(conn.host.as_bytes()));
+        let name = match name {
+            Ok(name) => name,
+            Err(error) => return Ok(Err(error)),
+        };
+        let mode = TlsMode {
+            server_name: name.to_str().into_owned(),
+            verify,
+        };
+        let plan = match conn.stream.tls() {
+            None => Handshake::New,
+            Some(made_for) if *made_for == mode => Handshake::Reused,
+            Some(_) => {
+                let Ok(address) = conn.stream.tcp().peer_addr() else {
+                    return Ok(Err("closed".into()));
+                };
+                let max = grant.limits.max_connections;
+                if !self.tcp.budget.connect(max) {
+                    return Ok(Err(format!(
+                        "too many outbound connections (at most {max} per request, its subrequests included; policy [capabilities] outbound_max_connections)"
+                    )));
+                }
+                match grant.connection_place() {
+                    Ok(place) => Handshake::Reconnect(address, place),
+                    Err(error) => {
+                        self.tcp.budget.unconnect();
+                        return Ok(Err(error));
+                    }
+                }
+            }
+        };
+        let config = match &plan {
+            Handshake::Reused => None,
+            _ => match grant.tls.config(verify) {
+                Ok(config) => Some(config),
+                Err(error) => return Ok(Err(error)),
+            },
+        };
+        if config.is_some() {
+            // Host CPU work the script asked for.
+            self.work.charge(TLS_HANDSHAKE_FUEL)?;
+        }
+        let limit = timeout(timeout_ms, grant.limits.connect_timeout_ms);
+        let (mut socket, serial) = match self.tcp.take(sock) {
+            Ok(taken) => taken,
+            Err(error) => return Ok(Err(error)),
+        };
+        let started = self.tcp_start(sock, async move {
+            let result = handshake(&mut socket, plan, config, name, mode, limit).await;
+            Done {
+                sock,
+                serial,
+                socket,
+                result,
+            }
+        });
+        Ok(started)
+    }
+
+    async fn finish_ssl_handshake(&mut self, op: u32) -> wasmtime::Result<Result<u32, String>> {
+        Ok(self.tcp_finish::<Result<u32, String>>(op).and_then(|r| r))
+    }
+}
+
+/// Make `socket`'s connection TLS as `plan` says: how many times the
+/// connection was reused before, or why it failed (the connection is then
+/// closed).
+async fn handshake(
+    socket: &mut Socket,
+    plan: Handshake,
+    config: Option<Arc<rustls::ClientConfig>>,
+    name: rustls::pki_types::ServerName<'static>,
+    mode: TlsMode,
+    limit: Duration,
+) -> Result<u32, String> {
+    let Some(mut conn) = socket.conn.take() else {
+        return Err("closed".into());
+    };
+    let Some(config) = config else {
+        conn.handshaken = true;
+        let reused = conn.reused;
+        socket.conn = Some(conn);
+        return Ok(reused);
+    };
+    let Conn {
+        stream,
+        mut reused,
+        key,
+        mut place,
+        host,
+        ..
+    } = conn;
+    let work = async {
+        let tcp = match (plan, stream) {
+            (Handshake::Reconnect(address, new_place), old) => {
+                drop(old);
+                place = new_place;
+                reused = 0;
+                TcpStream::connect(address)
+                    .await
+                    .map_err(|error| conn::io_message(&error))?
+            }
+            (_, Stream::Plain(tcp)) => tcp,
+            (_, Stream::Tls(..)) => return Err("the connection is TLS already".to_string()),
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|error| tls::handshake_error(&error))
+    };
+    match tokio::time::timeout(limit, work).await {
+        Err(_) => Err("handshake timed out".into()),
+        Ok(Err(error)) => Err(error),
+        Ok(Ok(tls)) => {
+            let stream = Stream::Tls(Box::new(tls), mode);
+            let mut conn = Conn::new(stream, reused, key, place, host);
+            conn.handshaken = true;
+            socket.conn = Some(conn);
+            Ok(reused)
+        }
     }
 }
 
@@ -580,6 +801,8 @@ pub struct Section {
     outbound_keepalive_pool: Option<toml::Spanned<u64>>,
     outbound_keepalive_timeout_ms: Option<toml::Spanned<u64>>,
     outbound_max_tenant_sockets: Option<toml::Spanned<u64>>,
+    /// `sslhandshake` may skip verifying the certificate (`verify = false`).
+    outbound_tls_no_verify: Option<toml::Spanned<bool>>,
 }
 
 /// What a policy's outbound section checked.
@@ -592,6 +815,8 @@ pub struct Config {
     /// Bounds on outbound connections: per client request, the keepalive
     /// pool's, the tenant's.
     pub outbound_limits: OutboundLimits,
+    /// `sslhandshake` may skip verifying the server's certificate.
+    pub outbound_tls_no_verify: bool,
 }
 
 impl super::policy::PolicySection for Section {
@@ -637,6 +862,9 @@ impl super::policy::PolicySection for Section {
                 Err(message) => cx.problems.at(value.span(), message),
             }
         }
+        if let Some(no_verify) = &self.outbound_tls_no_verify {
+            capabilities.outbound_tls_no_verify = *no_verify.get_ref();
+        }
         capabilities
     }
 }
@@ -656,8 +884,11 @@ impl super::Capability for Outbound {
         previous: Option<&Grant>,
         settings: &super::CapsSettings,
     ) -> Result<Grant, String> {
-        let _ = settings;
-        Ok(Grant::from_policy(config, previous))
+        Ok(Grant::from_policy(
+            config,
+            previous,
+            settings.tls_roots.clone(),
+        ))
     }
 
     fn state(request: &super::RequestCaps) -> State {

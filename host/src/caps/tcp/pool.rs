@@ -18,15 +18,15 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::budget::Place;
+use super::conn::Stream;
 
 struct Idle {
     key: String,
-    stream: TcpStream,
+    stream: Stream,
     reused: u32,
     expires: Instant,
     /// Its place among the tenant's open connections.
@@ -60,9 +60,8 @@ impl Drop for Pool {
 
 /// Whether an idle connection can be handed out: the peer neither closed
 /// it nor sent anything unasked.
-fn healthy(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
+fn healthy(stream: &mut Stream) -> bool {
+    stream.is_idle()
 }
 
 impl Pool {
@@ -74,12 +73,12 @@ impl Pool {
 
     /// The most recently kept healthy connection for `key`, how many times
     /// it was reused before, and its place among the tenant's connections.
-    pub fn take(&self, key: &str) -> Option<(TcpStream, u32, Place)> {
+    pub fn take(&self, key: &str) -> Option<(Stream, u32, Place)> {
         let mut inner = self.lock();
         inner.purge(Instant::now());
         while let Some(at) = inner.idle.iter().rposition(|idle| idle.key == key) {
-            let idle = inner.idle.remove(at)?;
-            if healthy(&idle.stream) {
+            let mut idle = inner.idle.remove(at)?;
+            if healthy(&mut idle.stream) {
                 return Some((idle.stream, idle.reused, idle.place));
             }
         }
@@ -93,7 +92,7 @@ impl Pool {
     pub fn put(
         self: &Arc<Self>,
         key: String,
-        stream: TcpStream,
+        stream: Stream,
         reused: u32,
         place: Place,
         expires: Instant,
@@ -171,15 +170,16 @@ async fn reap(pool: Weak<Pool>, wake: Arc<Notify>) {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use tokio::net::TcpStream;
 
     fn place() -> Place {
         Place::take(&Default::default(), 1).unwrap()
     }
 
-    async fn pair(listener: &tokio::net::TcpListener) -> (TcpStream, TcpStream) {
+    async fn pair(listener: &tokio::net::TcpListener) -> (Stream, TcpStream) {
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        (client.unwrap(), accepted.unwrap().0)
+        (Stream::Plain(client.unwrap()), accepted.unwrap().0)
     }
 
     #[tokio::test]
@@ -247,8 +247,8 @@ mod tests {
         // may still look alive, as in any pool.
         for _ in 0..200 {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let inner = pool.lock();
-            let closed = inner.idle.iter().all(|idle| !healthy(&idle.stream));
+            let mut inner = pool.lock();
+            let closed = inner.idle.iter_mut().all(|idle| !healthy(&mut idle.stream));
             drop(inner);
             if closed {
                 break;
