@@ -83,13 +83,20 @@ fn the_example_gateway_checks_keys_proxies_and_hides_the_upstream() {
     let refused = get("");
     assert_eq!(refused.status, 401, "{refused:?}");
     assert!(refused.body.contains("missing or unknown X-Api-Key"));
-    assert!(seen.lock().unwrap().is_empty(), "the upstream saw a refused request");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the upstream saw a refused request"
+    );
 
     let reply = get("X-Api-Key: k-alice-0123456789\r\n");
     assert_eq!(reply.status, 200, "{reply:?} {}", logged());
     assert_eq!(reply.body, "upstream: GET /docs/a.txt?q=1 HTTP/1.1\n");
     assert_eq!(reply.header("x-user"), Some("alice"));
-    assert!(reply.header("x-request-id").is_some_and(|id| id.len() == 16));
+    assert!(
+        reply
+            .header("x-request-id")
+            .is_some_and(|id| id.len() == 16)
+    );
     assert_ne!(reply.header("server"), Some("secret-server/1.0"));
     let head = seen.lock().unwrap()[0].to_ascii_lowercase();
     assert!(head.contains("x-user: alice"), "{head}");

@@ -354,3 +354,47 @@ fn serve_root_over_https_with_the_tls_flags() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A client that connects to an HTTPS listener and never completes its
+/// handshake (nothing, or half a ClientHello) is closed at the header
+/// timeout, as a plain connection that sends no head.
+#[test]
+fn a_client_that_never_finishes_its_handshake_is_closed_at_the_header_timeout() {
+    use std::io::{Read, Write};
+    let (dir, _ca) = layout("slow_handshake", &["a.test"]);
+    capture_logs();
+    let config = ServerConfig::load(&dir.join("moonwall.toml")).unwrap();
+    let tls_listen = config.tls_listen.clone();
+    let registry = Arc::new(Registry::load(config, Metrics::new()).unwrap());
+    let app = App::with_registry(
+        sandbox(),
+        registry,
+        ServerSettings {
+            header_read_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(2),
+            tls_listen,
+            ..ServerSettings::default()
+        },
+    );
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let server = Server::spawn(app, &[loopback], None, 2).unwrap();
+    let tls = server.tls_addrs[0];
+    for first_bytes in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+        let mut stream = std::net::TcpStream::connect(tls).unwrap();
+        stream.write_all(first_bytes).unwrap();
+        // Far longer than the header timeout: a server that waited for
+        // ever would leave this read to time out instead.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buffer = [0u8; 64];
+        match stream.read(&mut buffer) {
+            Ok(n) => assert!(n == 0 || buffer[0] == 0x15, "closed, or an alert"),
+            Err(error) => assert!(
+                error.kind() != std::io::ErrorKind::WouldBlock
+                    && error.kind() != std::io::ErrorKind::TimedOut,
+                "the server still held the connection: {error}"
+            ),
+        }
+    }
+}

@@ -187,10 +187,11 @@ async fn connection(
     peer: SocketAddr,
 ) -> Result<(SendRequest<Full<Bytes>>, bool), String> {
     while let Some(idle) = upstream.take_idle(peer) {
-        if let Ok(mut sender) = idle.downcast::<SendRequest<Full<Bytes>>>() {
-            if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Ok((*sender, true));
-            }
+        if let Ok(mut sender) = idle.downcast::<SendRequest<Full<Bytes>>>()
+            && !sender.is_closed()
+            && sender.ready().await.is_ok()
+        {
+            return Ok((*sender, true));
         }
     }
     let stream = tokio::time::timeout(
@@ -242,7 +243,7 @@ async fn exchange(
                 return (Err(failure(504, message, &tried)), None);
             }
             // A kept connection the peer closed meanwhile: once more, anew.
-            Ok(Err(error)) if reused && error.is_canceled() || reused && error.is_closed() => {
+            Ok(Err(error)) if reused && (error.is_canceled() || error.is_closed()) => {
                 match retry_fresh(&upstream, peer, &request, wait).await {
                     Ok(pair) => pair,
                     Err(failed) => return (Err(failure(failed.0, failed.1, &tried)), None),
