@@ -425,3 +425,130 @@ fn a_proxy_to_an_upstream_not_granted_is_refused_with_its_place() {
         "{error}"
     );
 }
+
+/// The echoing upstream of [`Upstream::start`], over TLS with a
+/// certificate for `names` from `ca`.
+fn tls_upstream(ca: &common::tls::TestCa, names: &[&str]) -> (SocketAddr, tokio::runtime::Runtime) {
+    use rustls::pki_types::pem::PemObject;
+    let leaf = ca.leaf(names);
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(leaf.certificate.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(moonwall::site::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move { Ok::<_, Infallible>(answer("tls-backend", request, &seen).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, runtime)
+}
+
+#[test]
+fn an_https_upstream_is_verified_against_the_configured_ca() {
+    let ca = common::tls::TestCa::new("moonwall proxy test CA");
+    let (good, _good_runtime) = tls_upstream(&ca, &["backend"]);
+    let (wrong_name, _wrong_runtime) = tls_upstream(&ca, &["elsewhere.example"]);
+    let site_with = |name: &str, peer: SocketAddr| {
+        let server_top = format!(
+            "tls_ca_file = \"ca.pem\"\n\n[upstreams.backend]\npeers = [\"{peer}\"]\ntls = true\n"
+        );
+        let location = "upstreams = [\"backend\"]\n\n[[location]]\npath = \"/\"\nproxy = \"https://backend\"\nlog = \"log.lua\"\n";
+        Site::start(
+            name,
+            &server_top,
+            "",
+            location,
+            &[
+                ("ca.pem", ca.pem().as_str()),
+                (
+                    "root/log.lua",
+                    r#"ngx.log(ngx.WARN, "tls upstream ", ngx.var.upstream_addr, " ", ngx.var.upstream_status)"#,
+                ),
+            ],
+        )
+    };
+    let site = site_with("proxy_tls", good);
+    let reply = request(
+        &site,
+        "GET /x?y=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+    );
+    assert_eq!(reply.status, 201, "{reply:?} {}", logged());
+    assert_eq!(reply.body, "tls-backend saw GET /x?y=1 body=");
+
+    // A certificate for another name: no answer, and the log says why.
+    let site = site_with("proxy_tls_wrong_name", wrong_name);
+    let reply = request(
+        &site,
+        "GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+    );
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert!(
+        logged().contains(&format!(
+            "TLS handshake with {wrong_name}: certificate verify failed: certificate not valid for name \"backend\""
+        )),
+        "{}",
+        logged()
+    );
+}
+
+#[test]
+fn a_proxys_scheme_must_match_its_upstream() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("proxy_scheme");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("site.toml"),
+        "[upstreams.plain]\npeers = [\"127.0.0.1:9\"]\n\n[upstreams.secure]\npeers = [\"127.0.0.1:10\"]\ntls = true\n\n[[location]]\npath = \"/a/\"\nproxy = \"https://plain\"\n\n[[location]]\npath = \"/b/\"\nproxy = \"http://secure\"\n",
+    )
+    .unwrap();
+    let error = moonwall::site::config::SiteConfig::load(&dir.join("site.toml"))
+        .err()
+        .expect("refused")
+        .to_string();
+    let file = dir.join("site.toml").display().to_string();
+    assert!(
+        error.contains(&format!(
+            "{file}:10:9: proxy `https://plain`: upstream `plain` is plain HTTP"
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "{file}:14:9: proxy `http://secure`: upstream `secure` speaks TLS"
+        )),
+        "{error}"
+    );
+}

@@ -180,11 +180,12 @@ fn build_request(
     Ok(request)
 }
 
-/// A connection to `peer`: an idle one of the upstream's, else a new one,
-/// within the connect timeout.
+/// A connection to `peer`: an idle one of the upstream's, else a new one
+/// ([`connect`]); whether it was kept.
 async fn connection(
     upstream: &Upstream,
     peer: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(SendRequest<Full<Bytes>>, bool), String> {
     while let Some(idle) = upstream.take_idle(peer) {
         if let Ok(mut sender) = idle.downcast::<SendRequest<Full<Bytes>>>()
@@ -194,24 +195,57 @@ async fn connection(
             return Ok((*sender, true));
         }
     }
-    let stream = tokio::time::timeout(
-        upstream.connect_timeout,
-        tokio::net::TcpStream::connect(peer),
-    )
-    .await
-    .map_err(|_| format!("connect to {peer} timed out"))?
-    .map_err(|error| format!("connect to {peer} failed: {error}"))?;
+    Ok((connect(upstream, peer, tls).await?, false))
+}
+
+/// A new connection to `peer`, within the connect timeout: TCP, then for
+/// a TLS upstream the handshake (the certificate verified for the
+/// upstream's server name), then HTTP/1.
+async fn connect(
+    upstream: &Upstream,
+    peer: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<SendRequest<Full<Bytes>>, String> {
+    let deadline = tokio::time::Instant::now() + upstream.connect_timeout;
+    let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(peer))
+        .await
+        .map_err(|_| format!("connect to {peer} timed out"))?
+        .map_err(|error| format!("connect to {peer} failed: {error}"))?;
     let _ = stream.set_nodelay(true);
+    match (tls, &upstream.tls) {
+        (Some(config), Some(name)) => {
+            let name = crate::caps::tcp::tls::server_name(name.as_bytes())?;
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let stream = tokio::time::timeout_at(deadline, connector.connect(name, stream))
+                .await
+                .map_err(|_| format!("TLS handshake with {peer} timed out"))?
+                .map_err(|error| {
+                    format!(
+                        "TLS handshake with {peer}: {}",
+                        crate::caps::tcp::tls::handshake_error(&error)
+                    )
+                })?;
+            http1(TokioIo::new(stream), peer).await
+        }
+        _ => http1(TokioIo::new(stream), peer).await,
+    }
+}
+
+/// HTTP/1 on `io`, its connection driven by a task of its own.
+async fn http1<I>(io: I, peer: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .max_headers(MAX_RESPONSE_HEADERS)
         .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
         .map_err(|error| format!("connect to {peer} failed: {error}"))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    Ok((sender, false))
+    Ok(sender)
 }
 
 /// Send `request` to the upstream's peers in turn until one answers with a
@@ -219,6 +253,7 @@ async fn connection(
 /// request went out is the answer (502, or 504 for a timeout).
 async fn exchange(
     upstream: Arc<Upstream>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     request: hyper::Request<Full<Bytes>>,
 ) -> (Result<wit::Head, Failure>, Option<Box<Reading>>) {
     let started = Instant::now();
@@ -227,7 +262,7 @@ async fn exchange(
     let mut last_error = String::new();
     for peer in peers {
         tried.push(peer);
-        let (mut sender, reused) = match connection(&upstream, peer).await {
+        let (mut sender, reused) = match connection(&upstream, peer, tls.as_ref()).await {
             Ok(connection) => connection,
             Err(error) => {
                 last_error = error;
@@ -244,7 +279,7 @@ async fn exchange(
             }
             // A kept connection the peer closed meanwhile: once more, anew.
             Ok(Err(error)) if reused && (error.is_canceled() || error.is_closed()) => {
-                match retry_fresh(&upstream, peer, &request, wait).await {
+                match retry_fresh(&upstream, peer, tls.as_ref(), &request, wait).await {
                     Ok(pair) => pair,
                     Err(failed) => return (Err(failure(failed.0, failed.1, &tried)), None),
                 }
@@ -288,25 +323,11 @@ async fn exchange(
 async fn retry_fresh(
     upstream: &Upstream,
     peer: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     request: &hyper::Request<Full<Bytes>>,
     wait: Duration,
 ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<Incoming>), (u16, String)> {
-    let stream = tokio::time::timeout(
-        upstream.connect_timeout,
-        tokio::net::TcpStream::connect(peer),
-    )
-    .await
-    .map_err(|_| (502, format!("connect to {peer} timed out")))?
-    .map_err(|error| (502, format!("connect to {peer} failed: {error}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-        .max_headers(MAX_RESPONSE_HEADERS)
-        .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| (502, format!("connect to {peer} failed: {error}")))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let mut sender = connect(upstream, peer, tls).await.map_err(|e| (502, e))?;
     match tokio::time::timeout(wait, sender.send_request(clone_request(request))).await {
         Err(_) => Err((
             504,
@@ -393,9 +414,16 @@ impl wit::Host for RunCaps {
             Ok(request) => request,
             Err(error) => return Ok(Err(error)),
         };
+        let tls = match &proxy.upstream.tls {
+            Some(_) => match self.grants.upstream.config(true) {
+                Ok(config) => Some(config),
+                Err(error) => return Ok(Err(format!("proxy: {error}"))),
+            },
+            None => None,
+        };
         self.upstream.sent = true;
         let upstream = proxy.upstream.clone();
-        Ok(self.tasks.ops.start(exchange(upstream, request)))
+        Ok(self.tasks.ops.start(exchange(upstream, tls, request)))
     }
 
     async fn finish_send(&mut self, op: u32) -> wasmtime::Result<Result<wit::Head, Failure>> {
@@ -489,16 +517,21 @@ pub struct Proxy;
 impl super::Capability for Proxy {
     type Section = Section;
     type Config = Vec<String>;
-    type Grant = ();
+    /// The TLS clients of its `https` upstreams: the server's roots, a
+    /// session cache of the tenant's own (a single site's: the system's
+    /// roots).
+    type Grant = crate::caps::tcp::tls::TlsClients;
     type State = State;
 
     fn grant(
         _tenant: &str,
         _config: &Vec<String>,
-        _previous: Option<&()>,
-        _settings: &super::CapsSettings,
-    ) -> Result<(), String> {
-        Ok(())
+        _previous: Option<&Self::Grant>,
+        settings: &super::CapsSettings,
+    ) -> Result<Self::Grant, String> {
+        Ok(crate::caps::tcp::tls::TlsClients::new(
+            settings.tls_roots.clone(),
+        ))
     }
 
     fn state(request: &super::RequestCaps) -> State {

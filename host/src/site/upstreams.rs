@@ -11,6 +11,8 @@
 //! keepalive = 32                 # idle connections kept
 //! tries = 2                      # peers tried for one request (default: all)
 //! host_header = "upstream"       # Host sent: "upstream" (the name, nginx's $proxy_host) or "client"
+//! tls = false                    # true: TLS to the peers, `proxy = "https://NAME"`
+//! tls_server_name = "api.example" # with tls: SNI and the name certificates must fit (default: NAME)
 //! ```
 //!
 //! Peers are addresses, not names: the operator writes exactly what is
@@ -37,6 +39,11 @@ pub struct UpstreamFile {
     keepalive: Option<Spanned<u64>>,
     tries: Option<Spanned<u64>>,
     host_header: Option<Spanned<String>>,
+    /// TLS to the peers (locations then say `https://NAME`).
+    tls: Option<bool>,
+    /// The name sent (SNI) and that their certificates must be valid for
+    /// (default: the upstream's name).
+    tls_server_name: Option<Spanned<String>>,
 }
 
 /// The `[upstreams]` table as written.
@@ -64,6 +71,9 @@ pub struct Upstream {
     /// Peers tried for one request, at most.
     pub tries: usize,
     pub host_header: HostHeader,
+    /// TLS to the peers: the server name their certificates must be valid
+    /// for (verified against the server's roots, or its `tls_ca_file`).
+    pub tls: Option<String>,
     /// Where the next request starts among the peers (round robin).
     next: AtomicUsize,
     /// Idle connections, the most recently used last.
@@ -97,6 +107,7 @@ impl PartialEq for Upstream {
             && self.keepalive == other.keepalive
             && self.tries == other.tries
             && self.host_header == other.host_header
+            && self.tls == other.tls
     }
 }
 
@@ -245,6 +256,35 @@ impl Upstreams {
                     HostHeader::Upstream
                 }
             };
+            let tls = match (upstream.tls, &upstream.tls_server_name) {
+                (Some(true), Some(server_name)) => {
+                    let text = server_name.get_ref();
+                    let valid = crate::site::hosts::is_dns_name(&text.to_ascii_lowercase())
+                        || text.parse::<std::net::IpAddr>().is_ok();
+                    if !valid {
+                        problems.at(
+                            server_name.span(),
+                            format!(
+                                "[upstreams.{}] tls_server_name `{text}` is not a host name or an address",
+                                name.get_ref()
+                            ),
+                        );
+                    }
+                    Some(text.to_ascii_lowercase())
+                }
+                (Some(true), None) => Some(name.get_ref().to_ascii_lowercase()),
+                (_, Some(server_name)) => {
+                    problems.at(
+                        server_name.span(),
+                        format!(
+                            "[upstreams.{}] tls_server_name needs tls = true",
+                            name.get_ref()
+                        ),
+                    );
+                    None
+                }
+                _ => None,
+            };
             upstreams.insert(
                 name.get_ref().clone(),
                 Arc::new(Upstream {
@@ -256,6 +296,7 @@ impl Upstreams {
                     keepalive,
                     tries,
                     host_header,
+                    tls,
                     next: AtomicUsize::new(0),
                     idle: Mutex::new(Vec::new()),
                 }),
@@ -274,22 +315,32 @@ impl Upstreams {
         problems: &mut Problems,
     ) -> Option<Arc<Upstream>> {
         let text = proxy.get_ref();
-        let Some(name) = text.strip_prefix("http://") else {
-            problems.at(
-                proxy.span(),
-                format!(
-                    "proxy `{text}`: name an upstream as \"http://NAME\" (declared in [upstreams.NAME]{})",
-                    if text.starts_with("https://") {
-                        "; https upstreams are not available yet"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-            return None;
+        let (tls, name) = match (text.strip_prefix("http://"), text.strip_prefix("https://")) {
+            (Some(name), _) => (false, name),
+            (_, Some(name)) => (true, name),
+            _ => {
+                problems.at(
+                    proxy.span(),
+                    format!(
+                        "proxy `{text}`: name an upstream as \"http://NAME\" or \"https://NAME\" (declared in [upstreams.NAME])"
+                    ),
+                );
+                return None;
+            }
         };
         let name = name.strip_suffix('/').unwrap_or(name);
         match self.get(name) {
+            Some(upstream) if upstream.tls.is_some() != tls => {
+                problems.at(
+                    proxy.span(),
+                    if tls {
+                        format!("proxy `{text}`: upstream `{name}` is plain HTTP (add tls = true to [upstreams.{name}] for https)")
+                    } else {
+                        format!("proxy `{text}`: upstream `{name}` speaks TLS: write https://{name}")
+                    },
+                );
+                None
+            }
             Some(upstream) => Some(upstream.clone()),
             None => {
                 let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
