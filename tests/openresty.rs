@@ -158,6 +158,7 @@ fn via_library(case: &Case) -> Observed {
         header_filter: source("header_filter", &case.header_filter),
         body_filter: source("body_filter", &case.body_filter),
         log: source("log", &case.log),
+        balancer: None,
     };
     let (report, sink) = common::sandbox()
         .serve_request(

@@ -535,8 +535,7 @@ fn a_proxys_scheme_must_match_its_upstream() {
     )
     .unwrap();
     let error = moonwall::site::config::SiteConfig::load(&dir.join("site.toml"))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     let file = dir.join("site.toml").display().to_string();
     assert!(
@@ -550,5 +549,94 @@ fn a_proxys_scheme_must_match_its_upstream() {
             "{file}:14:9: proxy `http://secure`: upstream `secure` speaks TLS"
         )),
         "{error}"
+    );
+}
+
+#[test]
+fn a_balancer_spreads_requests_over_the_peers_and_retries_a_dead_one() {
+    let one = Upstream::start("one");
+    let two = Upstream::start("two");
+    let three = Upstream::start("three");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let peers = [dead, one.addr, two.addr, three.addr];
+    let balancer = format!(
+        r#"local balancer = require "ngx.balancer"
+local peers = {{ "{}", "{}", "{}", "{}" }}
+local state, status = balancer.get_last_failure()
+if not state then
+  ngx.ctx.i = tonumber(ngx.var.arg_n)
+  assert(balancer.set_more_tries(3))
+else
+  ngx.ctx.i = ngx.ctx.i + 1
+  ngx.ctx.failed = (ngx.ctx.failed or "") .. state .. " " .. status
+end
+if ngx.var.arg_elsewhere then
+  assert(balancer.set_current_peer("127.0.0.1", 1))
+else
+  local host, port = peers[ngx.ctx.i]:match("^(.*):(%d+)$")
+  assert(balancer.set_current_peer(host, tonumber(port)))
+end"#,
+        peers[0], peers[1], peers[2], peers[3]
+    );
+    let site = gateway(
+        "proxy_balancer",
+        &peers,
+        "",
+        "",
+        &[
+            ("balancer", &balancer),
+            (
+                "log",
+                r#"ngx.log(ngx.WARN, "balanced to ", ngx.var.upstream_addr, " after ", tostring(ngx.ctx.failed))"#,
+            ),
+        ],
+    );
+    for (n, name) in [(2, "one"), (3, "two"), (4, "three"), (2, "one")] {
+        let reply = request(
+            &site,
+            &format!("GET /?n={n} HTTP/1.1\r\nHost: localhost\r\nConnection: close"),
+        );
+        assert_eq!(reply.status, 201, "{reply:?} {}", logged());
+        assert_eq!(reply.body, format!("{name} saw GET /?n={n} body="));
+    }
+    assert_eq!(
+        (one.seen().len(), two.seen().len(), three.seen().len()),
+        (2, 1, 1)
+    );
+
+    // The dead peer first: the balancer runs again, told of the failure.
+    let reply = request(
+        &site,
+        "GET /?n=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+    );
+    assert_eq!(reply.status, 201, "{reply:?} {}", logged());
+    assert_eq!(reply.body, "one saw GET /?n=1 body=");
+    assert!(
+        logged().contains(&format!(
+            "balanced to {dead}, {} after failed 502",
+            one.addr
+        )),
+        "{}",
+        logged()
+    );
+
+    // A peer that is not the upstream's is refused by the host.
+    let reply = request(
+        &site,
+        "GET /?n=2&elsewhere=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close",
+    );
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(
+        logged().contains("proxy: peer \"127.0.0.1:1\" is not one of upstream backend's"),
+        "{}",
+        logged()
+    );
+    assert_eq!(
+        one.seen().len(),
+        3,
+        "nothing reached a peer for the refused pick"
     );
 }

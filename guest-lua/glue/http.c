@@ -217,12 +217,36 @@ static int p_proxied(lua_State *L) {
   return 1;
 }
 
-/* proxy_send(method, target, {name, value, ...}, body) -> op | nil, err */
+/* A timeout of a balancer's, in milliseconds (clamped to u32). */
+static uint32_t field_ms(lua_State *L, int table, const char *field) {
+  lua_getfield(L, table, field);
+  lua_Integer ms = luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  return ms < 0 ? 0 : ms > 0xffffffffLL ? 0xffffffffu : (uint32_t)ms;
+}
+
+/* proxy_send(method, target, {name, value, ...}, body, peer?, {connect, send, read}?)
+   -> op | nil, err */
 static int p_proxy_send(lua_State *L) {
   sandbox_list_u8_t method = moonwall_borrowed_bytes(L, 1);
   sandbox_list_u8_t target = moonwall_borrowed_bytes(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
   sandbox_list_u8_t body = moonwall_borrowed_bytes(L, 4);
+  sandbox_list_u8_t peer;
+  sandbox_list_u8_t *maybe_peer = NULL;
+  if (!lua_isnoneornil(L, 5)) {
+    peer = moonwall_borrowed_bytes(L, 5);
+    maybe_peer = &peer;
+  }
+  moonwall_sandbox_upstream_timeouts_t timeouts;
+  moonwall_sandbox_upstream_timeouts_t *maybe_timeouts = NULL;
+  if (!lua_isnoneornil(L, 6)) {
+    luaL_checktype(L, 6, LUA_TTABLE);
+    timeouts.connect_ms = field_ms(L, 6, "connect");
+    timeouts.send_ms = field_ms(L, 6, "send");
+    timeouts.read_ms = field_ms(L, 6, "read");
+    maybe_timeouts = &timeouts;
+  }
   lua_Integer n = luaL_len(L, 3);
   if (n < 0 || n % 2 != 0)
     return luaL_error(L, "proxy: malformed header list");
@@ -230,7 +254,8 @@ static int p_proxy_send(lua_State *L) {
   sandbox_list_u8_t block = moonwall_borrowed_bytes(L, -1);
   uint32_t op;
   sandbox_string_t err;
-  if (!moonwall_sandbox_upstream_send(&method, &target, &block, &body, &op, &err))
+  if (!moonwall_sandbox_upstream_send(&method, &target, &block, &body, maybe_peer, maybe_timeouts,
+                                      &op, &err))
     return return_error(L, &err);
   lua_pushinteger(L, op);
   return 1;
@@ -241,8 +266,9 @@ static int push_failure(lua_State *L, moonwall_sandbox_upstream_failure_t *failu
   lua_pushlstring(L, (const char *)failure->message.ptr, failure->message.len);
   lua_pushinteger(L, failure->status);
   lua_pushlstring(L, (const char *)failure->addr.ptr, failure->addr.len);
+  lua_pushboolean(L, failure->retry);
   moonwall_sandbox_upstream_failure_free(failure);
-  return 4;
+  return 5;
 }
 
 /* proxy_finish_send(op) -> {status, headers = {n1, v1, ...}, addr, connect_ms, header_ms}
@@ -390,6 +416,7 @@ static void push_handlers(lua_State *L, const handlers_t *handlers) {
       {"rewrite", &handlers->rewrite},         {"access", &handlers->access},
       {"content", &handlers->content},         {"header_filter", &handlers->header_filter},
       {"body_filter", &handlers->body_filter}, {"log", &handlers->log},
+      {"balancer", &handlers->balancer},
   };
   lua_createtable(L, 0, 6);
   for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
@@ -401,7 +428,8 @@ static void push_handlers(lua_State *L, const handlers_t *handlers) {
 }
 
 static moonwall_sandbox_http_types_phase_t phase_of(const char *name) {
-  static const char *const names[] = {"rewrite", "access", "content", "header_filter", "body_filter", "log"};
+  static const char *const names[] = {"rewrite",     "access", "content",  "header_filter",
+                                      "body_filter", "log",    "balancer"};
   for (int i = 0; i < 6; i++)
     if (name != NULL && strcmp(name, names[i]) == 0)
       return (moonwall_sandbox_http_types_phase_t)i;

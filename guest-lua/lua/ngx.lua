@@ -22,6 +22,7 @@ local type, tostring, tonumber, pairs, ipairs, select, error, setmetatable, getm
 local byte, find, sub, lower, gsub, format = string.byte, string.find, string.sub, string.lower,
       string.gsub, string.format
 local concat, remove, unpack = table.concat, table.remove, table.unpack
+local match = string.match
 local floor, mtype = math.floor, math.type
 local raw_pcall, raw_xpcall = pcall, xpcall
 local raw_resume = coroutine.resume
@@ -194,7 +195,7 @@ end
 local context_names = {
   rewrite = "rewrite_by_lua*", access = "access_by_lua*", content = "content_by_lua*",
   header_filter = "header_filter_by_lua*", body_filter = "body_filter_by_lua*", log = "log_by_lua*",
-  init = "init_by_lua*",
+  init = "init_by_lua*", balancer = "balancer_by_lua*",
 }
 
 local OUTPUT_PHASES = { rewrite = true, access = true, content = true }
@@ -1105,6 +1106,70 @@ local HOP_BY_HOP = {
   connection = true, ["keep-alive"] = true, ["proxy-connection"] = true, te = true,
   trailer = true, ["transfer-encoding"] = true, upgrade = true, ["content-length"] = true,
 }
+-- ngx.balancer (OpenResty's lua-resty-core module), for a proxied
+-- location's balancer script: it runs before each try and picks the peer
+-- among the upstream's (the host refuses any other).
+local BALANCER_PHASE = { balancer = true }
+local balancer = { peer = nil, more = 0, failure = nil, status = nil, timeouts = nil }
+local balancer_api = {}
+
+function balancer_api.set_current_peer(host, port)
+  check_context(BALANCER_PHASE, 2)
+  if type(host) ~= "string" then
+    error("bad argument #1 to 'set_current_peer' (string expected, got " .. type(host) .. ")", 2)
+  end
+  if port == nil then
+    local h, p = match(host, "^(.*):(%d+)$")
+    if not h then return nil, "no port in the peer address" end
+    host, port = h, p
+  end
+  port = tonumber(port)
+  if not port or port < 1 or port > 65535 or port % 1 ~= 0 then return nil, "invalid port" end
+  if find(host, ":", 1, true) and sub(host, 1, 1) ~= "[" then host = "[" .. host .. "]" end
+  balancer.peer = host .. ":" .. format("%d", port)
+  return true
+end
+
+function balancer_api.set_more_tries(count)
+  check_context(BALANCER_PHASE, 2)
+  count = tonumber(count)
+  if not count or count < 0 or count % 1 ~= 0 then error("bad argument #1 to 'set_more_tries' (count expected)", 2) end
+  balancer.more = count
+  return true
+end
+
+function balancer_api.get_last_failure()
+  check_context(BALANCER_PHASE, 2)
+  return balancer.failure, balancer.status
+end
+
+function balancer_api.set_timeouts(connect, send, read)
+  check_context(BALANCER_PHASE, 2)
+  local function ms(v, n)
+    if v == nil then return 0xffffffff end  -- the upstream's
+    v = tonumber(v)
+    if not v or v <= 0 then error("bad argument #" .. n .. " to 'set_timeouts' (positive number expected)", 3) end
+    return floor(v * 1000 + 0.5)
+  end
+  balancer.timeouts = { connect = ms(connect, 1), send = ms(send, 2), read = ms(read, 3) }
+  return true
+end
+
+package.preload["ngx.balancer"] = function() return balancer_api end
+
+-- The balancer script's pick for the next try: the peer ("ip:port"), or nil
+-- for the host's own turn; raises the script's error.
+local function balance()
+  balancer.peer = nil
+  local result = run_handler("balancer", handlers.balancer)
+  if type(result) == "table" then
+    filter_failure = result
+    error(EXIT, 0)
+  end
+  if result == "exit" then error(EXIT, 0) end
+  return balancer.peer
+end
+
 local function proxy_content()
   local target
   if uri == request.uri and query == request.query then
@@ -1121,11 +1186,25 @@ local function proxy_content()
     end
   end
   local body = body_state == "discarded" and "" or request.body
-  local op, err = prim.proxy_send(method, target, headers, body)
-  if not op then error(err, 0) end
-  tasks.await(op)
-  local head, message, status, addr = prim.proxy_finish_send(op)
+  local op, err, head, message, status, addr, retry
+  local tried = {}
+  while true do
+    local peer = handlers.balancer and balance() or nil
+    op, err = prim.proxy_send(method, target, headers, body, peer, balancer.timeouts)
+    if not op then error(err, 0) end
+    tasks.await(op)
+    head, message, status, addr, retry = prim.proxy_finish_send(op)
+    if head or not (retry and handlers.balancer and balancer.more > 0) then break end
+    -- the peer could not be reached: the balancer picks again
+    if addr ~= "" then tried[#tried + 1] = addr end
+    prim.log(ERR, "upstream: " .. message .. " (trying another peer)")
+    balancer.more = balancer.more - 1
+    balancer.failure, balancer.status = "failed", status
+  end
+  if head and #tried > 0 then head.addr = concat(tried, ", ") .. ", " .. head.addr end
   if not head then
+    if addr ~= "" then tried[#tried + 1] = addr end
+    addr = concat(tried, ", ")
     upstream_vars.upstream_addr = addr ~= "" and addr or nil
     upstream_vars.upstream_status = status == 504 and "504" or "502"
     prim.log(ERR, "upstream: " .. message)
@@ -1169,7 +1248,7 @@ local function proxy_content()
 end
 
 local function compile(sources)
-  for _, name in ipairs({ "rewrite", "access", "content", "header_filter", "body_filter", "log" }) do
+  for _, name in ipairs({ "rewrite", "access", "content", "header_filter", "body_filter", "log", "balancer" }) do
     local source = sources[name]
     if source then
       -- loaded by glue/http.c: text, or the host's own bytecode

@@ -177,6 +177,7 @@ fn content_handler(code: &str) -> Handlers {
         header_filter: None,
         body_filter: None,
         log: None,
+        balancer: None,
     }
 }
 

@@ -55,8 +55,11 @@ pub struct ProxyTarget {
 #[derive(Default)]
 pub struct State {
     target: Option<ProxyTarget>,
-    /// The request was sent (once per run).
-    sent: bool,
+    /// Sends so far; another is allowed only after a failure that never
+    /// reached a peer, up to the upstream's `tries`.
+    sends: usize,
+    /// No more sends: one is in progress, or one was answered.
+    closed: bool,
     body: Option<Box<Reading>>,
     /// A read is in progress (the body is in its future).
     reading: bool,
@@ -81,7 +84,17 @@ fn failure(status: u16, message: impl Into<String>, tried: &[SocketAddr]) -> Fai
         status,
         message: message.into(),
         addr: addresses(tried),
+        retry: false,
     }
+}
+
+/// The timeouts of one exchange: the upstream's, or shorter ones a
+/// balancer set.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    send: Duration,
+    read: Duration,
 }
 
 fn addresses(tried: &[SocketAddr]) -> String {
@@ -186,6 +199,7 @@ async fn connection(
     upstream: &Upstream,
     peer: SocketAddr,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    timeouts: Timeouts,
 ) -> Result<(SendRequest<Full<Bytes>>, bool), String> {
     while let Some(idle) = upstream.take_idle(peer) {
         if let Ok(mut sender) = idle.downcast::<SendRequest<Full<Bytes>>>()
@@ -195,7 +209,7 @@ async fn connection(
             return Ok((*sender, true));
         }
     }
-    Ok((connect(upstream, peer, tls).await?, false))
+    Ok((connect(upstream, peer, tls, timeouts).await?, false))
 }
 
 /// A new connection to `peer`, within the connect timeout: TCP, then for
@@ -205,8 +219,9 @@ async fn connect(
     upstream: &Upstream,
     peer: SocketAddr,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    timeouts: Timeouts,
 ) -> Result<SendRequest<Full<Bytes>>, String> {
-    let deadline = tokio::time::Instant::now() + upstream.connect_timeout;
+    let deadline = tokio::time::Instant::now() + timeouts.connect;
     let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(peer))
         .await
         .map_err(|_| format!("connect to {peer} timed out"))?
@@ -255,14 +270,19 @@ async fn exchange(
     upstream: Arc<Upstream>,
     tls: Option<Arc<rustls::ClientConfig>>,
     request: hyper::Request<Full<Bytes>>,
+    chosen: Option<SocketAddr>,
+    timeouts: Timeouts,
 ) -> (Result<wit::Head, Failure>, Option<Box<Reading>>) {
     let started = Instant::now();
-    let peers = upstream.peers_to_try();
+    let peers = match chosen {
+        Some(peer) => vec![peer],
+        None => upstream.peers_to_try(),
+    };
     let mut tried = Vec::new();
     let mut last_error = String::new();
     for peer in peers {
         tried.push(peer);
-        let (mut sender, reused) = match connection(&upstream, peer, tls.as_ref()).await {
+        let (mut sender, reused) = match connection(&upstream, peer, tls.as_ref(), timeouts).await {
             Ok(connection) => connection,
             Err(error) => {
                 last_error = error;
@@ -270,7 +290,7 @@ async fn exchange(
             }
         };
         let connected = started.elapsed();
-        let wait = upstream.send_timeout + upstream.read_timeout;
+        let wait = timeouts.send + timeouts.read;
         let answer = tokio::time::timeout(wait, sender.send_request(clone_request(&request))).await;
         let response = match answer {
             Err(_) => {
@@ -279,7 +299,7 @@ async fn exchange(
             }
             // A kept connection the peer closed meanwhile: once more, anew.
             Ok(Err(error)) if reused && (error.is_canceled() || error.is_closed()) => {
-                match retry_fresh(&upstream, peer, tls.as_ref(), &request, wait).await {
+                match retry_fresh(&upstream, peer, tls.as_ref(), timeouts, &request).await {
                     Ok(pair) => pair,
                     Err(failed) => return (Err(failure(failed.0, failed.1, &tried)), None),
                 }
@@ -308,14 +328,16 @@ async fn exchange(
         let reading = Reading {
             body,
             rest: Bytes::new(),
-            read_timeout: upstream.read_timeout,
+            read_timeout: timeouts.read,
             peer,
             upstream: upstream.clone(),
             sender,
         };
         return (Ok(head), Some(Box::new(reading)));
     }
-    (Err(failure(502, last_error, &tried)), None)
+    let mut failed = failure(502, last_error, &tried);
+    failed.retry = true;
+    (Err(failed), None)
 }
 
 /// A fresh connection's try at `request`: the connection and its answer, or
@@ -324,10 +346,13 @@ async fn retry_fresh(
     upstream: &Upstream,
     peer: SocketAddr,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    timeouts: Timeouts,
     request: &hyper::Request<Full<Bytes>>,
-    wait: Duration,
 ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<Incoming>), (u16, String)> {
-    let mut sender = connect(upstream, peer, tls).await.map_err(|e| (502, e))?;
+    let wait = timeouts.send + timeouts.read;
+    let mut sender = connect(upstream, peer, tls, timeouts)
+        .await
+        .map_err(|e| (502, e))?;
     match tokio::time::timeout(wait, sender.send_request(clone_request(request))).await {
         Err(_) => Err((
             504,
@@ -403,13 +428,55 @@ impl wit::Host for RunCaps {
         target: Vec<u8>,
         headers: Vec<u8>,
         body: Vec<u8>,
+        peer: Option<Vec<u8>>,
+        timeouts: Option<wit::Timeouts>,
     ) -> wasmtime::Result<Result<u32, String>> {
         let Some(proxy) = &self.upstream.target else {
             return Ok(Err("proxy: this location is not proxied".into()));
         };
-        if self.upstream.sent {
+        if self.upstream.closed {
             return Ok(Err("proxy: the request was sent already".into()));
         }
+        let upstream = &proxy.upstream;
+        if self.upstream.sends >= upstream.tries.max(1) {
+            return Ok(Err(format!(
+                "proxy: no tries left ({} for upstream {})",
+                upstream.tries, upstream.name
+            )));
+        }
+        // A balancer picks among the operator's peers, never elsewhere.
+        let chosen = match peer {
+            None => None,
+            Some(peer) => {
+                let text = String::from_utf8_lossy(&peer[..peer.len().min(64)]).into_owned();
+                match text.parse::<SocketAddr>() {
+                    Ok(address) if upstream.peers.contains(&address) => Some(address),
+                    _ => {
+                        return Ok(Err(format!(
+                            "proxy: peer {text:?} is not one of upstream {}'s",
+                            upstream.name
+                        )));
+                    }
+                }
+            }
+        };
+        let at_most = |ms: u32, limit: Duration| {
+            Duration::from_millis(ms.into())
+                .min(limit)
+                .max(Duration::from_millis(1))
+        };
+        let timeouts = match timeouts {
+            None => Timeouts {
+                connect: upstream.connect_timeout,
+                send: upstream.send_timeout,
+                read: upstream.read_timeout,
+            },
+            Some(set) => Timeouts {
+                connect: at_most(set.connect_ms, upstream.connect_timeout),
+                send: at_most(set.send_ms, upstream.send_timeout),
+                read: at_most(set.read_ms, upstream.read_timeout),
+            },
+        };
         let request = match build_request(proxy, &method, &target, &headers, body) {
             Ok(request) => request,
             Err(error) => return Ok(Err(error)),
@@ -421,9 +488,16 @@ impl wit::Host for RunCaps {
             },
             None => None,
         };
-        self.upstream.sent = true;
-        let upstream = proxy.upstream.clone();
-        Ok(self.tasks.ops.start(exchange(upstream, tls, request)))
+        let upstream = upstream.clone();
+        let started = self
+            .tasks
+            .ops
+            .start(exchange(upstream, tls, request, chosen, timeouts));
+        if started.is_ok() {
+            self.upstream.sends += 1;
+            self.upstream.closed = true;
+        }
+        Ok(started)
     }
 
     async fn finish_send(&mut self, op: u32) -> wasmtime::Result<Result<wit::Head, Failure>> {
@@ -431,6 +505,11 @@ impl wit::Host for RunCaps {
         match self.tasks.ops.finish::<Sent>(op) {
             Ok((head, reading)) => {
                 self.upstream.body = reading;
+                // A connect that failed everywhere leaves room for another
+                // try (a balancer's next pick).
+                if head.as_ref().is_err_and(|failure| failure.retry) {
+                    self.upstream.closed = false;
+                }
                 Ok(head)
             }
             Err(error) => Ok(Err(failure(502, error, &[]))),

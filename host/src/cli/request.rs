@@ -81,6 +81,7 @@ pub fn run(args: RequestArgs) -> u8 {
         header_filter: args.header_filter.clone().map(ScriptFile::from),
         body_filter: args.body_filter.clone().map(ScriptFile::from),
         log: args.log.clone().map(ScriptFile::from),
+        balancer: None,
     };
     let handlers = match scripts.load(std::path::Path::new("")) {
         Ok(handlers) => handlers,

@@ -92,6 +92,7 @@ pub fn phase_name(phase: Phase) -> &'static str {
         Phase::HeaderFilter => "header_filter",
         Phase::BodyFilter => "body_filter",
         Phase::Log => "log",
+        Phase::Balancer => "balancer",
     }
 }
 

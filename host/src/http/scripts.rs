@@ -31,7 +31,7 @@ impl PhaseScripts {
     /// relative to `shown_from` (so logs and errors never show where on the
     /// host the scripts live).
     pub fn load(&self, shown_from: &Path) -> Result<Handlers, ScriptError> {
-        let mut sources: [Option<Source>; 6] = Default::default();
+        let mut sources: [Option<Source>; 7] = Default::default();
         for (path, source) in self.phases().into_iter().zip(&mut sources) {
             let Some(script) = path else { continue };
             let path = script.path();
@@ -59,8 +59,16 @@ fn named_source(path: &Path, shown_from: &Path, code: Vec<u8>, binary: bool) -> 
 }
 
 /// The handlers of the sources given in [`PhaseScripts::phases`]' order.
-fn handlers(sources: [Option<Source>; 6]) -> Handlers {
-    let [rewrite, access, content, header_filter, body_filter, log] = sources;
+fn handlers(sources: [Option<Source>; 7]) -> Handlers {
+    let [
+        rewrite,
+        access,
+        content,
+        header_filter,
+        body_filter,
+        log,
+        balancer,
+    ] = sources;
     Handlers {
         rewrite,
         access,
@@ -68,6 +76,7 @@ fn handlers(sources: [Option<Source>; 6]) -> Handlers {
         header_filter,
         body_filter,
         log,
+        balancer,
     }
 }
 
@@ -221,7 +230,7 @@ impl ScriptCache {
         shown_from: &Path,
         opened: Option<&OpenFile>,
     ) -> Result<Handlers, ScriptError> {
-        let mut sources: [Option<Source>; 6] = Default::default();
+        let mut sources: [Option<Source>; 7] = Default::default();
         for (path, source) in scripts.phases().into_iter().zip(&mut sources) {
             let Some(script) = path else { continue };
             let path = script.path();

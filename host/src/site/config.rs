@@ -135,6 +135,8 @@ pub(crate) struct LocationFile {
     /// `"http://NAME"`: pass the request to the upstream NAME (instead of
     /// a content script).
     proxy: Option<Spanned<String>>,
+    /// With `proxy`: the script that picks the peer of each try.
+    balancer: Option<Spanned<PathBuf>>,
 }
 
 /// A site configuration, checked.
@@ -458,7 +460,17 @@ pub(crate) fn parse_locations(
             header_filter: script(&location.header_filter),
             body_filter: script(&location.body_filter),
             log: script(&location.log),
+            balancer: script(&location.balancer),
         };
+        if let (Some(balancer), None) = (&location.balancer, &location.proxy) {
+            problems.at(
+                balancer.span(),
+                format!(
+                    "location `{path}`: a balancer needs a proxy (it picks the upstream's peer)"
+                ),
+            );
+            continue;
+        }
         let proxy = match &location.proxy {
             Some(proxy) => {
                 if location.content.is_some() {

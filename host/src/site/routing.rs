@@ -353,6 +353,8 @@ pub struct PhaseScripts {
     pub header_filter: Option<ScriptFile>,
     pub body_filter: Option<ScriptFile>,
     pub log: Option<ScriptFile>,
+    /// A proxied location's balancer: picks the peer of each try.
+    pub balancer: Option<ScriptFile>,
 }
 
 impl PhaseScripts {
@@ -366,7 +368,7 @@ impl PhaseScripts {
 
     /// The script of each phase, in the order of the fields of the guest's
     /// `handlers` record (`crate::http::Handlers`).
-    pub fn phases(&self) -> [&Option<ScriptFile>; 6] {
+    pub fn phases(&self) -> [&Option<ScriptFile>; 7] {
         [
             &self.rewrite,
             &self.access,
@@ -374,6 +376,7 @@ impl PhaseScripts {
             &self.header_filter,
             &self.body_filter,
             &self.log,
+            &self.balancer,
         ]
     }
 }
