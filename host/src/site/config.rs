@@ -259,22 +259,21 @@ impl SiteConfig {
         };
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
 
-        let listen = site
-            .listen
-            .as_ref()
-            .and_then(|listen| match listen.get_ref().parse() {
-                Ok(address) => Some(address),
-                Err(_) => {
-                    problems.at(
-                        listen.span(),
-                        format!(
-                            "`{}` is not an address like 127.0.0.1:8080",
-                            listen.get_ref()
-                        ),
-                    );
-                    None
-                }
-            });
+        let mut address = |listen: &Spanned<String>| match listen.get_ref().parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                problems.at(
+                    listen.span(),
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:8080",
+                        listen.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        let listen = site.listen.as_ref().and_then(&mut address);
+        let tls_listen = site.tls_listen.as_ref().and_then(&mut address);
 
         let mut limits = Limits::default();
         if let Some(file_limits) = &site.limits {
@@ -307,22 +306,6 @@ impl SiteConfig {
             }
         }
 
-        let tls_listen =
-            site.tls_listen
-                .as_ref()
-                .and_then(|listen| match listen.get_ref().parse() {
-                    Ok(address) => Some(address),
-                    Err(_) => {
-                        problems.at(
-                            listen.span(),
-                            format!(
-                                "`{}` is not an address like 127.0.0.1:8443",
-                                listen.get_ref()
-                            ),
-                        );
-                        None
-                    }
-                });
         let tls = site
             .tls
             .as_ref()
@@ -564,7 +547,7 @@ mod tests {
     fn errors_name_file_line_and_column() {
         assert_eq!(
             errors("[[location]]\npath = \"/\"\ncontent = \"x.lua\"\nbogus = 1\n")[0],
-            "site.toml:4:1: unknown field `bogus`, expected one of `path`, `match`, `rewrite`, `access`, `content`, `header_filter`, `body_filter`, `log`"
+            "site.toml:4:1: unknown field `bogus`, expected one of `path`, `match`, `rewrite`, `access`, `content`, `header_filter`, `body_filter`, `log`, `proxy`, `balancer`"
         );
         assert_eq!(
             errors("listen = 5\n[[location]]\npath=\"/\"\n")[0],
