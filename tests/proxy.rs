@@ -52,6 +52,31 @@ impl Upstream {
     /// `/hang` never answers; anything else echoes what it saw, with
     /// `Server: upstream/1.0` and two `Set-Cookie`s.
     fn start(name: &'static str) -> Upstream {
+        Upstream::serve(name, None)
+    }
+
+    /// The same over TLS, with a certificate for `names` from `ca`.
+    fn start_tls(name: &'static str, ca: &common::tls::TestCa, names: &[&str]) -> Upstream {
+        use rustls::pki_types::pem::PemObject;
+        let leaf = ca.leaf(names);
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls::pki_types::CertificateDer::pem_slice_iter(leaf.certificate.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(moonwall::site::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Upstream::serve(
+            name,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
+    fn serve(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -70,15 +95,26 @@ impl Upstream {
                     return;
                 };
                 connections2.fetch_add(1, Ordering::SeqCst);
-                let seen = seen2.clone();
+                let (seen, tls) = (seen2.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                         let seen = seen.clone();
                         async move { Ok::<_, Infallible>(answer(name, request, &seen).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -426,61 +462,12 @@ fn a_proxy_to_an_upstream_not_granted_is_refused_with_its_place() {
     );
 }
 
-/// The echoing upstream of [`Upstream::start`], over TLS with a
-/// certificate for `names` from `ca`.
-fn tls_upstream(ca: &common::tls::TestCa, names: &[&str]) -> (SocketAddr, tokio::runtime::Runtime) {
-    use rustls::pki_types::pem::PemObject;
-    let leaf = ca.leaf(names);
-    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
-        rustls::pki_types::CertificateDer::pem_slice_iter(leaf.certificate.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(moonwall::site::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    runtime.spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, seen) = (acceptor.clone(), seen.clone());
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let seen = seen.clone();
-                    async move { Ok::<_, Infallible>(answer("tls-backend", request, &seen).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, runtime)
-}
-
 #[test]
 fn an_https_upstream_is_verified_against_the_configured_ca() {
     let ca = common::tls::TestCa::new("moonwall proxy test CA");
-    let (good, _good_runtime) = tls_upstream(&ca, &["backend"]);
-    let (wrong_name, _wrong_runtime) = tls_upstream(&ca, &["elsewhere.example"]);
+    let good_upstream = Upstream::start_tls("tls-backend", &ca, &["backend"]);
+    let wrong_upstream = Upstream::start_tls("tls-backend", &ca, &["elsewhere.example"]);
+    let (good, wrong_name) = (good_upstream.addr, wrong_upstream.addr);
     let site_with = |name: &str, peer: SocketAddr| {
         let server_top = format!(
             "tls_ca_file = \"ca.pem\"\n\n[upstreams.backend]\npeers = [\"{peer}\"]\ntls = true\n"

@@ -3,6 +3,7 @@
 #define MOONWALL_GLUE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "lauxlib.h"
 #include "lua.h"
@@ -26,6 +27,13 @@ static inline int moonwall_push_error(lua_State *L, sandbox_string_t *err) {
   lua_pushlstring(L, (const char *)err->ptr, err->len);
   sandbox_string_free(err);
   return 2;
+}
+
+/* The id (of a socket, an operation) at `index`: an integer that fits a u32. */
+static inline uint32_t moonwall_check_id(lua_State *L, int index) {
+  lua_Integer id = luaL_checkinteger(L, index);
+  luaL_argcheck(L, id >= 0 && id <= 0xffffffffLL, index, "bad id");
+  return (uint32_t)id;
 }
 
 /* The string argument at `index`, borrowed (not copied) for an import: it

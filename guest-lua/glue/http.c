@@ -276,9 +276,7 @@ static int push_failure(lua_State *L, moonwall_sandbox_upstream_failure_t *failu
 static int p_proxy_finish_send(lua_State *L) {
   moonwall_sandbox_upstream_head_t ok;
   moonwall_sandbox_upstream_failure_t failure;
-  lua_Integer op = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, op >= 0 && op <= 0xffffffffLL, 1, "bad id");
-  if (!moonwall_sandbox_upstream_finish_send((uint32_t)op, &ok, &failure))
+  if (!moonwall_sandbox_upstream_finish_send(moonwall_check_id(L, 1), &ok, &failure))
     return push_failure(L, &failure);
   moonwall_sandbox_upstream_head_t *head = &ok;
   lua_createtable(L, 0, 5);
@@ -316,9 +314,7 @@ static int p_proxy_read(lua_State *L) {
 static int p_proxy_finish_read(lua_State *L) {
   sandbox_option_list_u8_t ok;
   moonwall_sandbox_upstream_failure_t failure;
-  lua_Integer op = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, op >= 0 && op <= 0xffffffffLL, 1, "bad id");
-  if (!moonwall_sandbox_upstream_finish_read((uint32_t)op, &ok, &failure))
+  if (!moonwall_sandbox_upstream_finish_read(moonwall_check_id(L, 1), &ok, &failure))
     return push_failure(L, &failure);
   if (!ok.is_some) {
     lua_pushboolean(L, 0);

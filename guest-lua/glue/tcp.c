@@ -13,12 +13,6 @@
 #include "lua.h"
 #include "sandbox.h"
 
-static uint32_t check_id(lua_State *L, int index) {
-  lua_Integer id = luaL_checkinteger(L, index);
-  luaL_argcheck(L, id >= 0 && id <= 0xffffffffLL, index, "bad id");
-  return (uint32_t)id;
-}
-
 /* An optional timeout in milliseconds: NULL for none; clamped to u32. */
 static uint32_t *opt_timeout(lua_State *L, int index, uint32_t *slot) {
   if (lua_isnoneornil(L, index))
@@ -44,13 +38,13 @@ static int p_open(lua_State *L) {
 
 /* close(id) */
 static int p_close(lua_State *L) {
-  moonwall_sandbox_tcp_close(check_id(L, 1));
+  moonwall_sandbox_tcp_close(moonwall_check_id(L, 1));
   return 0;
 }
 
 /* connect(id, host, port, pool?, timeout_ms?) -> op | nil, err */
 static int p_connect(lua_State *L) {
-  uint32_t id = check_id(L, 1);
+  uint32_t id = moonwall_check_id(L, 1);
   sandbox_list_u8_t host = moonwall_borrowed_bytes(L, 2);
   lua_Integer port = luaL_checkinteger(L, 3);
   luaL_argcheck(L, port >= 0 && port <= 65535, 3, "bad port");
@@ -73,7 +67,7 @@ static int p_connect(lua_State *L) {
 static int p_finish_connect(lua_State *L) {
   uint32_t reused;
   sandbox_string_t err;
-  if (!moonwall_sandbox_tcp_finish_connect(check_id(L, 1), &reused, &err))
+  if (!moonwall_sandbox_tcp_finish_connect(moonwall_check_id(L, 1), &reused, &err))
     return moonwall_push_error(L, &err);
   lua_pushinteger(L, reused);
   return 1;
@@ -81,7 +75,7 @@ static int p_finish_connect(lua_State *L) {
 
 /* send(id, data, timeout_ms?) -> op | nil, err */
 static int p_send(lua_State *L) {
-  uint32_t id = check_id(L, 1);
+  uint32_t id = moonwall_check_id(L, 1);
   sandbox_list_u8_t data = moonwall_borrowed_bytes(L, 2);
   uint32_t timeout;
   uint32_t *maybe_timeout = opt_timeout(L, 3, &timeout);
@@ -95,7 +89,7 @@ static int p_send(lua_State *L) {
 static int p_finish_send(lua_State *L) {
   uint64_t sent;
   sandbox_string_t err;
-  if (!moonwall_sandbox_tcp_finish_send(check_id(L, 1), &sent, &err))
+  if (!moonwall_sandbox_tcp_finish_send(moonwall_check_id(L, 1), &sent, &err))
     return moonwall_push_error(L, &err);
   lua_pushinteger(L, (lua_Integer)sent);
   return 1;
@@ -103,7 +97,7 @@ static int p_finish_send(lua_State *L) {
 
 /* receive(id, "l" | "a" | n, timeout_ms?) -> op | nil, err */
 static int p_receive(lua_State *L) {
-  uint32_t id = check_id(L, 1);
+  uint32_t id = moonwall_check_id(L, 1);
   moonwall_sandbox_tcp_receive_pattern_t pattern;
   memset(&pattern, 0, sizeof pattern);
   if (lua_type(L, 2) == LUA_TNUMBER) {
@@ -130,7 +124,7 @@ static int p_receive(lua_State *L) {
 
 /* receive_until(id, pattern, inclusive, max?, timeout_ms?) -> op | nil, err */
 static int p_receive_until(lua_State *L) {
-  uint32_t id = check_id(L, 1);
+  uint32_t id = moonwall_check_id(L, 1);
   moonwall_sandbox_tcp_receive_pattern_t pattern;
   memset(&pattern, 0, sizeof pattern);
   pattern.tag = MOONWALL_SANDBOX_TCP_RECEIVE_PATTERN_UNTIL;
@@ -154,7 +148,7 @@ static int p_receive_until(lua_State *L) {
 static int p_finish_receive(lua_State *L) {
   moonwall_sandbox_tcp_received_t received;
   moonwall_sandbox_tcp_receive_error_t err;
-  if (!moonwall_sandbox_tcp_finish_receive(check_id(L, 1), &received, &err)) {
+  if (!moonwall_sandbox_tcp_finish_receive(moonwall_check_id(L, 1), &received, &err)) {
     lua_pushnil(L);
     lua_pushlstring(L, (const char *)err.message.ptr, err.message.len);
     lua_pushlstring(L, (const char *)err.partial.ptr, err.partial.len);
@@ -169,7 +163,7 @@ static int p_finish_receive(lua_State *L) {
 
 /* sslhandshake(id, server_name?, verify, timeout_ms?) -> op | nil, err */
 static int p_sslhandshake(lua_State *L) {
-  uint32_t id = check_id(L, 1);
+  uint32_t id = moonwall_check_id(L, 1);
   sandbox_list_u8_t name;
   sandbox_list_u8_t *maybe_name = NULL;
   if (!lua_isnoneornil(L, 2)) {
@@ -189,7 +183,7 @@ static int p_sslhandshake(lua_State *L) {
 static int p_finish_sslhandshake(lua_State *L) {
   uint32_t reused;
   sandbox_string_t err;
-  if (!moonwall_sandbox_tcp_finish_ssl_handshake(check_id(L, 1), &reused, &err))
+  if (!moonwall_sandbox_tcp_finish_ssl_handshake(moonwall_check_id(L, 1), &reused, &err))
     return moonwall_push_error(L, &err);
   lua_pushinteger(L, reused);
   return 1;
@@ -197,7 +191,7 @@ static int p_finish_sslhandshake(lua_State *L) {
 
 /* setkeepalive(id, timeout_ms?, size?) -> true | nil, err */
 static int p_setkeepalive(lua_State *L) {
-  uint32_t id = check_id(L, 1);
+  uint32_t id = moonwall_check_id(L, 1);
   uint32_t timeout;
   uint32_t *maybe_timeout = opt_timeout(L, 2, &timeout);
   uint32_t size;
